@@ -1,0 +1,57 @@
+"""Hooked models and the zoo of shipped, trained checkpoints.
+
+>>> import models
+>>> print(models.available())          # one line per shipped checkpoint
+>>> model = models.load("reasoner")    # hooked model, eval mode, on the CPU
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from workbench import checkpoints
+
+ZOO = Path(__file__).parent / "zoo"
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.name for p in ZOO.iterdir() if (p / checkpoints.CONFIG).is_file()) if ZOO.is_dir() else []
+
+
+def _headline(name: str) -> str:
+    card = ZOO / name / "card.md"
+    if card.is_file():
+        for line in card.read_text().splitlines():
+            if line.startswith("> "):
+                return line[2:].strip()
+    return checkpoints.read_json(ZOO / name / checkpoints.CONFIG)["class"]
+
+
+def available() -> str:
+    """The shipped checkpoints, one line each: ``name  headline``."""
+    names = zoo_names()
+    width = max((len(n) for n in names), default=0)
+    return "\n".join(f"{n:<{width}}  {_headline(n)}" for n in names)
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A zoo name or a checkpoint folder -> the folder; unknown names list the zoo."""
+    path = Path(name_or_path)
+    if (path / checkpoints.CONFIG).is_file():
+        return path
+    if (ZOO / str(name_or_path) / checkpoints.CONFIG).is_file():
+        return ZOO / str(name_or_path)
+    raise checkpoints.CheckpointError(
+        f"{name_or_path!r} is neither a checkpoint folder nor a zoo model; zoo models: {', '.join(zoo_names()) or '(none)'}"
+    )
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The hooked model of a zoo entry or checkpoint folder, in eval mode."""
+    return checkpoints.load(resolve(name_or_path), device=device)
+
+
+def metrics(name_or_path: str | Path) -> dict:
+    return checkpoints.load_metrics(resolve(name_or_path))

@@ -1,0 +1,408 @@
+"""The recursive latent reasoner: one shared transformer block, applied step after step.
+
+Method, as in "Unlocking Out-of-Distribution Generalization in Transformers via Recursive
+Latent Space Reasoning" (arXiv 2510.14095), on the graph-arithmetic task
+(``workbench.tasks.graph_arith``):
+
+1. **Input-adaptive recurrence.** A stack of ``n_layers`` blocks is applied T times; T grows
+   with the graph's depth (T = the exact algorithm's steps + ``extra_steps`` slack at
+   evaluation, so a solved state must be a fixed point). No step index is given to the
+   model: every step is the same function of the current state.
+2. **Algorithmic supervision.** Step t is trained to produce the exact algorithm's state
+   after one more step (values for the slots that become computable), teacher-forced from
+   true states. ``scheme`` says how values are written back (see the task module):
+   ``"paper"`` (defining slots only) or ``"one_hop"`` (operand slots too, one lookup per step).
+3. **Discrete bottleneck.** After each step every factor head takes an argmax and the codes
+   are re-embedded as the next step's input (``latent="discrete"``); the factored
+   vocabulary is the codebook. ``latent="continuous"`` feeds the final residual stream
+   straight back and trains by backprop through ``bptt_steps`` steps.
+4. **Error correction.** With probability ``error_prob`` per batch, values computed at the
+   previous step are replaced with probability ``error_frac`` by random values; labels stay
+   clean, so the model learns to repair them.
+
+End-to-end baselines are switches of the same class: ``supervision="final"`` with
+``fixed_steps=4`` (a recurrent model trained on final answers only) or ``fixed_steps=1``
+with 8 layers (a feed-forward model).
+
+Positions: attention adds a learned per-head bias of the relative distance, clipped to
+``±rel_window`` (as the paper's DeBERTa-style relative positions). No absolute position
+enters the model, so longer inputs than in training see no new position features.
+
+Hook names (``t`` = step, ``l`` = layer)::
+
+    steps.{t}.hook_input                         step input (re-embedded codes or fed-back latent)
+    steps.{t}.blocks.{l}.hook_resid_pre / hook_resid_mid / hook_resid_post
+    steps.{t}.blocks.{l}.attn.hook_q / hook_k / hook_v   [batch, pos, head, d_head]
+    steps.{t}.blocks.{l}.attn.hook_attn_scores / hook_pattern   [batch, head, query, key]
+    steps.{t}.blocks.{l}.attn.hook_z             [batch, pos, head, d_head]
+    steps.{t}.blocks.{l}.hook_attn_out / hook_mlp_out
+    steps.{t}.blocks.{l}.mlp.hook_pre / hook_post   MLP hidden before / after GELU
+    steps.{t}.hook_resid_final                   residual after the last layer
+    steps.{t}.bottleneck.hook_logits             value-factor logits [batch, pos, p + 2]
+    steps.{t}.bottleneck.hook_{syntax,variable,op}_logits
+    steps.{t}.bottleneck.hook_codes              chosen codes [batch, pos, 4] (int)
+    steps.{t}.bottleneck.hook_embed              codes re-embedded (the next step's input)
+
+Patching ``steps.{t}.bottleneck.hook_codes`` sets a variable's value at step t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.tasks import graph_arith as ga
+
+LATENTS = ("discrete", "continuous")
+SUPERVISIONS = ("algorithmic", "final")
+
+
+# ---------------------------------------------------------------------- config
+@dataclass
+class ReasonerConfig:
+    # task vocabulary
+    modulus: int = 23
+    name_pool: int = 128
+    # architecture
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int = 512
+    rel_window: int = 64
+    alibi_init: bool = True  # start the relative bias as -slope*|distance| (head 0: slope 0)
+    causal: bool = False
+    max_steps: int = 64  # hook points are built for this many steps
+    max_tokens: int = 4096
+    # method switches
+    latent: str = "discrete"
+    supervision: str = "algorithmic"
+    scheme: str = "one_hop"
+    fixed_steps: Optional[int] = None  # end-to-end baselines: always this many steps
+    extra_steps: int = 2  # evaluation slack beyond the exact algorithm's steps
+    # training-time switches (part of the method, so they live with the model)
+    error_prob: float = 0.05
+    error_frac: float = 0.5
+    random_states: float = 0.75
+    new_slot_weight: float = 3.0
+    bptt_steps: int = 4
+    task: dict = field(default_factory=dict)  # the GraphArithConfig trained on
+
+    def __post_init__(self):
+        if self.latent not in LATENTS:
+            raise ValueError(f"latent={self.latent!r}; allowed: {LATENTS}")
+        if self.supervision not in SUPERVISIONS:
+            raise ValueError(f"supervision={self.supervision!r}; allowed: {SUPERVISIONS}")
+        if self.scheme not in ga.SCHEMES:
+            raise ValueError(f"scheme={self.scheme!r}; allowed: {ga.SCHEMES}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.supervision == "final" and not self.fixed_steps:
+            raise ValueError("supervision='final' needs fixed_steps (the end-to-end baselines)")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def factor_sizes(self) -> dict[str, int]:
+        return ga.factor_sizes(self.modulus, self.name_pool)
+
+    def steps_for_depth(self, depth: int) -> int:
+        """Recurrence steps used at evaluation for a graph of this depth."""
+        if self.fixed_steps:
+            return self.fixed_steps
+        return ga.steps_needed(depth, self.scheme) + self.extra_steps
+
+
+# ------------------------------------------------------------- per-step hooks
+class AttnHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+
+
+class MLPHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+
+class BlockHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.attn, self.mlp = AttnHooks(), MLPHooks()
+
+
+class BottleneckHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_logits = HookPoint()  # value factor
+        self.hook_syntax_logits, self.hook_variable_logits, self.hook_op_logits = HookPoint(), HookPoint(), HookPoint()
+        self.hook_codes, self.hook_embed = HookPoint(), HookPoint()
+
+
+class StepHooks(nn.Module):
+    def __init__(self, n_layers: int):
+        super().__init__()
+        self.hook_input = HookPoint()
+        self.blocks = nn.ModuleList(BlockHooks() for _ in range(n_layers))
+        self.hook_resid_final = HookPoint()
+        self.bottleneck = BottleneckHooks()
+
+
+# --------------------------------------------------------------------- modules
+class FactorEmbed(nn.Module):
+    """Sum of one embedding table per factor: [batch, pos, 4] codes -> [batch, pos, d]."""
+
+    def __init__(self, cfg: ReasonerConfig):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(n, cfg.d_model) for n in cfg.factor_sizes.values())
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return sum(table(codes[..., i]) for i, table in enumerate(self.tables))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a learned bias per head and clipped relative distance."""
+
+    def __init__(self, cfg: ReasonerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_Q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W_K = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W_V = nn.Linear(cfg.d_model, cfg.d_model)
+        self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
+        self.rel_bias = nn.Parameter(torch.zeros(cfg.n_heads, 2 * cfg.rel_window + 1))
+        if cfg.alibi_init:  # a locality prior: head 0 global, later heads increasingly local
+            slopes = torch.tensor([0.0] + [2.0 ** -i for i in range(cfg.n_heads - 1)])
+            dist = torch.arange(-cfg.rel_window, cfg.rel_window + 1).abs().float()
+            self.rel_bias.data = -slopes[:, None] * dist[None, :]
+
+    def forward(self, x: Tensor, hooks: AttnHooks, key_mask: Tensor) -> Tensor:
+        """x: [batch, pos, d]; key_mask: [batch, 1, query|1, key] bool, True = may attend."""
+        b, L, _ = x.shape
+        h, dh, w = self.cfg.n_heads, self.cfg.d_head, self.cfg.rel_window
+        q = hooks.hook_q(self.W_Q(x).view(b, L, h, dh))
+        k = hooks.hook_k(self.W_K(x).view(b, L, h, dh))
+        v = hooks.hook_v(self.W_V(x).view(b, L, h, dh))
+        pos = torch.arange(L, device=x.device)
+        rel = (pos[None, :] - pos[:, None]).clamp(-w, w) + w  # [query, key]
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh) + self.rel_bias[:, rel]
+        scores = hooks.hook_attn_scores(scores.masked_fill(~key_mask, float("-inf")))
+        pattern = hooks.hook_pattern(scores.softmax(dim=-1))
+        z = hooks.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        return self.W_O(z.reshape(b, L, h * dh))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ReasonerConfig):
+        super().__init__()
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+
+    def forward(self, x: Tensor, hooks: MLPHooks) -> Tensor:
+        return self.W_out(hooks.hook_post(F.gelu(hooks.hook_pre(self.W_in(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, cfg: ReasonerConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+
+    def forward(self, x: Tensor, hooks: BlockHooks, key_mask: Tensor) -> Tensor:
+        x = hooks.hook_resid_pre(x)
+        x = hooks.hook_resid_mid(x + hooks.hook_attn_out(self.attn(self.ln1(x), hooks.attn, key_mask)))
+        return hooks.hook_resid_post(x + hooks.hook_mlp_out(self.mlp(self.ln2(x), hooks.mlp)))
+
+
+@dataclass
+class ReasonerOutput:
+    """What a rollout returns. T = steps run."""
+
+    value_logits: Tensor  # [batch, T, pos, p + 2] value-factor logits at every step
+    codes: Tensor  # [batch, T, pos, 4] codes chosen at every step
+    logits: dict  # factor -> [batch, pos, classes] at the last step
+
+    @property
+    def steps(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def final_codes(self) -> Tensor:
+        return self.codes[:, -1]
+
+
+# ----------------------------------------------------------------------- model
+class Reasoner(HookedRecurrentModule):
+    """Recurrent transformer over factored tokens, with per-step hook points.
+
+    >>> model = Reasoner(ReasonerConfig())
+    >>> out = model(tokens, steps=9)            # tokens: [batch, pos, 4] long
+    >>> out.final_codes[..., 3]                 # decoded values [batch, pos]
+    """
+
+    def __init__(self, cfg: ReasonerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = FactorEmbed(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_model)
+        self.heads = nn.ModuleList(nn.Linear(cfg.d_model, n) for n in cfg.factor_sizes.values())
+        self.steps = hook_list(cfg.max_steps, lambda: StepHooks(cfg.n_layers))
+        self.setup()
+
+    # --- one step -----------------------------------------------------------
+    def key_mask(self, tokens: Tensor) -> Tensor:
+        """[batch, 1, query|1, key] True where attention is allowed (not padding; causal)."""
+        valid = tokens[..., 0] != ga.PAD
+        mask = valid[:, None, None, :]
+        if self.cfg.causal:
+            L = tokens.shape[1]
+            mask = mask & torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None, None]
+        return mask
+
+    def step(self, x: Tensor, t: int, key_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """One application of the shared block stack: returns (final residual, factor logits)."""
+        hooks = self.steps[t]
+        x = hooks.hook_input(x)
+        for block, block_hooks in zip(self.blocks, hooks.blocks):
+            x = block(x, block_hooks, key_mask)
+        x = hooks.hook_resid_final(x)
+        normed = self.ln_final(x)
+        bn = hooks.bottleneck
+        names = (bn.hook_syntax_logits, bn.hook_variable_logits, bn.hook_op_logits, bn.hook_logits)
+        return x, [hook(head(normed)) for hook, head in zip(names, self.heads)]
+
+    def decode(self, logits: list[Tensor], tokens: Tensor) -> Tensor:
+        """Argmax of each factor head; padding stays padding: [batch, pos, 4]."""
+        codes = torch.stack([lg.argmax(-1) for lg in logits], dim=-1)
+        pad = (tokens[..., 0] == ga.PAD)[..., None]
+        return torch.where(pad, tokens, codes)
+
+    # --- the loop -----------------------------------------------------------
+    def forward(self, tokens: Tensor, steps: Optional[int] = None) -> ReasonerOutput:
+        """Roll out the recurrence.
+
+        Args:
+            tokens: [batch, pos, 4] long factored tokens (``workbench.tasks.graph_arith``).
+            steps: number of steps; ``None`` runs ``fixed_steps`` for end-to-end models and
+                otherwise until the codes stop changing (a fixed point), at most max_steps.
+        """
+        self._check_tokens(tokens)
+        if steps is None:
+            steps = self.cfg.fixed_steps or self.cfg.max_steps
+            until_fixed = not self.cfg.fixed_steps
+        else:
+            until_fixed = False
+        self.check_steps(steps)
+        key_mask = self.key_mask(tokens)
+        x = self.embed(tokens)
+        value_logits, codes_per_step, codes = [], [], tokens
+        for t in range(steps):
+            resid, logits = self.step(x, t, key_mask)
+            new_codes = self.steps[t].bottleneck.hook_codes(self.decode(logits, tokens))
+            value_logits.append(logits[3])
+            codes_per_step.append(new_codes)
+            if self.cfg.latent == "discrete":
+                x = self.steps[t].bottleneck.hook_embed(self.embed(new_codes))
+            else:
+                x = resid
+            if until_fixed and torch.equal(new_codes, codes):
+                break
+            codes = new_codes
+        names = list(self.cfg.factor_sizes)
+        return ReasonerOutput(
+            value_logits=torch.stack(value_logits, dim=1),
+            codes=torch.stack(codes_per_step, dim=1),
+            logits=dict(zip(names, logits)),
+        )
+
+    def _check_tokens(self, tokens: Tensor) -> None:
+        if tokens.dtype != torch.long or tokens.ndim != 3 or tokens.shape[-1] != 4:
+            raise ValueError(
+                f"tokens must be a long tensor [batch, pos, 4] (syntax, variable, op, value); "
+                f"got {tuple(tokens.shape)} {tokens.dtype}"
+            )
+        if tokens.shape[1] > self.cfg.max_tokens:
+            raise ValueError(f"{tokens.shape[1]} tokens; this model supports at most max_tokens={self.cfg.max_tokens}")
+        for i, (name, n) in enumerate(self.cfg.factor_sizes.items()):
+            lo, hi = int(tokens[..., i].min()), int(tokens[..., i].max())
+            if lo < 0 or hi >= n:
+                raise ValueError(f"factor '{name}' has codes in {lo}..{hi}; allowed 0..{n - 1}")
+
+    # --- losses -----------------------------------------------------------------
+    def transition_loss(self, batch: dict) -> tuple[Tensor, dict]:
+        """Teacher-forced one-step loss (discrete latent, algorithmic supervision).
+
+        batch: ``inputs`` [B, L, 4], ``targets`` [B, L, 4], ``weight`` [B, L] (value factor).
+        """
+        tokens = batch["inputs"]
+        _, logits = self.step(self.embed(tokens), 0, self.key_mask(tokens))
+        loss, stats = self._factor_loss(logits, batch["targets"], batch["weight"])
+        right = logits[3].argmax(-1) == batch["targets"][..., 3]
+        for key in ("new_operand", "new_sum"):  # lookups and multi-operand sums, tracked separately
+            if key in batch and batch[key].any():
+                stats[f"acc_{key}"] = float(right[batch[key]].float().mean())
+        return loss, stats
+
+    def rollout_loss(self, batch: dict) -> tuple[Tensor, dict]:
+        """Loss through a rollout with backprop through the loop (continuous or end-to-end).
+
+        batch: ``inputs`` [B, L, 4], ``targets`` [B, K, L, 4], ``weight`` [B, K, L]; the
+        model runs K steps and each step with any nonzero weight is supervised.
+        """
+        tokens, targets, weight = batch["inputs"], batch["targets"], batch["weight"]
+        key_mask = self.key_mask(tokens)
+        x = self.embed(tokens)
+        total, stats = 0.0, {}
+        K = targets.shape[1]
+        for t in range(K):
+            resid, logits = self.step(x, t, key_mask)
+            if self.cfg.latent == "discrete":
+                x = self.embed(self.decode(logits, tokens))
+            else:
+                x = resid
+            if weight[:, t].sum() > 0:
+                loss, stats = self._factor_loss(logits, targets[:, t], weight[:, t])
+                total = total + loss
+        return total, stats
+
+    def _factor_loss(self, logits: list[Tensor], targets: Tensor, weight: Tensor) -> tuple[Tensor, dict]:
+        valid = (targets[..., 0] != ga.PAD).float()
+        loss = 0.0
+        stats = {}
+        for i, (name, lg) in enumerate(zip(self.cfg.factor_sizes, logits)):
+            ce = F.cross_entropy(lg.flatten(0, 1), targets[..., i].flatten(), reduction="none").view_as(valid)
+            w = valid * (weight if name == "value" else 1.0)
+            loss = loss + (ce * w).sum() / w.sum().clamp_min(1.0)
+            correct = (lg.argmax(-1) == targets[..., i]).float()
+            stats[f"acc_{name}"] = float((correct * valid).sum() / valid.sum())
+        value_ok = (logits[3].argmax(-1) == targets[..., 3]) | (targets[..., 0] == ga.PAD)
+        stats["seq_acc"] = float(value_ok.all(dim=1).float().mean())
+        return loss, stats
+
+    def loss(self, batch: dict) -> tuple[Tensor, dict]:
+        """The training loss for this configuration (used by ``workbench.train``)."""
+        if batch["targets"].ndim == 3:
+            return self.transition_loss(batch)
+        return self.rollout_loss(batch)
+
+    # --- config round trip ----------------------------------------------------
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Reasoner":
+        return cls(ReasonerConfig(**config))

@@ -1,0 +1,126 @@
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from models.reasoner import Reasoner, ReasonerConfig
+from models.reasoner_data import encode_batch, rollout_batch, tokens, transition_batch
+from workbench.hooks import UnknownHookError, stack
+from workbench.tasks import graph_arith as ga
+
+TASK = ga.GraphArithConfig(n_nodes=10, max_depth=3)
+
+
+def small(**kw) -> Reasoner:
+    torch.manual_seed(0)
+    return Reasoner(ReasonerConfig(d_model=32, n_heads=4, d_mlp=64, max_steps=12, task=asdict(TASK), **kw)).eval()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return ga.sample(TASK, 4, 0)
+
+
+def test_every_site_of_every_step_is_hooked(problems):
+    model = small()
+    out, cache = model.run_with_cache(tokens(problems, model.cfg), steps=3)
+    for t in range(3):
+        for name in ["hook_input", "hook_resid_final", "bottleneck.hook_logits", "bottleneck.hook_codes",
+                     "bottleneck.hook_embed", "bottleneck.hook_variable_logits"]:
+            assert f"steps.{t}.{name}" in cache
+        for site in ["hook_resid_pre", "hook_resid_post", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                     "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_mlp_out",
+                     "mlp.hook_pre", "mlp.hook_post"]:
+            assert f"steps.{t}.blocks.1.{site}" in cache
+    assert "steps.3.hook_input" not in cache
+    B, L = out.codes.shape[0], out.codes.shape[2]
+    assert stack(cache, "blocks.0.attn.hook_pattern").shape == (3, B, 4, L, L)
+    assert torch.equal(stack(cache, "bottleneck.hook_codes").transpose(0, 1), out.codes)
+    assert model.loop_sizes == {"steps": 12}
+
+
+def test_patching_a_code_sets_a_variable_value(problems):
+    model = small()
+    x = tokens(problems, model.cfg)
+    clean, cache = model.run_with_cache(x, steps=4)
+    pos = int((x[0, :, 0] == ga.VAR).nonzero()[0])
+    value = (int(clean.codes[0, 1, pos, 3]) + 5) % 23
+
+    def set_value(codes, hook):
+        codes = codes.clone()
+        codes[0, pos, 3] = value
+        return codes
+
+    with model.hooks(fwd_hooks=[("steps.1.bottleneck.hook_codes", set_value)]):
+        patched, pcache = model.run_with_cache(x, steps=4)
+    assert int(patched.codes[0, 1, pos, 3]) == value
+    assert torch.equal(pcache["steps.1.hook_input"], cache["steps.1.hook_input"])  # earlier steps untouched
+    assert not torch.equal(pcache["steps.2.hook_input"], cache["steps.2.hook_input"])  # the next step sees it
+
+
+def test_continuous_and_end_to_end_variants_run_and_train():
+    rng = np.random.default_rng(0)
+    for kw in [dict(latent="continuous"), dict(latent="continuous", supervision="final", fixed_steps=3),
+               dict(latent="continuous", supervision="final", fixed_steps=1, n_layers=3)]:
+        model = small(**kw).train()
+        cfg = model.cfg
+        batch = rollout_batch(cfg, TASK, 4, rng, 6)
+        loss, _ = model.loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is not None for p in model.blocks.parameters())
+    model = small(latent="continuous", supervision="final", fixed_steps=3)
+    assert model(tokens(ga.sample(TASK, 2, 1), model.cfg)).steps == 3
+
+
+def test_transition_batch_targets_follow_the_exact_rule():
+    cfg = small().cfg
+    batch = transition_batch(cfg, TASK, 16, np.random.default_rng(1), 10)
+    x, y = batch["inputs"], batch["targets"]
+    assert torch.equal(x[..., :3], y[..., :3])  # only values change between steps
+    filled_in = x[..., 3] < 23
+    assert (y[..., 3][filled_in & (batch["weight"] == 1)] < 23).all() or cfg.error_prob > 0
+
+
+def test_fixed_point_mode_stops_when_codes_repeat(problems):
+    model = small()
+    x = tokens(problems, model.cfg)
+    out = model(x)  # steps=None: until the codes stop changing
+    assert out.steps <= model.cfg.max_steps
+    if out.steps < model.cfg.max_steps:
+        assert torch.equal(out.codes[:, -1], out.codes[:, -2])
+
+
+def test_bad_inputs_are_rejected_clearly(problems):
+    model = small()
+    x = tokens(problems, model.cfg)
+    with pytest.raises(ValueError, match=r"\[batch, pos, 4\]"):
+        model(x[..., :3])
+    with pytest.raises(ValueError, match="factor 'value' has codes in .*allowed 0..24"):
+        bad = x.clone()
+        bad[0, 0, 3] = 99
+        model(bad)
+    with pytest.raises(ValueError, match="steps=13 is out of range"):
+        model(x, steps=13)
+    with pytest.raises(UnknownHookError, match="closest valid names"):
+        model.run_with_hooks(x, steps=2, fwd_hooks=[("steps.0.blocks.0.hook_resid", lambda a, hook: a)])
+    with pytest.raises(ValueError, match="latent"):
+        ReasonerConfig(latent="fuzzy")
+    with pytest.raises(ValueError, match="fixed_steps"):
+        ReasonerConfig(supervision="final")
+
+
+def test_longer_inputs_than_training_only_reuse_clipped_distances():
+    model = small(rel_window=8)
+    long = ga.sample(ga.GraphArithConfig(n_nodes=40, max_depth=6), 1, 0)
+    x = tokens(long, model.cfg)
+    assert x.shape[1] > 8 * 10
+    out = model(x, steps=2)
+    assert torch.isfinite(out.value_logits).all()
+
+
+def test_encode_batch_pads_with_pad_tokens(problems):
+    arr = encode_batch(problems + ga.sample(ga.GraphArithConfig(n_nodes=6), 1, 0), small().cfg)
+    short = arr["factors"][-1]
+    assert (short[-1] == [ga.PAD, 128, ga.op_na(), 23]).all()

@@ -1,0 +1,1 @@
+"""Model-agnostic core of the workbench: loop-indexed hooks, tasks, training, checkpoints, analyses."""

@@ -1,0 +1,61 @@
+"""Model cards: ``card.md`` beside a checkpoint, written from what was measured.
+
+The line starting with ``> `` is the card's headline; ``models.available()`` shows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .checkpoints import atomic_write
+
+
+def markdown_table(rows: Iterable[dict], floats: str = "{:.3f}") -> str:
+    rows = list(rows)
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    fmt = lambda v: floats.format(v) if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_card(
+    folder: str | Path,
+    *,
+    title: str,
+    headline: str,
+    what: str,
+    command: str,
+    seed: int,
+    wall_s: float,
+    hardware: str,
+    results: Iterable[dict],
+    results_note: str = "",
+    notes: str = "",
+) -> None:
+    text = f"""# {title}
+
+> {headline}
+
+## What it is
+{what.strip()}
+
+## How it was trained
+```
+{command}
+```
+- seed: {seed}
+- wall time: {wall_s / 60:.1f} min
+- hardware: {hardware}
+
+## Results
+{results_note.strip()}
+
+{markdown_table(results)}
+"""
+    if notes.strip():
+        text += f"\n## Notes\n{notes.strip()}\n"
+    atomic_write(Path(folder) / "card.md", lambda tmp: Path(tmp).write_text(text))

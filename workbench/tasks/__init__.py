@@ -1,0 +1,1 @@
+"""One module per task: config, sampler, text format and parser, exact solver."""
