@@ -1,4 +1,4 @@
-"""A tiny looped model for testing the hook layer: s_{t+1} = tanh(W s_t + b + x)."""
+"""A tiny looped model for testing the hook layer and the trainer: s_{t+1} = tanh(W s_t + b + x)."""
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ class StepHooks(nn.Module):
 class ToyLoop(HookedRecurrentModule):
     def __init__(self, d: int = 4, max_steps: int = 5):
         super().__init__()
+        self.d, self.max_steps = d, max_steps
         self.lin = nn.Linear(d, d)
         self.steps = hook_list(max_steps, StepHooks)
         self.setup()
@@ -29,3 +30,23 @@ class ToyLoop(HookedRecurrentModule):
             pre = self.steps[t].hook_pre(self.lin(s) + x)
             s = self.steps[t].hook_state(torch.tanh(pre))
         return s
+
+    # --- what the trainer needs
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        err = ((self(batch["x"]) - batch["y"]) ** 2).mean() * batch.get("scale", 1.0)
+        return err, {"mse": err.item()}
+
+    def config_dict(self) -> dict:
+        return {"d": self.d, "max_steps": self.max_steps}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ToyLoop":
+        return cls(**config)
+
+
+def toy_batch(rng, step: int, d: int = 4, nan_at: int | None = None) -> dict:
+    x = torch.from_numpy(rng.normal(size=(16, d))).float()
+    batch = {"x": x, "y": torch.tanh(x.flip(-1))}
+    if step == nan_at:
+        batch["scale"] = float("nan")
+    return batch

@@ -22,6 +22,10 @@ def markdown_table(rows: Iterable[dict], floats: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def write_card(
     folder: str | Path,
     *,
@@ -48,7 +52,7 @@ def write_card(
 {command}
 ```
 - seed: {seed}
-- wall time: {wall_s / 60:.1f} min
+- wall time: {_duration(wall_s)}
 - hardware: {hardware}
 
 ## Results

@@ -17,8 +17,9 @@ from workbench.train import TrainConfig, TrainSpec, hardware, train as run_train
 
 # Every shipped variant trains with the same scheme and helpers as the full method
 # (one-hop write-back, random states, mixed sizes); only the switch under study differs.
-_BASE = dict(n_nodes=32, min_nodes=8, max_depth=6, d_model=128, n_layers=2, n_heads=4, d_mlp=512,
-             scheme="one_hop", random_states=0.75, lr=2e-3, warmup=300, batch_size=64, steps=12000,
+_BASE = dict(n_nodes=32, min_nodes=8, max_depth=6, d_model=128, n_layers=2, n_heads=16, d_mlp=512, causal=True,
+             scheme="one_hop", random_states=0.75, lr=2e-3, weight_decay=0.1, warmup=300, batch_size=64,
+             steps=12000, threads=1,
              eval_every=1000, checkpoint_every=500)
 PRESETS: dict[str, dict] = {
     "full": dict(args=_BASE, what="The full method: discrete bottleneck, algorithmic supervision, "

@@ -1,0 +1,87 @@
+"""Figures for the Adaptive Computation Time RNN (data in, Plotly figure out)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def ponder_difficulty_figure(table: pd.DataFrame, by: str, title: str | None = None) -> go.Figure:
+    """Mean ponder time (±1 std) and error against a difficulty, one line per model.
+
+    table: tidy rows with columns ``by``, mean_ponder, std_ponder, step_error and
+    (optionally) model — ``models.act_eval.ponder_by`` output, concatenated over models.
+    """
+    df = table if "model" in table else table.assign(model="model")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("ponder time N(t)", "error"))
+    colors = px.colors.qualitative.Plotly
+    for i, (name, g) in enumerate(df.groupby("model", sort=False)):
+        color = colors[i % len(colors)]
+        fig.add_trace(go.Scatter(x=g[by], y=g["mean_ponder"], name=name, legendgroup=name, mode="lines+markers",
+                                 line_color=color, error_y=dict(type="data", array=g["std_ponder"], visible=True)),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=g[by], y=g["step_error"], name=name, legendgroup=name, showlegend=False,
+                                 mode="lines+markers", line_color=color), row=1, col=2)
+    fig.update_xaxes(title_text=by.replace("_", " "))
+    fig.update_yaxes(title_text="mean N(t)", row=1, col=1)
+    fig.update_yaxes(title_text="error", range=[-0.02, 1.02], row=1, col=2)
+    fig.update_layout(title=title or f"Ponder time against {by.replace('_', ' ')}")
+    return fig
+
+
+def tau_sweep_figure(table: pd.DataFrame, title: str = "Time penalty sweep") -> go.Figure:
+    """Error and mean ponder time against tau (log axis), as in the paper's figure.
+
+    table: rows with columns tau, error, mean_ponder (and optionally model).
+    """
+    df = table.sort_values("tau")
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    hover = df["model"] if "model" in df else None
+    fig.add_trace(go.Scatter(x=df["tau"], y=df["error"], name="error", mode="lines+markers", hovertext=hover),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=df["tau"], y=df["mean_ponder"], name="mean ponder time", mode="lines+markers",
+                             line_dash="dash", hovertext=hover), secondary_y=True)
+    fig.update_xaxes(type="log", title_text="time penalty tau")
+    fig.update_yaxes(title_text="error", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="mean ponder time N(t)", rangemode="tozero", secondary_y=True)
+    fig.update_layout(title=title)
+    return fig
+
+
+def halting_figure(trace: pd.DataFrame, title: str = "Halting at every ponder step") -> go.Figure:
+    """Halting probability h, cumulative h and weight p per ponder step; one panel per input step.
+
+    trace: ``models.act_eval.halting_trace`` output (columns t, n, h, cum_halt, p, N, R).
+    """
+    steps = sorted(trace["t"].unique())
+    fig = make_subplots(rows=1, cols=len(steps), shared_yaxes=True,
+                        subplot_titles=[f"t={t}: N={int(trace[trace.t == t]['N'].iloc[0])}" for t in steps])
+    for col, t in enumerate(steps, start=1):
+        g = trace[trace.t == t]
+        first = col == 1
+        fig.add_trace(go.Bar(x=g["n"], y=g["p"], name="weight p", marker_color="#636efa", showlegend=first,
+                             legendgroup="p"), row=1, col=col)
+        if g["h"].notna().any():
+            fig.add_trace(go.Scatter(x=g["n"], y=g["h"], name="halting h", mode="markers", marker_color="#ef553b",
+                                     marker_size=9, showlegend=first, legendgroup="h"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=g["n"], y=g["cum_halt"], name="cumulative h", mode="lines+markers",
+                                     line_color="#00cc96", showlegend=first, legendgroup="c"), row=1, col=col)
+        fig.update_xaxes(title_text="ponder step n", dtick=1, row=1, col=col)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
+    fig.update_yaxes(title_text="probability", row=1, col=1)
+    fig.update_layout(title=title, barmode="overlay")
+    return fig
+
+
+def ponder_sequence_figure(steps: pd.DataFrame, label: str = "digits", title: str = "Ponder time along a sequence"
+                           ) -> go.Figure:
+    """Ponder time at each input step of a few sequences; ``label`` column shown on hover.
+
+    steps: rows with columns item, position, ponder (``ACTEvaluation.steps``, a few items).
+    """
+    fig = px.line(steps, x="position", y="ponder", color=steps["item"].astype(str), markers=True,
+                  hover_data=[c for c in (label, "correct") if c in steps])
+    fig.update_layout(title=title, xaxis_title="input step t", yaxis_title="N(t)", legend_title="sequence")
+    return fig

@@ -1,0 +1,98 @@
+"""Cost of the hook layer on the reasoner, measured side by side in one run.
+
+1. forward with no hooks attached vs the same computation with the HookPoints removed
+   (each replaced by a plain Python identity function): target <= 1.05x;
+2. ``run_with_cache`` of every hook vs a plain forward: target <= 1.5x.
+
+    python bench/hooks.py [--model reasoner] [--batch 64] [--nodes 32] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.hooks import HookPoint
+
+
+def strip_hook_points(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model whose HookPoints are plain identity functions (not modules)."""
+    bare = copy.deepcopy(model)
+    for module in list(bare.modules()):
+        for name, child in list(module._modules.items()):
+            if isinstance(child, HookPoint):
+                del module._modules[name]
+                object.__setattr__(module, name, _identity)
+    return bare
+
+
+def _identity(x):
+    return x
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    import models
+    from models.reasoner import Reasoner, ReasonerConfig
+    from models.reasoner_data import tokens
+    from workbench.tasks import graph_arith as ga
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="reasoner")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default="out/bench/hooks.json")
+    args = parser.parse_args()
+
+    try:
+        model = models.load(args.model)
+    except ValueError:
+        model = Reasoner(ReasonerConfig()).eval()
+    problems = ga.sample(ga.GraphArithConfig(n_nodes=args.nodes), args.batch, np.random.default_rng(0))
+    x = tokens(problems, model.cfg)
+    steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
+    bare = strip_hook_points(model)
+    n_hooks = len(model.hook_dict)
+
+    with torch.no_grad():
+        t_bare = timed(lambda: bare(x, steps=steps), args.repeats)
+        t_hooked = timed(lambda: model(x, steps=steps), args.repeats)
+        t_cache = timed(lambda: model.run_with_cache(x, steps=steps), args.repeats)
+        assert torch.equal(bare(x, steps=steps).codes, model(x, steps=steps).codes)
+
+    result = {
+        "model": args.model, "batch": args.batch, "nodes": args.nodes, "tokens": x.shape[1], "steps": steps,
+        "hook_points": n_hooks, "threads": torch.get_num_threads(),
+        "seconds": {"no_hook_points": t_bare, "hooked_no_hooks": t_hooked, "run_with_cache_all": t_cache},
+        "ratio_hooked_vs_removed": t_hooked / t_bare, "ratio_cache_vs_forward": t_cache / t_hooked,
+    }
+    print(f"reasoner '{args.model}', batch {args.batch}, N={args.nodes} ({x.shape[1]} tokens), {steps} steps, "
+          f"{n_hooks} hook points, {torch.get_num_threads()} threads; median of {args.repeats}")
+    print(f"  forward, HookPoints removed     {t_bare * 1e3:8.1f} ms")
+    print(f"  forward, no hooks attached      {t_hooked * 1e3:8.1f} ms   ratio {t_hooked / t_bare:.3f} (target <= 1.05)")
+    print(f"  run_with_cache, every hook      {t_cache * 1e3:8.1f} ms   ratio {t_cache / t_hooked:.3f} vs forward "
+          "(target <= 1.5)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Adaptive Computation Time RNN (Graves 2016, "Adaptive Computation Time for Recurrent
+Neural Networks", arXiv 1603.08983).
+
+Method, per input step t and ponder step n = 1, 2, ... (code counts n from 0):
+
+1. **Pondering.** s_t^n = S(s_t^{n-1}, x_t^n) with s_t^0 = s_{t-1}; the ponder input
+   x_t^n is x_t plus one binary flag that is 1 on the FIRST ponder step only. S is a
+   tanh RNN, GRU or LSTM cell (``cell``); an LSTM's state is [hidden, cell] and both are
+   averaged below.
+2. **Halting.** y_t^n = W_y s_t^n + b_y and h_t^n = sigmoid(W_h s_t^n + b_h) (read from
+   the hidden part of the state). N(t) = min{n' : sum_{n<=n'} h_t^n >= 1 - eps}, capped at
+   ``max_ponder`` (M). Remainder R(t) = 1 - sum_{n<N(t)} h_t^n. Weights p_t^n = h_t^n
+   for n < N(t) and p_t^{N(t)} = R(t); they sum to 1.
+3. **Mean field.** s_t = sum_n p_t^n s_t^n and y_t = sum_n p_t^n y_t^n; s_t starts the
+   next input step.
+4. **Ponder cost.** P = sum_t (N(t) + R(t)); loss = task loss + tau * P. N(t) is
+   piecewise constant, so only R(t) carries gradient (dP/dh_t^n = -1 for n < N(t)).
+
+Halting bias: Graves suggests a positive initial b_h; in our runs (and in a 2026 study,
+arXiv 2604.21999) a bias of +1 makes h ~ 0.73 at the start, so N(t) = 2 for every
+input and the ponder cost keeps it there: pondering collapses before the task loss can
+ask for more. ``halt_bias_init`` defaults to -2 (h ~ 0.12, about 8 ponder steps at the
+start), which leaves room for the task to decide how long to ponder; see docs/act.md.
+
+Batched inference: every sample halts on its own. After a sample halts, later ponder
+steps skip it (the cell runs on the samples still pondering only), its weight p is 0,
+and its state is frozen, so a sample's result never depends on the other samples in
+its batch. Steps masked out (padding at the end of shorter sequences) run no ponder
+step at all: N = R = 0 there.
+
+``act=False`` is the baseline of the paper: a fixed ``fixed_steps`` ponder steps per
+input (flag on the first), the last one's state and output taken (p = 1 on it, so
+N = fixed_steps and R = 1 in the hooks); the halting unit exists but is unused.
+
+Hook names (``t`` = input step, ``n`` = ponder step from 0)::
+
+    time.{t}.ponder.{n}.hook_input       ponder input x_t^n with the flag   [batch, input_size + 1]
+    time.{t}.ponder.{n}.hook_state       s_t^n                              [batch, state_size]
+    time.{t}.ponder.{n}.hook_output      y_t^n (pre-sigmoid/softmax)        [batch, output_size]
+    time.{t}.ponder.{n}.hook_halt_logit  W_h s_t^n + b_h                    [batch]
+    time.{t}.ponder.{n}.hook_halt        h_t^n (0 for samples not pondering) [batch]
+    time.{t}.ponder.{n}.hook_cum_halt    sum_{n'<=n} h_t^n'                 [batch]
+    time.{t}.ponder.{n}.hook_weight      p_t^n (0 for samples not pondering) [batch]
+    time.{t}.hook_state                  mean-field state s_t                [batch, state_size]
+    time.{t}.hook_output                 mean-field output y_t               [batch, output_size]
+    time.{t}.hook_n_steps                N(t) (long)                         [batch]
+    time.{t}.hook_remainder              R(t)                                [batch]
+    time.{t}.hook_ponder_cost            N(t) + R(t)                         [batch]
+
+A ponder step's hooks fire only while at least one sample of the batch still ponders;
+in rows that halted earlier, ``hook_state``/``hook_output`` hold the frozen values and
+h = p = 0. Patching ``hook_halt_logit`` (or ``hook_halt``) at a ponder step changes
+when that sample halts, and so how long it ponders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+
+CELLS = ("rnn", "gru", "lstm")
+OUTPUTS = ("binary", "classes")
+
+
+# ---------------------------------------------------------------------- config
+@dataclass
+class ACTConfig:
+    input_size: int = 16
+    output_size: int = 1  # "binary": 1 logit; "classes": groups * n_classes logits
+    output: str = "binary"
+    n_classes: int = 11  # classes per output group ("classes" only)
+    hidden: int = 128
+    cell: str = "rnn"
+    act: bool = True  # False: the fixed-steps baseline
+    fixed_steps: int = 1  # ponder steps per input when act=False
+    max_ponder: int = 20  # the cap M on N(t); hook points are built for this many ponder steps
+    eps: float = 0.01
+    tau: float = 1e-3  # time penalty on the ponder cost
+    halt_bias_init: float = -2.0
+    max_time: int = 1  # hook points are built for this many input steps
+    task_name: str = "parity"
+    task: dict = field(default_factory=dict)  # the task config trained on
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell={self.cell!r}; allowed: {CELLS}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output={self.output!r}; allowed: {OUTPUTS}")
+        if self.output == "binary" and self.output_size != 1:
+            raise ValueError(f"output='binary' needs output_size=1; got {self.output_size}")
+        if self.output == "classes" and (self.n_classes < 2 or self.output_size % self.n_classes):
+            raise ValueError(f"output='classes' needs output_size a multiple of n_classes={self.n_classes} >= 2; "
+                             f"got output_size={self.output_size}")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"eps={self.eps} must be in (0, 1)")
+        if self.max_ponder < 1 or self.max_time < 1 or self.hidden < 1 or self.input_size < 1:
+            raise ValueError("max_ponder, max_time, hidden and input_size must be >= 1")
+        if not 1 <= self.fixed_steps <= self.max_ponder:
+            raise ValueError(f"fixed_steps={self.fixed_steps} must be in 1..max_ponder={self.max_ponder}")
+        if self.tau < 0:
+            raise ValueError(f"tau={self.tau} must be >= 0")
+
+    @property
+    def state_size(self) -> int:
+        return 2 * self.hidden if self.cell == "lstm" else self.hidden
+
+
+# ------------------------------------------------------- halting arithmetic
+def halt_step(cum: Tensor, h: Tensor, running: Tensor, n: int, eps: float, max_ponder: int):
+    """The halting rule for one ponder step ``n`` (counted from 0), per sample.
+
+    Args:
+        cum: [batch] sum of h over the earlier ponder steps of this input step.
+        h: [batch] this step's halting probability.
+        running: [batch] bool, samples that take this ponder step.
+    Returns:
+        (p, halts, cum_new): p [batch] the mean-field weight of this step (h, or the
+        remainder R = 1 - cum where the sample halts, 0 where it does not run);
+        halts [batch] bool, samples whose N(t) = n + 1; cum_new [batch].
+    """
+    halts = running & ((cum + h >= 1 - eps) | (n + 1 >= max_ponder))
+    p = torch.where(halts, 1 - cum, torch.where(running, h, torch.zeros_like(h)))
+    return p, halts, torch.where(running, cum + h, cum)
+
+
+def halting_schedule(h: Tensor, eps: float = 0.01, max_ponder: Optional[int] = None):
+    """N, R and the weights p for whole sequences of halting probabilities.
+
+    h: [..., n_steps] (``max_ponder`` defaults to n_steps). Returns (N [...] long,
+    R [...], p [..., n_steps]); p is 0 after step N. Same rule as ``halt_step``.
+    """
+    M = h.shape[-1] if max_ponder is None else max_ponder
+    cum = torch.zeros(h.shape[:-1], dtype=h.dtype)
+    running = torch.ones(h.shape[:-1], dtype=torch.bool)
+    N = torch.zeros(h.shape[:-1], dtype=torch.long)
+    R = torch.zeros(h.shape[:-1], dtype=h.dtype)
+    ps = []
+    for n in range(min(M, h.shape[-1])):
+        p, halts, new_cum = halt_step(cum, h[..., n], running, n, eps, M)
+        N = torch.where(halts, n + 1, N)
+        R = torch.where(halts, 1 - cum, R)
+        ps.append(p)
+        cum, running = new_cum, running & ~halts
+    p = torch.stack(ps, -1)
+    return N, R, F.pad(p, (0, h.shape[-1] - p.shape[-1]))
+
+
+# ------------------------------------------------------------- per-step hooks
+class PonderHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_input, self.hook_state, self.hook_output = HookPoint(), HookPoint(), HookPoint()
+        self.hook_halt_logit, self.hook_halt, self.hook_cum_halt = HookPoint(), HookPoint(), HookPoint()
+        self.hook_weight = HookPoint()
+
+
+class TimeHooks(nn.Module):
+    def __init__(self, max_ponder: int):
+        super().__init__()
+        self.ponder = hook_list(max_ponder, PonderHooks)
+        self.hook_state, self.hook_output = HookPoint(), HookPoint()
+        self.hook_n_steps, self.hook_remainder, self.hook_ponder_cost = HookPoint(), HookPoint(), HookPoint()
+
+
+@dataclass
+class ACTOutput:
+    """What a run returns. T = input steps."""
+
+    outputs: Tensor  # [batch, T, output_size] mean-field outputs y_t (logits)
+    n_steps: Tensor  # [batch, T] long, N(t) (0 on masked steps)
+    remainder: Tensor  # [batch, T] R(t)
+    state: Tensor  # [batch, state_size] the last mean-field state
+
+    @property
+    def ponder_cost(self) -> Tensor:
+        """[batch, T] N(t) + R(t)."""
+        return self.n_steps + self.remainder
+
+
+# ----------------------------------------------------------------------- model
+class ACT(HookedRecurrentModule):
+    """An RNN that ponders each input for an adaptive number of steps.
+
+    >>> model = ACT(ACTConfig(input_size=16, hidden=128))
+    >>> out = model(x)                  # x: [batch, T, 16] float
+    >>> out.outputs[:, -1, 0] > 0       # parity prediction; out.n_steps: ponder steps
+    """
+
+    def __init__(self, cfg: ACTConfig):
+        super().__init__()
+        self.cfg = cfg
+        cell = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[cfg.cell]
+        self.cell = cell(cfg.input_size + 1, cfg.hidden)  # +1: the first-step flag
+        self.readout = nn.Linear(cfg.hidden, cfg.output_size)
+        self.halt = nn.Linear(cfg.hidden, 1)
+        # W_h starts at zero: every input starts with the same h = sigmoid(b_h), so no input
+        # halts at its first ponder step by accident (h_t^1 >= 1 - eps gets no gradient at all)
+        nn.init.zeros_(self.halt.weight)
+        nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
+        self.time = hook_list(cfg.max_time, lambda: TimeHooks(cfg.max_ponder))
+        self.setup()
+
+    # --- one ponder step -------------------------------------------------------
+    def cell_step(self, x: Tensor, s: Tensor) -> Tensor:
+        """S(s, x): x [b, input_size + 1], s [b, state_size] -> [b, state_size]."""
+        if self.cfg.cell == "lstm":
+            H = self.cfg.hidden
+            return torch.cat(self.cell(x, (s[:, :H], s[:, H:])), dim=1)
+        return self.cell(x, s)
+
+    def hidden_of(self, s: Tensor) -> Tensor:
+        return s[:, : self.cfg.hidden]
+
+    # --- one input step ----------------------------------------------------------
+    def ponder(self, x: Tensor, s: Tensor, t: int, running: Tensor):
+        """Ponder on input x_t [B, input_size] from state s_{t-1} [B, state_size].
+
+        running: [B] bool, samples with a real input at this step. Returns the
+        mean-field state and output, N(t) and R(t), after the time-step hooks.
+        """
+        cfg, hooks = self.cfg, self.time[t]
+        B = x.shape[0]
+        steps = cfg.max_ponder if cfg.act else cfg.fixed_steps
+        start = s
+        cum = x.new_zeros(B)
+        N = torch.zeros(B, dtype=torch.long, device=x.device)
+        R = x.new_zeros(B)
+        s_mean = x.new_zeros(B, cfg.state_size)
+        y_mean = x.new_zeros(B, cfg.output_size)
+        for n in range(steps):
+            if not bool(running.any()):
+                break
+            ph = hooks.ponder[n]
+            flag = x.new_full((B, 1), 1.0 if n == 0 else 0.0)
+            x_n = ph.hook_input(torch.cat([x, flag], dim=1))
+            if bool(running.all()):
+                s = self.cell_step(x_n, s)
+            else:  # only the samples still pondering take the step; the others stay frozen
+                idx = running.nonzero().squeeze(1)
+                s = s.index_copy(0, idx, self.cell_step(x_n[idx], s[idx]))
+            s = ph.hook_state(s)
+            y = ph.hook_output(self.readout(self.hidden_of(s)))
+            if cfg.act:
+                logit = ph.hook_halt_logit(self.halt(self.hidden_of(s)).squeeze(1))
+                h = ph.hook_halt(torch.where(running, torch.sigmoid(logit), torch.zeros_like(logit)))
+                p, halts, new_cum = halt_step(cum, h, running, n, cfg.eps, cfg.max_ponder)
+                R = torch.where(halts, 1 - cum, R)
+                cum = ph.hook_cum_halt(new_cum)
+            else:
+                halts = running & (n + 1 == steps)
+                p = halts.to(x.dtype)
+                R = torch.where(halts, torch.ones_like(R), R)
+            p = ph.hook_weight(p)
+            s_mean = s_mean + p[:, None] * s
+            y_mean = y_mean + p[:, None] * y
+            N = torch.where(halts, n + 1, N)
+            running = running & ~halts
+        N = hooks.hook_n_steps(N)
+        R = hooks.hook_remainder(R)
+        hooks.hook_ponder_cost(N + R)
+        ran = N > 0
+        s_mean = hooks.hook_state(torch.where(ran[:, None], s_mean, start))
+        y_mean = hooks.hook_output(y_mean)
+        return s_mean, y_mean, N, R
+
+    # --- the loop ----------------------------------------------------------------
+    def forward(self, inputs: Tensor, mask: Optional[Tensor] = None) -> ACTOutput:
+        """Run over a batch of input sequences.
+
+        Args:
+            inputs: [batch, T, input_size] float, T <= max_time.
+            mask: [batch, T] bool, True at real steps (default: all). A sequence's real
+                steps must come first; masked steps are skipped (no pondering).
+        """
+        self._check_inputs(inputs, mask)
+        B, T, _ = inputs.shape
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=inputs.device)
+        s = inputs.new_zeros(B, self.cfg.state_size)
+        outputs, Ns, Rs = [], [], []
+        for t in range(T):
+            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t])
+            outputs.append(y)
+            Ns.append(N)
+            Rs.append(R)
+        return ACTOutput(torch.stack(outputs, 1), torch.stack(Ns, 1), torch.stack(Rs, 1), s)
+
+    def _check_inputs(self, inputs: Tensor, mask: Optional[Tensor]) -> None:
+        cfg = self.cfg
+        if not torch.is_tensor(inputs) or not inputs.is_floating_point() or inputs.ndim != 3 \
+                or inputs.shape[-1] != cfg.input_size:
+            got = f"{list(inputs.shape)} {inputs.dtype}" if torch.is_tensor(inputs) else type(inputs).__name__
+            raise ValueError(f"inputs must be a float tensor [batch, T, {cfg.input_size}]; got {got}")
+        self.check_steps(inputs.shape[1], loop="time", param="T (input steps)")
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(inputs.shape[:2])):
+            raise ValueError(f"mask must be a bool tensor {list(inputs.shape[:2])}; got {list(mask.shape)} {mask.dtype}")
+
+    # --- loss ----------------------------------------------------------------------
+    def task_loss(self, out: ACTOutput, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sequence task loss [batch] (summed over steps) and per-step errors [batch, T].
+
+        targets: "binary" [batch, T] in {0, 1}; "classes" [batch, T, groups] long.
+        """
+        m = mask.to(out.outputs.dtype)
+        if self.cfg.output == "binary":
+            logits = out.outputs[..., 0]
+            loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+            wrong = (logits > 0).long() != targets.long()
+        else:
+            B, T, _ = out.outputs.shape
+            logits = out.outputs.view(B, T, -1, self.cfg.n_classes)
+            loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none").view(B, T, -1).sum(-1)
+            wrong = (logits.argmax(-1) != targets).any(-1)
+        return (loss * m).sum(1), wrong & mask
+
+    def loss(self, batch: dict) -> tuple[Tensor, dict]:
+        """Task loss + tau * ponder cost, both summed over a sequence and averaged over the batch.
+
+        batch: ``inputs`` [B, T, input_size], ``targets``, ``mask`` [B, T] bool.
+        """
+        mask = batch["mask"]
+        out = self(batch["inputs"], mask)
+        task, wrong = self.task_loss(out, batch["targets"], mask)
+        ponder = (out.ponder_cost * mask).sum(1)
+        loss = task.mean() + (self.cfg.tau * ponder.mean() if self.cfg.act else 0.0)
+        steps = mask.sum()
+        stats = {
+            "task_loss": float(task.detach().mean()),
+            "seq_error": float(wrong.any(1).float().mean()),
+            "ponder": float(out.n_steps.sum() / steps),
+        }
+        return loss, stats
+
+    # --- config round trip ----------------------------------------------------------
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ACT":
+        return cls(ACTConfig(**config))

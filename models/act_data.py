@@ -1,0 +1,61 @@
+"""Batches for the ACT RNN from the task modules (parity, addition).
+
+A batch is a dict: ``inputs`` [B, T, input_size] float32, ``targets`` (parity [B, 1]
+float 0/1; addition [B, T, out_digits] long classes), ``mask`` [B, T] bool, and the
+difficulty of each step (``n_nonzero`` [B] or ``digits`` [B, T]).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from workbench.tasks import addition as add
+from workbench.tasks import parity as par
+
+TASKS = ("parity", "addition")
+
+
+def task_config(name: str, config: dict):
+    """The task's config dataclass from its name and stored fields."""
+    if name == "parity":
+        return par.ParityConfig(**config)
+    if name == "addition":
+        return add.AdditionConfig(**config)
+    raise ValueError(f"unknown task {name!r}; allowed: {TASKS}")
+
+
+def model_shape(name: str, task) -> dict:
+    """ACTConfig fields that a task fixes (input/output sizes, input steps)."""
+    if name == "parity":
+        return dict(input_size=task.size, output_size=1, output="binary", max_time=1)
+    if name != "addition":
+        raise ValueError(f"unknown task {name!r}; allowed: {TASKS}")
+    return dict(input_size=task.input_size, output_size=task.out_digits * add.N_CLASSES, output="classes",
+                n_classes=add.N_CLASSES, max_time=task.max_numbers)
+
+
+def parity_batch(problems: par.ParitySet) -> dict:
+    n = len(problems)
+    return {
+        "inputs": torch.from_numpy(problems.vectors.astype(np.float32))[:, None, :],
+        "targets": torch.from_numpy(problems.target.astype(np.float32))[:, None],
+        "mask": torch.ones(n, 1, dtype=torch.bool),
+        "n_nonzero": torch.from_numpy(problems.n_nonzero),
+    }
+
+
+def addition_batch(problems: Sequence[add.AdditionProblem], config: add.AdditionConfig) -> dict:
+    arr = add.encode(problems, config)
+    return {key: torch.from_numpy(value) for key, value in arr.items()}
+
+
+def sample_batch(name: str, task, n: int, rng: np.random.Generator) -> dict:
+    """A fresh training batch of ``n`` problems."""
+    if name == "parity":
+        return parity_batch(par.sample(task, n, rng))
+    if name == "addition":
+        return addition_batch(add.sample(task, n, rng), task)
+    raise ValueError(f"unknown task {name!r}; allowed: {TASKS}")

@@ -1,0 +1,593 @@
+"""WARP: a weight-space linear RNN whose hidden state is the weights of a small MLP.
+
+Method, as in "Weight-Space Linear Recurrent Neural Networks" (arXiv 2506.01153):
+
+1. **State = weights.** theta_t in R^D is the flattened weights and biases of a small
+   "root" MLP (``root_depth`` hidden layers of ``root_width`` units).
+2. **Linear recurrence on input differences.** theta_t = A theta_{t-1} + B (u_t - u_{t-1}),
+   with A (D x D) initialised to the identity and B (D x d_in) to zero, so at
+   initialisation theta stays at theta_0. theta_0 = phi(u_0) from a small hypernetwork
+   (``init="hyper"``) or a learned vector (``init="learned"``).
+3. **Self-decoding.** Step t runs the root MLP with weights theta_t at the coordinate
+   tau = (t + 1) / (seq_len - 1) of the value it predicts (u_{t+1}; classifiers use
+   tau = t / (seq_len - 1)), optionally with a sinusoidal encoding of tau
+   (``tau_freqs``) and the current input u_t (``root_takes_x``). Heads: a regression
+   mean (optionally mean + std, Gaussian NLL) and classification logits (cross-entropy on
+   the last step only).
+4. **Two execution modes, the same numbers.** ``mode="parallel"`` unrolls the linear
+   recurrence into a convolution: theta_t = A^t theta_0 + sum_s A^(t-s) B du_s. The
+   kernel A^k [W_phi | b_phi | B] does not depend on the batch (n small matrix products),
+   the sum over s is an FFT convolution, and all theta_t are decoded at once.
+   ``mode="recurrent"`` steps through time one position at a time, so it can feed its own
+   predictions back (autoregressive forecasting / completion) and every step has its
+   own hook points.
+5. **WARP-Phys** (``physics``): the root's output is replaced by a physical formula whose
+   parameters come from theta_t. ``"sine"``: u = sin(2 pi tau + phi_hat(tau)).
+   ``"msd"``: the root outputs (m, c, k) > 0 and the prediction is one explicit Euler step
+   of m x'' + c x' + k x = 0 from the current state u_t = (x, v) with step ``dt``.
+6. **Autoregressive training with scheduled teacher forcing**: ``loss(batch)`` with a
+   ``feed`` mask feeds the truth where the mask is True and the model's own prediction
+   elsewhere (``models.warp_data`` draws the mask; the truth is fed with a probability
+   that decays from 1 to ``forcing_min``).
+
+Hook names (recurrent mode; ``t`` = time step, ``l`` = hidden layer of the root)::
+
+    time.{t}.hook_input          u_t fed at step t (truth or own prediction) [batch, d_in]
+    time.{t}.hook_dx             u_t - u_{t-1} (0 at t = 0)                   [batch, d_in]
+    time.{t}.hook_theta          theta_t, the root's weights                  [batch, D]
+    time.{t}.root.hook_in        root input (tau features, u_t)               [batch, n_in]
+    time.{t}.root.layers.{l}.hook_pre / hook_post   root hidden layer l, before / after
+                                 the activation                                [batch, width]
+    time.{t}.root.hook_out       raw root output                               [batch, n_out]
+    time.{t}.hook_phys           physical parameters (phi_hat, or m, c, k)     [batch, p]
+    time.{t}.hook_output         prediction of u_{t+1} (fed back when generating) [batch, d_in]
+    time.{t}.hook_std / hook_logits                                           [batch, d_in / classes]
+
+Parallel mode has the same names under ``parallel.`` with the time axis second, e.g.
+``parallel.hook_theta`` [batch, T, D]. Patching ``time.{t}.hook_theta`` in recurrent mode
+changes theta_{t+1}, theta_{t+2}, ... through A (and, when generating, every later input):
+the **total** effect of theta_t. Patching ``parallel.hook_theta`` changes only the outputs
+decoded from the patched steps, since the trajectory was already computed: the
+**direct** effect.
+
+>>> model = Warp(WarpConfig(d_in=2, physics="msd", seq_len=128))
+>>> out = model(x)                                   # x: [batch, T, 2]; recurrent mode
+>>> out.mean.shape, out.thetas.shape                 # [batch, T, 2], [batch, T, D]
+>>> gen = model(x[:, :32], context=32, horizon=96)   # forecast 96 steps from 32
+>>> f = model.root_at(40, x)                         # root MLP at step 40: f(tau, u) -> u_next
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+PHYSICS = ("none", "sine", "msd")
+PHYS_PARAMS = {"none": (), "sine": ("phi",), "msd": ("m", "c", "k")}
+INITS = ("hyper", "learned")
+MODES = ("recurrent", "parallel")
+
+
+# ---------------------------------------------------------------------- config
+@dataclass
+class WarpConfig:
+    d_in: int = 1  # dimensions of the input / predicted value
+    regress: bool = True  # predict the next input (forecasting, completion)
+    n_classes: int = 0  # > 0: classification logits (trained on the last step)
+    gaussian: bool = False  # regression mean + std, trained with the Gaussian NLL
+    # the root MLP whose weights are the state
+    root_width: int = 16
+    root_depth: int = 2  # hidden layers
+    root_act: str = "tanh"
+    tau_freqs: int = 0  # sin/cos(2 pi k tau), k = 1..tau_freqs, added to the root input
+    root_takes_x: bool = False  # the root also reads the current input u_t
+    # theta_0
+    init: str = "hyper"  # "hyper": phi(u_0); "learned": one vector
+    hyper_hidden: int = 0  # hidden units of phi (0: theta_0 is affine in u_0)
+    # WARP-Phys
+    physics: str = "none"
+    dt: float = 1 / 32  # Euler step of physics="msd"
+    phys_scales: tuple[float, ...] = ()  # typical size of each physical parameter (msd: m, c, k)
+    # sequence length: tau = t / (seq_len - 1); hook points exist for seq_len steps
+    seq_len: int = 128
+    std_min: float = 1e-3
+    cls_weight: float = 1.0  # weight of the classification loss when both heads train
+    task: dict = field(default_factory=dict)  # the task trained on
+
+    def __post_init__(self):
+        self.phys_scales = tuple(float(s) for s in self.phys_scales)
+        if self.root_act not in ACTIVATIONS:
+            raise ValueError(f"root_act={self.root_act!r}; allowed: {tuple(ACTIVATIONS)}")
+        if self.physics not in PHYSICS:
+            raise ValueError(f"physics={self.physics!r}; allowed: {PHYSICS}")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r}; allowed: {INITS}")
+        if self.d_in < 1 or self.root_width < 1 or self.root_depth < 0 or self.tau_freqs < 0 or self.n_classes < 0:
+            raise ValueError("d_in and root_width must be >= 1; root_depth, tau_freqs, n_classes >= 0")
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len={self.seq_len} must be >= 2")
+        if not (self.regress or self.n_classes):
+            raise ValueError("the model needs a head: regress=True and/or n_classes > 0")
+        if self.physics != "none":
+            need = {"sine": 1, "msd": 2}[self.physics]
+            if self.d_in != need or not self.regress or self.n_classes:
+                raise ValueError(f"physics={self.physics!r} predicts a state of {need} dims: needs d_in={need}, "
+                                 f"regress=True, n_classes=0 (got d_in={self.d_in}, regress={self.regress}, "
+                                 f"n_classes={self.n_classes})")
+        if self.physics == "msd":
+            if not self.phys_scales:
+                self.phys_scales = (1.0, 1.0, 1.0)
+            if len(self.phys_scales) != 3 or min(self.phys_scales) <= 0:
+                raise ValueError(f"phys_scales={self.phys_scales}: physics='msd' needs 3 positive scales (m, c, k)")
+            if not self.dt > 0:
+                raise ValueError(f"dt={self.dt} must be positive")
+
+    @property
+    def n_root_in(self) -> int:
+        return 1 + 2 * self.tau_freqs + (self.d_in if self.root_takes_x else 0)
+
+    @property
+    def n_root_out(self) -> int:
+        if self.physics == "sine":
+            return 1 + self.gaussian
+        if self.physics == "msd":
+            return 3 + 2 * self.gaussian
+        return (self.d_in * (1 + self.gaussian) if self.regress else 0) + self.n_classes
+
+    @property
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """(out, in) of every root layer."""
+        dims = [self.n_root_in] + [self.root_width] * self.root_depth + [self.n_root_out]
+        return [(o, i) for i, o in zip(dims[:-1], dims[1:])]
+
+    @property
+    def d_theta(self) -> int:
+        """D, the size of the state: every weight and bias of the root."""
+        return sum(o * i + o for o, i in self.layer_sizes)
+
+    @property
+    def tau_shift(self) -> int:
+        """Regression outputs are decoded at the coordinate of the value they predict."""
+        return 1 if self.regress else 0
+
+
+# ------------------------------------------------------------- per-step hooks
+class LayerHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+
+class RootHooks(nn.Module):
+    def __init__(self, depth: int):
+        super().__init__()
+        self.hook_in = HookPoint()
+        self.layers = nn.ModuleList(LayerHooks() for _ in range(depth))
+        self.hook_out = HookPoint()
+
+
+class StepHooks(nn.Module):
+    """Hook points of one time step (recurrent mode) or of the whole trajectory (parallel)."""
+
+    def __init__(self, depth: int):
+        super().__init__()
+        self.hook_input, self.hook_dx, self.hook_theta = HookPoint(), HookPoint(), HookPoint()
+        self.root = RootHooks(depth)
+        self.hook_phys, self.hook_output, self.hook_std, self.hook_logits = (HookPoint(), HookPoint(), HookPoint(),
+                                                                            HookPoint())
+
+
+@dataclass
+class WarpOutput:
+    """A run over n steps. Step t read ``inputs[:, t]`` and predicts the input of step t + 1."""
+
+    thetas: Tensor  # [batch, n, D]
+    inputs: Tensor  # [batch, n, d_in] what was fed (truth or own predictions)
+    mean: Optional[Tensor] = None  # [batch, n, d_in]
+    std: Optional[Tensor] = None  # [batch, n, d_in]
+    logits: Optional[Tensor] = None  # [batch, n, n_classes]; only the last step is trained
+    phys: Optional[Tensor] = None  # [batch, n, p] physical parameters (WARP-Phys)
+
+    @property
+    def steps(self) -> int:
+        return self.thetas.shape[1]
+
+
+# ------------------------------------------------------------ shared pieces
+def root_init(cfg: WarpConfig, generator: Optional[torch.Generator] = None) -> Tensor:
+    """A flattened root MLP with nn.Linear's default initialisation: [D]."""
+    parts = []
+    for o, i in cfg.layer_sizes:
+        bound = 1 / math.sqrt(i)
+        parts.append((torch.rand(o * i + o, generator=generator) * 2 - 1) * bound)
+    return torch.cat(parts)
+
+
+def tau_features(cfg: WarpConfig, tau: Tensor) -> Tensor:
+    """tau [...] -> [..., 1 + 2 * tau_freqs]: tau, then sin and cos of 2 pi k tau."""
+    feats = [tau[..., None]]
+    if cfg.tau_freqs:
+        k = torch.arange(1, cfg.tau_freqs + 1, dtype=tau.dtype, device=tau.device)
+        angle = 2 * math.pi * tau[..., None] * k
+        feats += [torch.sin(angle), torch.cos(angle)]
+    return torch.cat(feats, dim=-1)
+
+
+def head(cfg: WarpConfig, raw: Tensor, tau: Tensor, u: Tensor, hooks: Optional[StepHooks] = None) -> dict:
+    """Turn the root's raw output [..., n_out] into mean / std / logits / phys.
+
+    tau [...] is the decoding coordinate and u [..., d_in] the current input (used by the
+    Euler step of physics="msd").
+    """
+    hook = (lambda name, v: getattr(hooks, name)(v)) if hooks is not None else (lambda name, v: v)
+    out: dict = {}
+    d = cfg.d_in
+    if cfg.physics == "none":
+        if cfg.regress:
+            out["mean"] = raw[..., :d]
+            if cfg.gaussian:
+                out["std"] = F.softplus(raw[..., d:2 * d]) + cfg.std_min
+        if cfg.n_classes:
+            out["logits"] = raw[..., raw.shape[-1] - cfg.n_classes:]
+    elif cfg.physics == "sine":
+        phi = hook("hook_phys", raw[..., :1])
+        out["phys"] = phi
+        out["mean"] = torch.sin(2 * math.pi * tau[..., None] + phi)
+        if cfg.gaussian:
+            out["std"] = F.softplus(raw[..., 1:2]) + cfg.std_min
+    else:  # msd: one explicit Euler step of m x'' + c x' + k x = 0 from u = (x, v)
+        scales = torch.tensor(cfg.phys_scales, dtype=raw.dtype, device=raw.device)
+        phys = hook("hook_phys", scales * F.softplus(raw[..., :3]) / math.log(2.0))  # = scales at raw = 0
+        out["phys"] = phys
+        m, c, k = phys.unbind(-1)
+        x, v = u.unbind(-1)
+        out["mean"] = torch.stack([x + cfg.dt * v, v - cfg.dt * (c * v + k * x) / m], dim=-1)
+        if cfg.gaussian:
+            out["std"] = F.softplus(raw[..., 3:5]) + cfg.std_min
+    if "mean" in out:
+        out["mean"] = hook("hook_output", out["mean"])
+    if "std" in out:
+        out["std"] = hook("hook_std", out["std"])
+    if "logits" in out:
+        out["logits"] = hook("hook_logits", out["logits"])
+    return out
+
+
+def check_sequence(x: Tensor, d_in: int, seq_len: int, name: str = "x") -> None:
+    """Clear errors for the wrong shape or dtype, NaN / inf, or a sequence that is too long."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != d_in:
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a float tensor [batch, time, d_in={d_in}]; got {got}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if x.shape[1] > seq_len:
+        raise ValueError(f"{name} has {x.shape[1]} time steps; this model supports at most seq_len={seq_len}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        b, t, _ = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite values (NaN or inf), first at batch {b}, time {t}")
+
+
+def rollout_plan(x: Tensor, context: Optional[int], horizon: Optional[int], feed: Optional[Tensor],
+                 seq_len: int) -> tuple[Tensor, Optional[Tensor]]:
+    """Inputs [batch, n, d] and feed mask [batch, n] (True = feed the truth) of a rollout.
+
+    ``context`` C with ``horizon`` H: the first C inputs are given, H values are
+    generated (n = C + H - 1 steps). ``feed``: an explicit mask over x's steps (step 0 is
+    always fed the truth).
+    """
+    if context is not None and feed is not None:
+        raise ValueError("give either context (with horizon) or feed, not both")
+    if context is None:
+        if horizon is not None:
+            raise ValueError("horizon needs a context")
+        if feed is not None:
+            if feed.dtype != torch.bool or tuple(feed.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"feed must be a bool tensor [batch, time] = {tuple(x.shape[:2])}; "
+                                 f"got {tuple(feed.shape)} {feed.dtype}")
+        return x, feed
+    C = int(context)
+    if not 1 <= C <= x.shape[1]:
+        raise ValueError(f"context={C} must be in 1..{x.shape[1]} (the time steps of x)")
+    H = x.shape[1] - C if horizon is None else int(horizon)
+    if H < 1:
+        raise ValueError(f"horizon={H} must be >= 1 (values to generate after the context)")
+    n = C + H - 1
+    if n > seq_len:
+        raise ValueError(f"context={C} + horizon={H} - 1 = {n} steps; this model supports at most seq_len={seq_len}")
+    given = x[:, :C]
+    pad = given.new_zeros(x.shape[0], n - C, x.shape[2])
+    mask = torch.zeros(x.shape[0], n, dtype=torch.bool, device=x.device)
+    mask[:, :C] = True
+    return torch.cat([given, pad], dim=1), mask
+
+
+def causal_conv(K: Tensor, e: Tensor) -> Tensor:
+    """sum_{s <= t} K[t - s] @ e[:, s] by FFT: K [n, D, r], e [batch, n, r] -> [batch, n, D].
+
+    The transforms run over the last (contiguous) axis; zero padding to 2n makes the
+    convolution linear rather than circular.
+    """
+    n, L = e.shape[1], 2 * e.shape[1]
+    Kf = torch.fft.rfft(K.permute(1, 2, 0), n=L)  # [D, r, F]
+    Xf = torch.fft.rfft(e.transpose(1, 2), n=L)  # [batch, r, F]
+    out = torch.fft.irfft(torch.einsum("Ddf,bdf->bDf", Kf, Xf), n=L)[..., :n]  # [batch, D, n]
+    return out.transpose(1, 2).contiguous()  # one copy, so the decoder reads contiguous weights
+
+
+# --------------------------------------------------------------- root as a net
+class RootNetwork(nn.Module):
+    """The root MLP at one step, rebuilt from theta_t as ordinary ``nn.Linear`` layers.
+
+    ``f(tau, u=None)`` returns the prediction (regression mean; logits for a pure
+    classifier); ``f.decode(tau, u)`` returns every head. tau: float or [...];
+    u: [..., d_in] (needed when the root reads u or for physics="msd").
+    """
+
+    def __init__(self, cfg: WarpConfig, theta: Tensor):
+        super().__init__()
+        if theta.shape != (cfg.d_theta,):
+            raise ValueError(f"theta must have shape ({cfg.d_theta},); got {tuple(theta.shape)}")
+        self.cfg = cfg
+        self.layers = nn.ModuleList()
+        at = 0
+        for o, i in cfg.layer_sizes:
+            layer = nn.Linear(i, o).to(theta.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(theta[at:at + o * i].view(o, i))
+                layer.bias.copy_(theta[at + o * i:at + o * i + o])
+            at += o * i + o
+            self.layers.append(layer)
+        self.requires_grad_(False)
+
+    def decode(self, tau, u: Optional[Tensor] = None) -> dict:
+        cfg = self.cfg
+        tau = torch.as_tensor(tau, dtype=self.layers[0].weight.dtype)
+        if (cfg.root_takes_x or cfg.physics == "msd") and u is None:
+            raise ValueError("this root reads the current input: call f(tau, u) with u [..., d_in]")
+        h = tau_features(cfg, tau)
+        if cfg.root_takes_x:
+            h = torch.cat([h, u], dim=-1)
+        act = ACTIVATIONS[cfg.root_act]
+        for l, layer in enumerate(self.layers):
+            h = layer(h)
+            if l < len(self.layers) - 1:
+                h = act(h)
+        return head(cfg, h, tau, u)
+
+    def forward(self, tau, u: Optional[Tensor] = None) -> Tensor:
+        out = self.decode(tau, u)
+        return out["mean"] if "mean" in out else out["logits"]
+
+
+# ----------------------------------------------------------------------- model
+class Warp(HookedRecurrentModule):
+    """WARP with per-step hook points; see the module docstring."""
+
+    def __init__(self, cfg: WarpConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, d = cfg.d_theta, cfg.d_in
+        self.layout = []  # (start, out, in) of each root layer inside theta
+        at = 0
+        for o, i in cfg.layer_sizes:
+            self.layout.append((at, o, i))
+            at += o * i + o
+        self.split_sizes = [n for o, i in cfg.layer_sizes for n in (o * i, o)]
+        self.A = nn.Parameter(torch.eye(D))
+        self.B = nn.Parameter(torch.zeros(D, d))
+        if cfg.init == "learned":
+            self.theta0 = nn.Parameter(root_init(cfg))
+        else:
+            n_feat = cfg.hyper_hidden or d
+            self.hyper_in = nn.Linear(d, cfg.hyper_hidden) if cfg.hyper_hidden else None
+            self.hyper_W = nn.Parameter(torch.randn(D, n_feat) * 0.01)
+            self.hyper_b = nn.Parameter(root_init(cfg))
+        self.time = hook_list(cfg.seq_len, lambda: StepHooks(cfg.root_depth))
+        self.parallel = StepHooks(cfg.root_depth)
+        self.setup()
+
+    # --- pieces ---------------------------------------------------------------
+    def tau(self, t: Tensor | int) -> Tensor:
+        """Decoding coordinate of step t."""
+        return (torch.as_tensor(t, dtype=self.A.dtype) + self.cfg.tau_shift) / (self.cfg.seq_len - 1)
+
+    def _hyper_features(self, u0: Tensor) -> Tensor:
+        return torch.tanh(self.hyper_in(u0)) if self.hyper_in is not None else u0
+
+    def theta_init(self, u0: Tensor) -> Tensor:
+        """theta_0 for inputs u0 [batch, d_in]: [batch, D]."""
+        if self.cfg.init == "learned":
+            return self.theta0.expand(u0.shape[0], -1)
+        return self._hyper_features(u0) @ self.hyper_W.T + self.hyper_b
+
+    def _root(self, theta: Tensor, h: Tensor, hooks: RootHooks) -> Tensor:
+        """Run the root MLP whose weights are theta [..., D] on inputs h [..., n_in]."""
+        h = hooks.hook_in(h)
+        act = ACTIVATIONS[self.cfg.root_act]
+        last = len(self.layout) - 1
+        # one split (not a slice per tensor): its backward writes one gradient, not one per piece
+        pieces = theta.split(self.split_sizes, dim=-1)
+        for l, (_, o, i) in enumerate(self.layout):
+            W, b = pieces[2 * l].unflatten(-1, (o, i)), pieces[2 * l + 1]
+            h = (W @ h.unsqueeze(-1)).squeeze(-1) + b
+            if l < last:
+                h = hooks.layers[l].hook_post(act(hooks.layers[l].hook_pre(h)))
+        return hooks.hook_out(h)
+
+    def _decode(self, theta: Tensor, tau: Tensor, u: Tensor, hooks: StepHooks) -> dict:
+        h = tau_features(self.cfg, tau)
+        if self.cfg.root_takes_x:
+            h = torch.cat([h, u], dim=-1)
+        return head(self.cfg, self._root(theta, h, hooks.root), tau, u, hooks)
+
+    def kernel(self, n: int) -> Tensor:
+        """K_k = A^k M for k = 0..n-1 with M = [theta_0 part | B]: [n, D, r], independent of the batch.
+
+        Computed by doubling (K_{m..2m-1} = A^m K_{0..m-1}, A^m by squaring): log2(n) large
+        matrix products instead of n matrix-vector products, which also backpropagates faster.
+        """
+        if self.cfg.init == "learned":
+            M = torch.cat([self.theta0[:, None], self.B], dim=1)
+        else:
+            M = torch.cat([self.hyper_W, self.hyper_b[:, None], self.B], dim=1)
+        D, r = M.shape
+        K, power = M[None], self.A
+        while K.shape[0] < n:
+            m = K.shape[0]
+            nxt = (power @ K.permute(1, 0, 2).reshape(D, m * r)).reshape(D, m, r).permute(1, 0, 2)
+            K = torch.cat([K, nxt])
+            if K.shape[0] < n:
+                power = power @ power
+        return K[:n]
+
+    # --- the two modes --------------------------------------------------------
+    def _parallel(self, x: Tensor) -> dict:
+        hooks = self.parallel
+        batch, n, _ = x.shape
+        u = hooks.hook_input(x)
+        dx = hooks.hook_dx(torch.cat([torch.zeros_like(u[:, :1]), u[:, 1:] - u[:, :-1]], dim=1))
+        # theta_t = sum_s K_{t-s} e_s: theta_0's features enter as an impulse at s = 0, then du_s
+        if self.cfg.init == "learned":
+            impulse = u.new_ones(batch, 1)
+        else:  # theta_0 = W_phi z + b_phi
+            z = self._hyper_features(u[:, 0])
+            impulse = torch.cat([z, u.new_ones(batch, 1)], dim=1)
+        impulse = torch.cat([impulse[:, None], impulse.new_zeros(batch, n - 1, impulse.shape[1])], dim=1)
+        theta = hooks.hook_theta(causal_conv(self.kernel(n), torch.cat([impulse, dx], dim=2)))
+        tau = self.tau(torch.arange(n)).to(x.device).expand(batch, n)
+        return {"thetas": theta, "inputs": u, **self._decode(theta, tau, u, hooks)}
+
+    def _recurrent(self, x: Tensor, feed: Optional[Tensor]) -> dict:
+        batch, n, _ = x.shape
+        At, Bt = self.A.T, self.B.T
+        steps: list[dict] = []
+        theta = u_prev = None
+        for t in range(n):
+            hooks = self.time[t]
+            u = x[:, t]
+            if feed is not None and t > 0:
+                u = torch.where(feed[:, t, None], u, steps[-1]["mean"])
+            u = hooks.hook_input(u)
+            if t == 0:
+                dx = hooks.hook_dx(torch.zeros_like(u))
+                theta = self.theta_init(u) + dx @ Bt
+            else:
+                dx = hooks.hook_dx(u - u_prev)
+                theta = theta @ At + dx @ Bt
+            theta = hooks.hook_theta(theta)
+            dec = self._decode(theta, self.tau(t).to(x.device).expand(batch), u, hooks)
+            steps.append({"thetas": theta, "inputs": u, **dec})
+            u_prev = u
+        return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
+
+    def forward(self, x: Tensor, mode: str = "recurrent", context: Optional[int] = None,
+                horizon: Optional[int] = None, feed: Optional[Tensor] = None) -> WarpOutput:
+        """Run WARP over a sequence.
+
+        Args:
+            x: [batch, T, d_in] inputs (all of them when teacher-forced; with ``context``
+                only the first ``context`` are read).
+            mode: ``"recurrent"`` (step by step, per-step hooks) or ``"parallel"``
+                (convolution + batched decoding, ``parallel.*`` hooks; teacher-forced only).
+            context, horizon: generate ``horizon`` values after the first ``context``
+                inputs, feeding predictions back (recurrent mode). ``out.mean[:, context-1:]``
+                is the forecast of x[:, context : context + horizon].
+            feed: [batch, T] bool, True = feed the truth, False = the previous prediction
+                (scheduled teacher forcing; recurrent mode).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}; allowed: {MODES}")
+        check_sequence(x, self.cfg.d_in, self.cfg.seq_len if context is None else 10**9)
+        generating = context is not None or (feed is not None and not bool(feed.all()))
+        if generating and not self.cfg.regress:
+            raise ValueError("feeding predictions back needs a regression head (regress=True)")
+        x, feed = rollout_plan(x, context, horizon, feed, self.cfg.seq_len)
+        if mode == "parallel":
+            if feed is not None and not bool(feed.all()):
+                raise ValueError("mode='parallel' is teacher-forced; generation (context / feed) needs mode='recurrent'")
+            return WarpOutput(**self._parallel(x))
+        return WarpOutput(**self._recurrent(x, feed))
+
+    @torch.no_grad()
+    def generate(self, prefix: Tensor, horizon: int) -> Tensor:
+        """Forecast ``horizon`` values after ``prefix`` [batch, C, d_in]: [batch, horizon, d_in]."""
+        out = self(prefix, context=prefix.shape[1], horizon=horizon)
+        return out.mean[:, prefix.shape[1] - 1:]
+
+    # --- the root as an ordinary network --------------------------------------
+    def root_from_theta(self, theta: Tensor) -> RootNetwork:
+        return RootNetwork(self.cfg, theta.detach())
+
+    @torch.no_grad()
+    def root_at(self, t: int, x: Tensor, sample: int = 0, **run) -> RootNetwork:
+        """The root network at step t of the run on x (recurrent mode): ``f(tau, u)``.
+
+        ``f(model.tau(t), out.inputs[sample, t])`` equals ``out.mean[sample, t]``; other tau
+        values query the same weights elsewhere in time (the paper's gradient-free
+        test-time adaptation).
+        """
+        out = self(x, mode="recurrent", **run)
+        if not 0 <= t < out.steps:
+            raise ValueError(f"t={t} is out of range: the run has steps 0..{out.steps - 1}")
+        if not 0 <= sample < out.thetas.shape[0]:
+            raise ValueError(f"sample={sample} is out of range: the batch has {out.thetas.shape[0]} sequences")
+        return self.root_from_theta(out.thetas[sample, t])
+
+    # --- loss -----------------------------------------------------------------
+    def loss(self, batch: dict) -> tuple[Tensor, dict]:
+        """Training loss. batch: ``x`` [B, T, d_in], optional ``feed`` [B, T] bool and
+        ``label`` [B] long. Teacher-forced batches run in parallel mode."""
+        x, feed = batch["x"], batch.get("feed")
+        teacher = feed is None or bool(feed.all())
+        out = self(x, mode="parallel") if teacher else self(x, mode="recurrent", feed=feed)
+        return sequence_loss(self.cfg, out, batch)
+
+    # --- spectrum and config --------------------------------------------------
+    def spectrum(self) -> Tensor:
+        """Eigenvalues of A (complex) [D]."""
+        return torch.linalg.eigvals(self.A.detach().double())
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Warp":
+        return cls(WarpConfig(**config))
+
+
+def sequence_loss(cfg, out, batch: dict) -> tuple[Tensor, dict]:
+    """Next-step regression on every step and/or cross-entropy on the last step.
+
+    Shared by WARP and the GRU baseline (``cfg`` needs ``regress``, ``n_classes``, and
+    for the NLL ``gaussian``; ``cls_weight`` weighs the classification term).
+    """
+    x = batch["x"]
+    total, stats = 0.0, {}
+    if cfg.regress:
+        target, mean = x[:, 1:], out.mean[:, :-1]
+        mse = ((mean - target) ** 2).mean()
+        stats["mse"] = mse.item()
+        if getattr(cfg, "gaussian", False):
+            std = out.std[:, :-1]
+            nll = (0.5 * ((target - mean) / std) ** 2 + torch.log(std)).mean()
+            stats["nll"] = nll.item()
+            total = total + nll
+        else:
+            total = total + mse
+    if cfg.n_classes:
+        label = batch["label"]
+        logits = out.logits[:, -1]
+        ce = F.cross_entropy(logits, label)
+        stats["ce"] = ce.item()
+        stats["acc"] = float((logits.argmax(-1) == label).float().mean())
+        total = total + getattr(cfg, "cls_weight", 1.0) * ce
+    return total, stats

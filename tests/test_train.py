@@ -1,0 +1,123 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.toy import ToyLoop, toy_batch
+from workbench import checkpoints
+from workbench.train import TRAIN_STATE, TrainConfig, TrainingError, TrainSpec, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_min=None, crash_at=None):
+    torch.manual_seed(0)
+    model = ToyLoop()
+
+    def batch(rng, step):
+        if step == crash_at:
+            raise KeyboardInterrupt  # the run is killed here
+        return toy_batch(rng, step, nan_at=nan_at)
+
+    spec = TrainSpec(model, batch,
+                     evaluate=lambda m: {"w_norm": m.lin.weight.norm().item()})
+    cfg = TrainConfig(steps=steps, lr=1e-2, warmup=2, out=str(out), resume=resume, progress=False,
+                      checkpoint_every=checkpoint_every, eval_every=5, time_limit_min=time_limit_min)
+    return model, train(spec, cfg)
+
+
+def test_checkpoint_round_trip_and_metrics(tmp_path):
+    model, result = run(tmp_path / "a", 10)
+    loaded = checkpoints.load(tmp_path / "a")
+    assert not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["step"] == 10 and "w_norm" in metrics["evaluation"]
+    assert result["train_wall_s"] >= 0 and "torch" in result["hardware"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    full, _ = run(tmp_path / "full", 12)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "part", 12, checkpoint_every=7, crash_at=9)  # killed after the step-7 checkpoint
+    resumed, _ = run(tmp_path / "part", 12, resume=True)
+    for k, v in full.state_dict().items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-6)
+    assert torch.load(tmp_path / "part" / TRAIN_STATE, weights_only=False)["step"] == 12
+
+
+def test_same_seed_same_weights(tmp_path):
+    a, _ = run(tmp_path / "a", 6)
+    b, _ = run(tmp_path / "b", 6)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 7.*step 5"):
+        run(tmp_path / "n", 20, nan_at=7)
+    kept = checkpoints.load(tmp_path / "n")
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
+    assert torch.load(tmp_path / "n" / TRAIN_STATE, weights_only=False)["step"] == 5
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    run(tmp_path / "r", 5)
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    cfg["config"]["d"] = 5
+    (tmp_path / "r" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(checkpoints.CheckpointError, match="config differs"):
+        run(tmp_path / "r", 10, resume=True)
+
+
+def test_corrupt_or_mismatched_checkpoints_name_the_file(tmp_path):
+    run(tmp_path / "c", 5)
+    folder = tmp_path / "c"
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(checkpoints.CheckpointError, match=r"model.safetensors: corrupt"):
+        checkpoints.load(folder)
+    weights.write_bytes(good)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["config"]["d"] = 6
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(checkpoints.CheckpointError, match=r"model.safetensors: does not match .*shape mismatch"):
+        checkpoints.load(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(checkpoints.CheckpointError, match=r"config.json: corrupt JSON"):
+        checkpoints.load(folder)
+    with pytest.raises(checkpoints.CheckpointError, match="not found"):
+        checkpoints.load(tmp_path / "missing")
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "f.json"
+    checkpoints.write_json(target, {"a": 1})
+
+    def broken(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        checkpoints.atomic_write(target, broken)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0 = torch.load(tmp_path / "rank0.pt")
+    w1 = torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(v, w1[k]) for k, v in w0.items())
+    single = ToyLoop()
+    assert not all(torch.equal(v, single.state_dict()[k]) for k, v in w0.items())  # it did train
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["world_size"] == 2

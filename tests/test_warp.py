@@ -1,0 +1,256 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.gru import GRU, GRUConfig, hidden_for_params
+from models.warp import Warp, WarpConfig
+from models.warp_data import Forcing, digits_batch, dynamics_batch
+from workbench.hooks import UnknownHookError, stack
+from workbench.tasks import digits as dg
+from workbench.tasks import dynamics as dy
+
+VARIANTS = {
+    "plain": dict(d_in=2),
+    "hyper-mlp": dict(d_in=2, hyper_hidden=6, root_act="silu"),
+    "x-and-fourier": dict(d_in=2, init="learned", tau_freqs=2, root_takes_x=True, root_depth=1),
+    "phys-msd": dict(d_in=2, physics="msd", phys_scales=(1.0, 0.3, 5.0), gaussian=True),
+    "phys-sine": dict(d_in=1, physics="sine"),
+    "classifier": dict(d_in=1, regress=False, n_classes=10, init="learned", root_depth=1),
+    "both-heads": dict(d_in=1, n_classes=10, init="learned"),
+}
+
+
+def small(seed=0, perturb=True, dtype=torch.float64, **kw) -> Warp:
+    """A small WARP with a trained-looking (non-identity) A and nonzero B."""
+    torch.manual_seed(seed)
+    kw = {"root_width": 8, "seq_len": 40, **kw}
+    model = Warp(WarpConfig(**kw)).to(dtype).eval()
+    if perturb:
+        D = model.cfg.d_theta
+        with torch.no_grad():
+            model.A.add_(torch.randn(D, D, dtype=dtype) * 0.05 / math.sqrt(D))
+            model.B.normal_(0, 0.2)
+    return model
+
+
+def inputs(model, batch=3, T=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    T = T or model.cfg.seq_len
+    return torch.randn(batch, T, model.cfg.d_in, generator=g, dtype=model.A.dtype).cumsum(1) * 0.2
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_parallel_and_recurrent_modes_agree(name):
+    model = small(**VARIANTS[name])
+    x = inputs(model)
+    par, rec = model(x, mode="parallel"), model(x, mode="recurrent")
+    for key in ("thetas", "mean", "std", "logits", "phys", "inputs"):
+        a, b = getattr(par, key), getattr(rec, key)
+        assert (a is None) == (b is None), key
+        if a is not None:
+            assert a.shape == b.shape
+            assert (a - b).abs().max() < 1e-5, key
+    f32 = small(dtype=torch.float32, **VARIANTS[name])
+    x32 = x.float()
+    assert (f32(x32, mode="parallel").thetas - f32(x32).thetas).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["plain", "x-and-fourier", "phys-msd"])
+def test_identity_A_and_zero_B_keep_theta_constant(name):
+    model = small(perturb=False, **VARIANTS[name])
+    assert torch.equal(model.A, torch.eye(model.cfg.d_theta, dtype=model.A.dtype))
+    assert not model.B.any()
+    x = inputs(model)
+    for mode in ("recurrent", "parallel"):
+        th = model(x, mode=mode).thetas
+        assert torch.allclose(th, th[:, :1].expand_as(th), atol=1e-12)
+        assert th[:, 0].std() > 0 or model.cfg.init == "learned"
+
+
+@pytest.mark.parametrize("name", ["plain", "hyper-mlp", "x-and-fourier", "phys-msd", "phys-sine", "classifier"])
+def test_root_rebuilt_from_theta_reproduces_the_output(name):
+    model = small(**VARIANTS[name])
+    x = inputs(model)
+    out = model(x)
+    for t in (0, 7, model.cfg.seq_len - 1):
+        f = model.root_at(t, x, sample=2)
+        assert isinstance(f.layers[0], torch.nn.Linear)
+        pred = f(model.tau(t), out.inputs[2, t])
+        expect = out.mean[2, t] if out.mean is not None else out.logits[2, t]
+        assert torch.allclose(pred, expect, atol=1e-10)
+    # the same weights evaluated over a grid of tau: an ordinary function of time
+    f = model.root_at(10, x)
+    grid = torch.linspace(0, 1, 5, dtype=x.dtype)
+    u = out.inputs[0, 10].expand(5, -1)
+    assert f(grid, u).shape[0] == 5
+
+
+def test_every_step_is_hooked_and_stack_matches_the_output():
+    model = small(**VARIANTS["phys-msd"])
+    x = inputs(model, T=12)
+    out, cache = model.run_with_cache(x)
+    sites = ["hook_input", "hook_dx", "hook_theta", "root.hook_in", "root.layers.0.hook_pre", "root.layers.1.hook_post",
+             "root.hook_out", "hook_phys", "hook_output", "hook_std"]
+    for t in range(12):
+        for s in sites:
+            assert f"time.{t}.{s}" in cache
+    assert "time.12.hook_theta" not in cache
+    assert torch.equal(stack(cache, "hook_theta", loop="time").transpose(0, 1), out.thetas)
+    assert torch.equal(stack(cache, "hook_output", loop="time").transpose(0, 1), out.mean)
+    assert cache["time.3.hook_dx"].equal(x[:, 3] - x[:, 2]) and not cache["time.0.hook_dx"].any()
+    assert model.loop_sizes == {"time": 40}
+    _, pcache = model.run_with_cache(x, mode="parallel")
+    assert pcache["parallel.hook_theta"].shape == (3, 12, model.cfg.d_theta)
+    assert torch.allclose(pcache["parallel.root.layers.1.hook_post"], stack(cache, "root.layers.1.hook_post",
+                                                                            loop="time").transpose(0, 1))
+    assert not any(k.startswith("time.") for k in pcache)
+
+
+def test_patching_theta_total_effect_in_recurrent_direct_effect_in_parallel():
+    model = small(**VARIANTS["plain"])
+    x = inputs(model, T=10)
+    clean = model(x)
+
+    def shift(theta, hook):
+        return theta + 0.5
+
+    patched = model.run_with_hooks(x, fwd_hooks=[("time.4.hook_theta", shift)])
+    assert torch.equal(patched.mean[:, :4], clean.mean[:, :4])  # earlier steps untouched
+    assert not torch.allclose(patched.thetas[:, 5:], clean.thetas[:, 5:])  # propagates through A
+    assert (patched.mean[:, 4:] - clean.mean[:, 4:]).abs().amax(dim=(0, 2)).min() > 1e-6
+
+    def shift_step4(thetas, hook):
+        thetas = thetas.clone()
+        thetas[:, 4] += 0.5
+        return thetas
+
+    direct = model.run_with_hooks(x, mode="parallel", fwd_hooks=[("parallel.hook_theta", shift_step4)])
+    changed = (direct.mean - clean.mean).abs().amax(dim=(0, 2)) > 1e-9
+    assert changed.tolist() == [t == 4 for t in range(10)]
+    assert torch.allclose(direct.mean[:, 4], patched.mean[:, 4])  # same at the patched step itself
+
+
+def test_generation_feeds_predictions_back():
+    model = small(**VARIANTS["x-and-fourier"])
+    x = inputs(model, T=30)
+    C, H = 8, 22
+    gen = model(x, context=C, horizon=H)
+    assert gen.steps == C + H - 1
+    teacher = model(x[:, :C])
+    assert torch.allclose(gen.mean[:, :C], teacher.mean)  # the context is read as given
+    assert torch.equal(gen.inputs[:, C:], gen.mean[:, C - 1:-1])  # then its own predictions
+    assert torch.equal(model.generate(x[:, :C], H), gen.mean[:, C - 1:])
+    # a feed mask that is all True is teacher forcing
+    full = model(x, feed=torch.ones(3, 30, dtype=torch.bool))
+    assert torch.allclose(full.mean, model(x, mode="parallel").mean, atol=1e-10)
+    # a long context may come with more data than the model would read
+    assert model(inputs(model, T=60), context=10, horizon=5).steps == 14
+
+
+def test_physics_heads_follow_their_formulas():
+    model = small(**VARIANTS["phys-msd"])
+    x = inputs(model)
+    out = model(x)
+    m, c, k = out.phys.unbind(-1)
+    pos, vel = out.inputs.unbind(-1)
+    dt = model.cfg.dt
+    assert torch.allclose(out.mean[..., 0], pos + dt * vel)
+    assert torch.allclose(out.mean[..., 1], vel - dt * (c * vel + k * pos) / m)
+    assert (out.phys > 0).all()
+    sine = small(**VARIANTS["phys-sine"])
+    o = sine(inputs(sine))
+    tau = (torch.arange(40, dtype=torch.float64) + 1) / 39
+    assert torch.allclose(o.mean[..., 0], torch.sin(2 * math.pi * tau + o.phys[..., 0]))
+
+
+def test_losses_train_A_B_and_theta0_in_both_modes():
+    model = small(**VARIANTS["both-heads"]).train()
+    x = inputs(model)
+    label = torch.tensor([1, 2, 3])
+    for feed in (None, torch.rand(3, 40, generator=torch.Generator().manual_seed(0)) < 0.5):
+        model.zero_grad()
+        batch = {"x": x, "label": label} | ({"feed": feed} if feed is not None else {})
+        loss, stats = model.loss(batch)
+        loss.backward()
+        assert set(stats) == {"mse", "ce", "acc"}
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (model.A, model.B, model.theta0))
+
+
+def test_bad_inputs_get_clear_errors():
+    model = small(**VARIANTS["plain"])
+    x = inputs(model)
+    with pytest.raises(ValueError, match=r"x must be a float tensor \[batch, time, d_in=2\]; got \(3, 40\)"):
+        model(x[..., 0])
+    with pytest.raises(ValueError, match="d_in=2"):
+        model(x[..., :1])
+    with pytest.raises(ValueError, match="float tensor"):
+        model(x.long())
+    bad = x.clone()
+    bad[1, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite values .* first at batch 1, time 5"):
+        model(bad)
+    with pytest.raises(ValueError, match="41 time steps; this model supports at most seq_len=40"):
+        model(inputs(model, T=41))
+    with pytest.raises(ValueError, match=r"context=10 \+ horizon=40 - 1 = 49 steps"):
+        model(x, context=10, horizon=40)
+    with pytest.raises(ValueError, match="mode='scan'; allowed"):
+        model(x, mode="scan")
+    with pytest.raises(ValueError, match="generation .* needs mode='recurrent'"):
+        model(x, mode="parallel", context=5)
+    with pytest.raises(ValueError, match=r"feed must be a bool tensor \[batch, time\]"):
+        model(x, feed=torch.ones(3, 40))
+    with pytest.raises(ValueError, match="t=40 is out of range"):
+        model.root_at(40, x)
+    with pytest.raises(UnknownHookError, match="loop 'time' has indices 0..39"):
+        model.run_with_hooks(x, fwd_hooks=[("time.40.hook_theta", lambda a, hook: a)])
+    with pytest.raises(ValueError, match="needs a regression head"):
+        small(**VARIANTS["classifier"])(inputs(small(**VARIANTS["classifier"])), context=4)
+    with pytest.raises(ValueError, match="physics='msd' predicts a state of 2 dims"):
+        WarpConfig(d_in=1, physics="msd")
+    with pytest.raises(ValueError, match="root_act='sigmoid'"):
+        WarpConfig(root_act="sigmoid")
+    with pytest.raises(ValueError, match="needs a head"):
+        WarpConfig(regress=False)
+
+
+def test_config_round_trip_and_spectrum():
+    model = small(**VARIANTS["phys-msd"])
+    again = Warp.from_config(model.config_dict())
+    assert again.cfg == model.cfg and again.cfg.d_theta == model.cfg.d_theta
+    eig = small(perturb=False).spectrum()
+    assert torch.allclose(eig.abs(), torch.ones_like(eig.abs()))
+
+
+def test_gru_baseline_shares_the_interface_and_hooks():
+    torch.manual_seed(0)
+    g = GRU(GRUConfig(d_in=2, hidden=12, seq_len=30)).eval()
+    x = torch.randn(4, 30, 2)
+    out, cache = g.run_with_cache(x)
+    assert out.mean.shape == (4, 30, 2) and out.thetas.shape == (4, 30, 12)
+    assert torch.equal(stack(cache, "hook_hidden", loop="time").transpose(0, 1), out.thetas)
+    gen = g(x, context=10, horizon=21)
+    assert torch.equal(gen.inputs[:, 10:], gen.mean[:, 9:-1])
+    patched = g.run_with_hooks(x, fwd_hooks=[("time.5.hook_hidden", lambda h, hook: h * 0)])
+    assert torch.equal(patched.mean[:, :5], out.mean[:, :5]) and not torch.allclose(patched.mean[:, 6:], out.mean[:, 6:])
+    loss, stats = g.train().loss({"x": x, "feed": torch.rand(4, 30) < 0.5})
+    loss.backward()
+    assert "mse" in stats and g.cell.weight_hh.grad is not None
+    with pytest.raises(ValueError, match="31 time steps"):
+        g(torch.randn(1, 31, 2))
+    n = sum(p.numel() for p in GRU(GRUConfig(d_in=2, hidden=hidden_for_params(20_000, 2))).parameters())
+    assert abs(n - 20_000) < 1_000
+
+
+def test_training_batches_and_forcing_schedule():
+    f = Forcing(min=0.25, decay=100, start=50)
+    assert [f.p(s) for s in (0, 49, 50, 100, 150, 10_000)] == [1.0, 1.0, 1.0, 0.625, 0.25, 0.25]
+    task = dy.DynamicsConfig(system="lv")
+    rng = np.random.default_rng(0)
+    assert set(dynamics_batch(task, 4, rng, 0, f)) == {"x"}
+    b = dynamics_batch(task, 64, rng, 10_000, f)
+    assert b["x"].shape == (64, 128, 2) and b["feed"][:, :task.context].all()
+    assert 0.15 < b["feed"][:, task.context:].float().mean() < 0.35
+    d = digits_batch(dg.DigitsConfig(), 8, rng, 0, Forcing(min=1.0))
+    assert d["x"].shape == (8, 64, 1) and d["label"].shape == (8,) and "feed" not in d
