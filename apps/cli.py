@@ -2,6 +2,7 @@
 
     workbench train reasoner --preset quick --out runs/quick
     workbench eval reasoner --seed 1 --out out/ood
+    workbench patch reasoner --positions each
     workbench list
 """
 
@@ -14,13 +15,16 @@ import sys
 
 import apps.commands
 
-# One module per model family in apps/commands/; each offers add_<command>_args(parser, argv)
-# and <command>(args) for the commands it supports.
-COMMANDS = ("train", "eval", "patch", "attribute", "probe", "codebook")
+# `train` and `eval` go through one module per model family in apps/commands/ (each offers
+# add_<command>_args(parser, argv) and <command>(args)); the analyses take any model, so they
+# come straight from apps/commands/analysis.py: `workbench patch <model> ...`.
+COMMANDS = ("train", "eval")
+ANALYSES = ("patch", "attribute", "probe", "codebook")
 
 
 def families() -> dict:
-    names = sorted(m.name for m in pkgutil.iter_modules(apps.commands.__path__) if not m.name.startswith("_"))
+    names = sorted(m.name for m in pkgutil.iter_modules(apps.commands.__path__)
+                   if not m.name.startswith("_") and m.name != "analysis")
     return {name.replace("_", "-"): importlib.import_module(f"apps.commands.{name}") for name in names}
 
 
@@ -39,6 +43,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             p = fam.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
             getattr(module, f"add_{command}_args")(p, argv)
             p.set_defaults(func=getattr(module, command))
+    analysis = importlib.import_module("apps.commands.analysis")
+    for command in ANALYSES:
+        p = sub.add_parser(command, help=f"{command} any zoo model or checkpoint",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        getattr(analysis, f"add_{command}_args")(p, argv)
+        p.set_defaults(func=getattr(analysis, command))
     return parser
 
 

@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     model = Warp(WarpConfig(d_in=args.d_in, seq_len=args.T, root_width=args.root_width, root_depth=args.root_depth))
     with torch.no_grad():  # a trained-looking A and B, so that theta moves
         D = model.cfg.d_theta
-        model.A.mul_(0.98).add_(torch.randn(D, D) * 0.02 / D ** 0.5)
+        model.A_raw.copy_((torch.randn(D, D) * 0.02 / D ** 0.5 - 0.02 * torch.eye(D)) / model.cfg.a_scale)
         model.B.normal_(0, 0.1)
     x = torch.randn(args.batch, args.T, args.d_in).cumsum(1) * 0.1
 

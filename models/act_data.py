@@ -7,6 +7,7 @@ difficulty of each step (``n_nonzero`` [B] or ``digits`` [B, T]).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -50,6 +51,21 @@ def parity_batch(problems: par.ParitySet) -> dict:
 def addition_batch(problems: Sequence[add.AdditionProblem], config: add.AdditionConfig) -> dict:
     arr = add.encode(problems, config)
     return {key: torch.from_numpy(value) for key, value in arr.items()}
+
+
+def curriculum(task: par.ParityConfig, step: int, steps: int, start: int = 2) -> par.ParityConfig:
+    """Parity with at most ``start`` nonzero entries at step 0, growing linearly to the full
+    task (``task.hi``) at step ``steps``; ``steps=0`` is no curriculum.
+
+    Without it, ACT learns early on to halt at the first ponder step on vectors with
+    many nonzero entries (it cannot solve them yet); a first-step halt (h_1 >= 1 - eps)
+    gets no gradient at all, so those inputs stay stuck there.
+    """
+    if steps <= 0 or step >= steps:
+        return task
+    lo = min(max(start, task.min_nonzero), task.hi)
+    hi = lo + int((task.hi - lo + 1) * step / steps)
+    return replace(task, max_nonzero=min(hi, task.hi))
 
 
 def sample_batch(name: str, task, n: int, rng: np.random.Generator) -> dict:

@@ -44,6 +44,9 @@ Hook names (``t`` = step, ``l`` = layer)::
     steps.{t}.bottleneck.hook_embed              codes re-embedded (the next step's input)
 
 Patching ``steps.{t}.bottleneck.hook_codes`` sets a variable's value at step t.
+
+Resuming: ``resume_state(cache, t)`` rebuilds the state entering step t from a recorded run and
+``forward(tokens, steps, start=state)`` continues from it (``workbench.patching``'s prefix reuse).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.patching import LoopState
 from workbench.tasks import graph_arith as ga
 
 LATENTS = ("discrete", "continuous")
@@ -74,8 +78,9 @@ class ReasonerConfig:
     n_layers: int = 2
     n_heads: int = 4
     d_mlp: int = 512
+    mlp: str = "gelu"  # "gelu" or "bilinear" ((W_gate x) * (W_in x): products of features in one layer)
     rel_window: int = 64
-    alibi_init: bool = True  # start the relative bias as -slope*|distance| (head 0: slope 0)
+    rel_init: str = "alibi"  # relative-bias start: "zero", "alibi" (-slope*|d|) or "offset" (see Attention)
     causal: bool = False
     max_steps: int = 64  # hook points are built for this many steps
     max_tokens: int = 4096
@@ -98,6 +103,10 @@ class ReasonerConfig:
             raise ValueError(f"latent={self.latent!r}; allowed: {LATENTS}")
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"supervision={self.supervision!r}; allowed: {SUPERVISIONS}")
+        if self.mlp not in ("gelu", "bilinear"):
+            raise ValueError(f"mlp={self.mlp!r}; allowed: gelu, bilinear")
+        if self.rel_init not in ("zero", "alibi", "offset"):
+            raise ValueError(f"rel_init={self.rel_init!r}; allowed: zero, alibi, offset")
         if self.scheme not in ga.SCHEMES:
             raise ValueError(f"scheme={self.scheme!r}; allowed: {ga.SCHEMES}")
         if self.d_model % self.n_heads:
@@ -131,7 +140,7 @@ class AttnHooks(nn.Module):
 class MLPHooks(nn.Module):
     def __init__(self):
         super().__init__()
-        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+        self.hook_pre, self.hook_pre_linear, self.hook_post = HookPoint(), HookPoint(), HookPoint()
 
 
 class BlockHooks(nn.Module):
@@ -182,10 +191,13 @@ class Attention(nn.Module):
         self.W_V = nn.Linear(cfg.d_model, cfg.d_model)
         self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
         self.rel_bias = nn.Parameter(torch.zeros(cfg.n_heads, 2 * cfg.rel_window + 1))
-        if cfg.alibi_init:  # a locality prior: head 0 global, later heads increasingly local
+        dist = torch.arange(-cfg.rel_window, cfg.rel_window + 1)
+        if cfg.rel_init == "alibi":  # a locality prior: head 0 global, later heads increasingly local
             slopes = torch.tensor([0.0] + [2.0 ** -i for i in range(cfg.n_heads - 1)])
-            dist = torch.arange(-cfg.rel_window, cfg.rel_window + 1).abs().float()
-            self.rel_bias.data = -slopes[:, None] * dist[None, :]
+            self.rel_bias.data = -slopes[:, None] * dist.abs().float()[None, :]
+        elif cfg.rel_init == "offset":  # half the heads start looking h tokens back, half look everywhere
+            for h in range(cfg.n_heads // 2):
+                self.rel_bias.data[h] = torch.where(dist == -h, 0.0, -4.0)
 
     def forward(self, x: Tensor, hooks: AttnHooks, key_mask: Tensor) -> Tensor:
         """x: [batch, pos, d]; key_mask: [batch, 1, query|1, key] bool, True = may attend."""
@@ -204,13 +216,25 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GELU MLP, or a bilinear one: hook_post = hook_pre * hook_pre_linear (no nonlinearity).
+
+    A bilinear layer represents products of input features directly, which is what a modular
+    sum needs in the Fourier basis (cos(a+b) = cos a cos b - sin a sin b).
+    """
+
     def __init__(self, cfg: ReasonerConfig):
         super().__init__()
+        self.bilinear = cfg.mlp == "bilinear"
         self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.W_gate = nn.Linear(cfg.d_model, cfg.d_mlp) if self.bilinear else None
         self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model)
 
     def forward(self, x: Tensor, hooks: MLPHooks) -> Tensor:
-        return self.W_out(hooks.hook_post(F.gelu(hooks.hook_pre(self.W_in(x)))))
+        if self.bilinear:
+            hidden = hooks.hook_pre(self.W_gate(x)) * hooks.hook_pre_linear(self.W_in(x))
+        else:
+            hidden = F.gelu(hooks.hook_pre(self.W_in(x)))
+        return self.W_out(hooks.hook_post(hidden))
 
 
 class Block(nn.Module):
@@ -273,11 +297,15 @@ class Reasoner(HookedRecurrentModule):
             mask = mask & torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None, None]
         return mask
 
-    def step(self, x: Tensor, t: int, key_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """One application of the shared block stack: returns (final residual, factor logits)."""
+    def step(self, x: Tensor, t: int, key_mask: Tensor, first_block: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """One application of the shared block stack: returns (final residual, factor logits).
+
+        ``first_block`` > 0 resumes inside the step: x is then the residual entering that block.
+        """
         hooks = self.steps[t]
-        x = hooks.hook_input(x)
-        for block, block_hooks in zip(self.blocks, hooks.blocks):
+        if first_block == 0:
+            x = hooks.hook_input(x)
+        for block, block_hooks in list(zip(self.blocks, hooks.blocks))[first_block:]:
             x = block(x, block_hooks, key_mask)
         x = hooks.hook_resid_final(x)
         normed = self.ln_final(x)
@@ -292,13 +320,14 @@ class Reasoner(HookedRecurrentModule):
         return torch.where(pad, tokens, codes)
 
     # --- the loop -----------------------------------------------------------
-    def forward(self, tokens: Tensor, steps: Optional[int] = None) -> ReasonerOutput:
+    def forward(self, tokens: Tensor, steps: Optional[int] = None, start: Optional[LoopState] = None) -> ReasonerOutput:
         """Roll out the recurrence.
 
         Args:
             tokens: [batch, pos, 4] long factored tokens (``workbench.tasks.graph_arith``).
             steps: number of steps; ``None`` runs ``fixed_steps`` for end-to-end models and
                 otherwise until the codes stop changing (a fixed point), at most max_steps.
+            start: continue a recorded run of the same tokens from ``resume_state(cache, t)``.
         """
         self._check_tokens(tokens)
         if steps is None:
@@ -310,8 +339,17 @@ class Reasoner(HookedRecurrentModule):
         key_mask = self.key_mask(tokens)
         x = self.embed(tokens)
         value_logits, codes_per_step, codes = [], [], tokens
-        for t in range(steps):
-            resid, logits = self.step(x, t, key_mask)
+        t0 = 0
+        if start is not None and start.t > 0:
+            if start.t > steps:
+                raise ValueError(f"start.t={start.t} is beyond steps={steps}")
+            t0, x, codes = start.t, start.carry["x"], start.carry["codes"]
+            value_logits, codes_per_step = list(start.record["value_logits"]), list(start.record["codes"])
+            logits = list(start.record["logits"])
+        first_block = start.inner if start is not None else 0
+        for t in range(t0, steps):
+            resid, logits = self.step(start.carry["resid"] if first_block else x, t, key_mask, first_block)
+            first_block = 0
             new_codes = self.steps[t].bottleneck.hook_codes(self.decode(logits, tokens))
             value_logits.append(logits[3])
             codes_per_step.append(new_codes)
@@ -328,6 +366,37 @@ class Reasoner(HookedRecurrentModule):
             codes=torch.stack(codes_per_step, dim=1),
             logits=dict(zip(names, logits)),
         )
+
+    # --- resuming a recorded run -----------------------------------------------
+    resume_loop, resume_inner = "steps", "blocks"
+
+    def resume_names(self, t: int, inner: int = 0) -> list[str]:
+        """The hooks that ``resume_state(cache, t, inner)`` reads (steps < t; block ``inner`` of step t)."""
+        if inner:
+            return self.resume_names(t) + [f"steps.{t}.blocks.{inner}.hook_resid_pre"]
+        if t == 0:
+            return []
+        names = [f"steps.{s}.bottleneck.{h}" for s in range(t) for h in ("hook_logits", "hook_codes")]
+        names += [f"steps.{t - 1}.bottleneck.hook_{f}_logits" for f in ("syntax", "variable", "op")]
+        feed = "bottleneck.hook_embed" if self.cfg.latent == "discrete" else "hook_resid_final"
+        return names + [f"steps.{t - 1}.{feed}"]
+
+    def resume_state(self, cache, t: int, inner: int = 0) -> LoopState:
+        """The state entering step t (at block ``inner``) of the run recorded in ``cache``."""
+        if inner:
+            state = self.resume_state(cache, t)
+            state.carry["resid"] = cache[f"steps.{t}.blocks.{inner}.hook_resid_pre"]
+            state.inner = inner
+            return state
+        if t == 0:
+            return LoopState(0, {})
+        bn = lambda s, h: cache[f"steps.{s}.bottleneck.{h}"]  # noqa: E731
+        feed = "bottleneck.hook_embed" if self.cfg.latent == "discrete" else "hook_resid_final"
+        codes = [bn(s, "hook_codes") for s in range(t)]
+        last = ("hook_syntax_logits", "hook_variable_logits", "hook_op_logits", "hook_logits")
+        record = {"value_logits": [bn(s, "hook_logits") for s in range(t)], "codes": codes,
+                  "logits": [bn(t - 1, h) for h in last]}
+        return LoopState(t, {"x": cache[f"steps.{t - 1}.{feed}"], "codes": codes[-1]}, record)
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if tokens.dtype != torch.long or tokens.ndim != 3 or tokens.shape[-1] != 4:

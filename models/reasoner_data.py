@@ -8,8 +8,8 @@ model's config:
   step from a state to the next exact state. The start state is a true intermediate state
   of the exact algorithm (step t, uniform over 0..solved) or, with probability
   ``random_states``, a random partly filled state (each slot filled with probability q,
-  q ~ U(0, 1) drawn per example and per role, operand or defining slot) — many more fresh
-  multi-operand sums and lookups per sequence than the trajectory offers.
+  drawn per example and per role: operand slots q ~ U(0.5, 1), defining slots q ~ U(0, 0.5))
+  — many more fresh multi-operand sums per sequence than the trajectory offers.
 * ``rollout_batch`` with ``supervision="algorithmic"`` (continuous latent): the same start
   states, then ``bptt_steps`` supervised steps.
 * ``rollout_batch`` with ``supervision="final"`` (end-to-end baselines): the initial state
@@ -73,9 +73,10 @@ def _start_states(arr: dict, cfg: ReasonerConfig, rng: np.random.Generator, allo
     t = rng.integers(0, fill_step.max(axis=1) + 1)[:, None]  # uniform over 0..solved
     filled_traj = slot & (fill_step <= t)
     fresh_traj = slot & (fill_step == t)
-    # one fill probability per example and per role (operand / defining slots), so that
-    # "operands filled, result empty" (a fresh sum to compute) is common
-    q = np.where(arr["role"] == ga.ROLE_OPERAND, rng.random((B, 1)), rng.random((B, 1)))
+    # one fill probability per example and per role: operand slots mostly filled (q ~ U(0.5, 1)),
+    # defining slots mostly empty (q ~ U(0, 0.5)), so "operands known, result not yet" - a
+    # fresh multi-operand sum, the slowest thing to learn - is common
+    q = np.where(arr["role"] == ga.ROLE_OPERAND, 0.5 + 0.5 * rng.random((B, 1)), 0.5 * rng.random((B, 1)))
     filled_rand = slot & (rng.random((B, L)) < q)
     use_random = (rng.random((B, 1)) < cfg.random_states) & allow_random
     filled = np.where(use_random, filled_rand, filled_traj)

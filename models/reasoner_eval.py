@@ -21,6 +21,9 @@ from .reasoner import Reasoner
 from .reasoner_data import encode_batch
 
 
+_ATTENTION_BUDGET = 2**26  # attention-score elements per batch (256 MB in float32)
+
+
 @dataclass
 class Evaluation:
     fully_solved: np.ndarray  # [n] bool
@@ -51,7 +54,12 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
     order = sorted(range(n), key=lambda i: (problems[i].depth, ga.n_tokens(problems[i])))
     fully, node_acc, steps = np.zeros(n, bool), np.zeros(n), np.zeros(n, int)
     hits: dict[tuple[int, int], list[int]] = {}
-    chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    chunks, i = [], 0
+    while i < n:  # long problems go in smaller batches: attention memory grows as L^2
+        L = max(ga.n_tokens(problems[j]) for j in order[i : i + batch_size])
+        size = max(1, min(batch_size, _ATTENTION_BUDGET // (cfg.n_heads * L * L)))
+        chunks.append(order[i : i + size])
+        i += size
     for chunk in tqdm(chunks, disable=not progress, desc="evaluate", leave=False):
         batch = [problems[i] for i in chunk]
         arr = encode_batch(batch, cfg)

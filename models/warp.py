@@ -23,7 +23,7 @@ Method, as in "Weight-Space Linear Recurrent Neural Networks" (arXiv 2506.01153)
    own hook points.
 5. **WARP-Phys** (``physics``): the root's output is replaced by a physical formula whose
    parameters come from theta_t. ``"sine"``: u = sin(2 pi tau + phi_hat(tau)).
-   ``"msd"``: the root outputs (m, c, k) > 0 and the prediction is one explicit Euler step
+   ``"msd"``: the root outputs (m, c, k), each within e^(+-phys_bound) of ``phys_scales``, and the prediction is one explicit Euler step
    of m x'' + c x' + k x = 0 from the current state u_t = (x, v) with step ``dt``.
 6. **Autoregressive training with scheduled teacher forcing**: ``loss(batch)`` with a
    ``feed`` mask feeds the truth where the mask is True and the model's own prediction
@@ -94,8 +94,11 @@ class WarpConfig:
     hyper_hidden: int = 0  # hidden units of phi (0: theta_0 is affine in u_0)
     # WARP-Phys
     physics: str = "none"
-    dt: float = 1 / 32  # Euler step of physics="msd"
+    dt: float = 1 / 64  # Euler step of physics="msd"
     phys_scales: tuple[float, ...] = ()  # typical size of each physical parameter (msd: m, c, k)
+    phys_bound: float = 1.5  # each physical parameter stays within scale * e^(+-phys_bound)
+    a_scale: float = 0.1  # A = I + a_scale * A_raw: the step size of A relative to lr
+    a_stable: bool = True  # divide A by its largest singular value when that exceeds 1
     # sequence length: tau = t / (seq_len - 1); hook points exist for seq_len steps
     seq_len: int = 128
     std_min: float = 1e-3
@@ -112,6 +115,8 @@ class WarpConfig:
             raise ValueError(f"init={self.init!r}; allowed: {INITS}")
         if self.d_in < 1 or self.root_width < 1 or self.root_depth < 0 or self.tau_freqs < 0 or self.n_classes < 0:
             raise ValueError("d_in and root_width must be >= 1; root_depth, tau_freqs, n_classes >= 0")
+        if not self.a_scale > 0 or not self.phys_bound > 0:
+            raise ValueError(f"a_scale={self.a_scale} and phys_bound={self.phys_bound} must be positive")
         if self.seq_len < 2:
             raise ValueError(f"seq_len={self.seq_len} must be >= 2")
         if not (self.regress or self.n_classes):
@@ -245,7 +250,9 @@ def head(cfg: WarpConfig, raw: Tensor, tau: Tensor, u: Tensor, hooks: Optional[S
             out["std"] = F.softplus(raw[..., 1:2]) + cfg.std_min
     else:  # msd: one explicit Euler step of m x'' + c x' + k x = 0 from u = (x, v)
         scales = torch.tensor(cfg.phys_scales, dtype=raw.dtype, device=raw.device)
-        phys = hook("hook_phys", scales * F.softplus(raw[..., :3]) / math.log(2.0))  # = scales at raw = 0
+        # bounded to scales * e^(+-phys_bound): a vanishing mass would make the Euler step explode
+        bound = cfg.phys_bound
+        phys = hook("hook_phys", scales * torch.exp(bound * torch.tanh(raw[..., :3] / bound)))  # scales at raw = 0
         out["phys"] = phys
         m, c, k = phys.unbind(-1)
         x, v = u.unbind(-1)
@@ -382,7 +389,11 @@ class Warp(HookedRecurrentModule):
             self.layout.append((at, o, i))
             at += o * i + o
         self.split_sizes = [n for o, i in cfg.layer_sizes for n in (o * i, o)]
-        self.A = nn.Parameter(torch.eye(D))
+        # A = I + a_scale * A_raw with A_raw = 0 at init. Adam moves each entry of A_raw by
+        # about lr per step; a_scale keeps A's steps small (a D x D matrix whose entries all
+        # move by lr shifts eigenvalues by up to lr * D, and theta_t sees A^t).
+        self.A_raw = nn.Parameter(torch.zeros(D, D))
+        self.register_buffer("eye", torch.eye(D), persistent=False)
         self.B = nn.Parameter(torch.zeros(D, d))
         if cfg.init == "learned":
             self.theta0 = nn.Parameter(root_init(cfg))
@@ -396,9 +407,23 @@ class Warp(HookedRecurrentModule):
         self.setup()
 
     # --- pieces ---------------------------------------------------------------
+    @property
+    def A(self) -> Tensor:
+        """The transition matrix [D, D]: M = I + a_scale * A_raw, divided by its largest singular
+        value sigma when sigma > 1 (``a_stable``), so that theta_t cannot grow geometrically."""
+        M = self.eye + self.cfg.a_scale * self.A_raw
+        if not self.cfg.a_stable:
+            return M
+        # the exact largest singular value (a power iteration would not separate the many
+        # singular values near 1 of a matrix near I; an SVD may fail to converge on them)
+        sigma = torch.linalg.eigvalsh(M.T @ M)[-1].sqrt()
+        if sigma <= 1 + 1e-6:  # (the identity at initialisation stays exactly the identity)
+            return M
+        return M / sigma
+
     def tau(self, t: Tensor | int) -> Tensor:
         """Decoding coordinate of step t."""
-        return (torch.as_tensor(t, dtype=self.A.dtype) + self.cfg.tau_shift) / (self.cfg.seq_len - 1)
+        return (torch.as_tensor(t, dtype=self.B.dtype) + self.cfg.tau_shift) / (self.cfg.seq_len - 1)
 
     def _hyper_features(self, u0: Tensor) -> Tensor:
         return torch.tanh(self.hyper_in(u0)) if self.hyper_in is not None else u0

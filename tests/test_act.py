@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -16,14 +18,14 @@ ADDITION = add.AdditionConfig(max_digits=2, max_numbers=3)
 def small(task: str = "parity", **kw) -> ACT:
     torch.manual_seed(0)
     tc = PARITY if task == "parity" else ADDITION
-    cfg = dict(hidden=16, max_ponder=6, halt_bias_init=-1.0, task_name=task, **model_shape(task, tc))
+    cfg = dict(hidden=16, max_ponder=6, halt_bias_init=-1.0, task_name=task, task=asdict(tc), **model_shape(task, tc))
     return ACT(ACTConfig(**{**cfg, **kw})).eval()
 
 
 def varied(model: ACT) -> ACT:
     """Strong random halting weights, so that samples halt after different numbers of steps."""
-    with torch.no_grad():
-        model.halt.weight.mul_(12.0)
+    with torch.no_grad():  # W_h starts at zero (every input alike); give it random weights
+        model.halt.weight.copy_(torch.randn(model.halt.weight.shape, generator=torch.Generator().manual_seed(0)) * 2.0)
     return model
 
 
@@ -220,3 +222,67 @@ def test_parity_batch_matches_the_task():
     s = par.sample(PARITY, 5, 0)
     b = parity_batch(s)
     assert b["inputs"].shape == (5, 1, 8) and b["targets"].tolist() == [[float(t)] for t in s.target]
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_trains_evaluates_and_sweeps_tau(tmp_path, capsys):
+    from apps.cli import main
+
+    common = ["--preset", "parity", "--size", "6", "--hidden", "16", "--max-ponder", "6", "--steps", "30",
+              "--curriculum-steps", "10", "--eval-every", "30", "--eval-n", "50", "--final-n", "200",
+              "--threads", "1", "--no-progress"]
+    for tau in ("0.001", "0.01"):
+        assert main(["train", "act", *common, "--tau", tau, "--out", str(tmp_path / f"tau{tau}")]) == 0
+    metrics = checkpoints.load_metrics(tmp_path / "tau0.001")
+    assert metrics["evaluation"]["n"] == 200 and len(metrics["ponder_by_n_nonzero"]) == 6
+    card = (tmp_path / "tau0.001" / "card.md").read_text()
+    assert "workbench train act --preset parity" in card and "curriculum" in card
+    out = tmp_path / "eval"
+    models_arg = f"{tmp_path / 'tau0.001'},{tmp_path / 'tau0.01'}"
+    assert main(["eval", "act", "--models", models_arg, "--n", "200", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert any(n.endswith("tau_sweep.csv") for n in names) and any(n.endswith("ponder_by_n_nonzero.html") for n in names)
+    assert any(n.endswith("halting.html") for n in names)
+    assert "tau sweep" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_options(tmp_path, capsys):
+    from apps.cli import main
+
+    assert main(["train", "act", "--preset", "addition", "--curriculum-steps", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "--curriculum-steps is for the parity task only" in capsys.readouterr().err
+    assert main(["train", "act", "--task", "parity", "--size", "70", "--out", str(tmp_path / "y")]) == 2
+    assert "size=70 is out of range" in capsys.readouterr().err
+
+
+def test_figures_from_an_evaluation():
+    import pandas as pd
+
+    from apps.views.act import halting_figure, ponder_difficulty_figure, ponder_sequence_figure, tau_sweep_figure
+    from models.act_eval import evaluate, halting_trace, ponder_by
+
+    model = varied(small("addition"))
+    problems = add.sample(ADDITION, 40, 1)
+    ev = evaluate(model, problems, batch_size=16)
+    assert len(ev.steps) == sum(len(p.numbers) for p in problems)
+    assert ev.summary()["n"] == 40 and 0 <= ev.summary()["error"] <= 1
+    table = ponder_by(ev, "digits")
+    assert table["digits"].tolist() == [1, 2] and table["n"].sum() == len(ev.steps)
+    with pytest.raises(ValueError, match="unknown difficulty 'n_nonzero'"):
+        ponder_by(ev, "n_nonzero")
+    assert len(ponder_difficulty_figure(table.assign(model="m"), "digits").data) == 2
+    b = addition_batch(problems[:1], ADDITION)
+    trace = halting_trace(model, b["inputs"], b["mask"])
+    assert trace.groupby("t")["p"].sum().round(5).eq(1.0).all()
+    assert len(halting_figure(trace).data) == 3 * len(problems[0].numbers)
+    sweep = pd.DataFrame({"tau": [1e-4, 1e-3, 1e-2], "error": [0.1, 0.05, 0.3], "mean_ponder": [9, 6, 2]})
+    assert len(tau_sweep_figure(sweep).data) == 2
+    assert len(ponder_sequence_figure(ev.steps[ev.steps.item < 3]).data) == 3
+
+
+def test_untrained_halting_unit_treats_every_input_alike():
+    model = small(halt_bias_init=-2.0)
+    _, cache = model.run_with_cache(batch(n=16)["inputs"])
+    h = cache["time.0.ponder.0.hook_halt"]
+    assert torch.allclose(h, torch.sigmoid(torch.tensor(-2.0)).expand(16))
+    assert ACTConfig().halt_bias_init == -2.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,12 +17,12 @@ from workbench.tasks import addition as add
 from workbench.tasks import parity as par
 from workbench.train import TrainConfig, TrainSpec, train as run_training
 
-_PARITY = dict(task="parity", size=16, cell="rnn", hidden=128, max_ponder=20, halt_bias_init=-2.0, tau=1e-3,
-               lr=1e-3, batch_size=128, weight_decay=0.0, warmup=100, steps=20000, eval_every=2000,
-               checkpoint_every=1000)
-_ADDITION = dict(task="addition", max_digits=3, max_numbers=5, cell="lstm", hidden=128, max_ponder=20,
-                 halt_bias_init=-2.0, tau=1e-3, lr=1e-3, batch_size=64, weight_decay=0.0, warmup=100, steps=10000,
-                 eval_every=2000, checkpoint_every=1000)
+_PARITY = dict(task="parity", size=16, cell="gru", hidden=128, max_ponder=20, halt_bias_init=-2.0, tau=1e-3,
+               lr=3e-3, batch_size=128, weight_decay=0.0, warmup=100, steps=14000, curriculum_steps=6000,
+               eval_every=2000, checkpoint_every=1000)
+_ADDITION = dict(task="addition", max_digits=3, max_numbers=5, cell="lstm", hidden=128, max_ponder=10,
+                 halt_bias_init=0.0, tau=1e-1, lr=3e-3, batch_size=128, weight_decay=0.0, warmup=100, steps=6000,
+                 eval_every=1000, checkpoint_every=500)
 PRESETS: dict[str, dict] = {
     "parity": dict(args=_PARITY, what="ACT on 16-bit parity: the whole vector arrives at one input step, so all "
                                       "the computation happens while the network ponders."),
@@ -52,6 +53,10 @@ def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--task", choices=("parity", "addition"), default="parity")
     p.add_argument("--eval-n", type=int, default=1000, help="problems for periodic evaluation")
     p.add_argument("--final-n", type=int, default=10000, help="fresh problems for the final evaluation")
+    p.add_argument("--curriculum-steps", type=int, default=0,
+                   help="parity: the cap on nonzero entries grows from --curriculum-start to the full task over "
+                        "this many steps (0: no curriculum)")
+    p.add_argument("--curriculum-start", type=int, default=2, help="parity: the cap on nonzero entries at step 0")
     add_dataclass_args(p, par.ParityConfig, title="parity task")
     add_dataclass_args(p, add.AdditionConfig, title="addition task")
     add_dataclass_args(p, ACTConfig, skip=_MODEL_SKIP, title="model")
@@ -59,6 +64,13 @@ def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     preset = _preset(argv)
     if preset in PRESETS:
         p.set_defaults(**PRESETS[preset]["args"])
+    # the command as given to ``apps.cli.main`` (``command_line()`` reads sys.argv, which differs
+    # when main is called from Python)
+    p.set_defaults(argv=list(argv))
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "workbench " + shlex.join(args.argv) if getattr(args, "argv", None) else command_line()
 
 
 def build(args: argparse.Namespace):
@@ -73,7 +85,7 @@ def build(args: argparse.Namespace):
 
 
 def train(args: argparse.Namespace) -> None:
-    from models.act_data import sample_batch
+    from models.act_data import curriculum, sample_batch
     from models.act_eval import evaluate, fresh_problems, ponder_by
 
     tcfg = from_args(TrainConfig, args)
@@ -81,11 +93,21 @@ def train(args: argparse.Namespace) -> None:
         torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     model, task = build(args)
+    if args.curriculum_steps and args.task != "parity":
+        raise ValueError("--curriculum-steps is for the parity task only")
+
+    def schedule(step: int):
+        if args.task != "parity":
+            return task
+        return curriculum(task, step, args.curriculum_steps, args.curriculum_start)
+
     held_out = fresh_problems(model, args.eval_n, [tcfg.seed, 10_000])
     spec = TrainSpec(
         model=model,
-        make_batch=lambda rng, step: sample_batch(args.task, task, tcfg.batch_size, rng),
+        make_batch=lambda rng, step: sample_batch(args.task, schedule(step), tcfg.batch_size, rng),
         evaluate=lambda m: evaluate(m, held_out).summary(),
+        extra_config={"curriculum": {"steps": args.curriculum_steps, "start": args.curriculum_start}}
+        if args.curriculum_steps else {},
     )
     result = run_training(spec, tcfg)
     # The card's numbers come from the saved checkpoint on fresh problems, not from training logs.
@@ -103,13 +125,14 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_act_card(tcfg.out, args.preset, metrics, command_line())
+    write_act_card(tcfg.out, args.preset, metrics, _command(args))
     print(f"error {summary['error']:.4f}, mean ponder {summary['mean_ponder']:.2f} on {args.final_n} fresh "
           f"{args.task} problems; wall {result['train_wall_s'] / 60:.1f} min")
 
 
 def write_act_card(folder: str | Path, preset: str | None, metrics: dict, command: str) -> None:
-    config = checkpoints.read_json(Path(folder) / checkpoints.CONFIG)["config"]
+    stored = checkpoints.read_json(Path(folder) / checkpoints.CONFIG)
+    config = stored["config"]
     ev, tr = metrics["evaluation"], metrics["train"]
     task = config["task_name"]
     mode = f"ACT tau={config['tau']:g}" if config["act"] else f"no ACT ({config['fixed_steps']} step/input)"
@@ -120,6 +143,10 @@ def write_act_card(folder: str | Path, preset: str | None, metrics: dict, comman
                  for r in metrics.get(f"ponder_by_{by}", [])]
     keys = ("cell", "hidden", "act", "fixed_steps", "max_ponder", "eps", "tau", "halt_bias_init")
     what = PRESETS.get(preset or "", {}).get("what", "An ACT RNN.")
+    if stored.get("curriculum"):
+        c = stored["curriculum"]
+        what += (f" Training curriculum: at most {c['start']} nonzero entries at step 0, growing linearly to the "
+                 f"full task at step {c['steps']} (`models.act_data.curriculum`); the evaluation uses the full task.")
     notes = f"Ponder time and error against {by.replace('_', ' ')}:\n\n{cards.markdown_table(diff_rows)}"
     if metrics.get("sweep"):
         notes += "\n\nTime-penalty sweep (`workbench eval act`):\n\n" + cards.markdown_table(metrics["sweep"])
@@ -182,7 +209,8 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     sweeps = []
     for (task_name, _), group in groups.items():
         first = next(iter(group.values()))
-        label = f"{task_name}-{'-'.join(f'{k}{v}' for k, v in first.cfg.task.items())}"
+        t = first.cfg.task
+        label = f"parity{t['size']}" if task_name == "parity" else f"addition{t['max_digits']}d{t['max_numbers']}n"
         table = compare(group, args.n, [args.seed, 1], args.batch_size)
         table.to_csv(out / f"{label}_models.csv", index=False)
         print(f"\n{task_name} {first.cfg.task}: {args.n} fresh problems (seed {args.seed})")

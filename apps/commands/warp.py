@@ -108,7 +108,8 @@ def make_model(args: argparse.Namespace, task):
 
     if isinstance(task, dy.DynamicsConfig):
         d_in, n_classes, seq_len, dt = task.d_state, 0, task.length, task.dt
-        scales = tuple(float(np.mean(r)) for r in task.spec.param_ranges) if task.system == "msd" else ()
+        # physical parameters are bounded around the geometric mean of their ranges
+        scales = tuple(float(np.sqrt(lo * hi)) for lo, hi in task.spec.param_ranges) if task.system == "msd" else ()
     else:
         d_in, n_classes, seq_len, dt, scales = 1, dg.N_CLASSES, dg.N_PIXELS, 1 / 32, ()
     wcfg = from_args(WarpConfig, args, skip=_WARP_SKIP, d_in=d_in, n_classes=n_classes, seq_len=seq_len, dt=dt,

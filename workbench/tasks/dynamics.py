@@ -21,7 +21,7 @@ Text format (one trajectory; floats are written with ``repr`` so text round-trip
 exactly)::
 
     system msd
-    dt 0.03125
+    dt 0.015625
     params m=1.02 c=0.31 k=4.7
     states x v
     1.1 -0.3
@@ -66,7 +66,7 @@ SYSTEMS: dict[str, System] = {
     "sine": System("sine", ("x",), ("phi", "f"), ((0.0, 2 * math.pi), (1.0, 2.0)), length=64, context=16,
                    dt=1 / 63, description="sin(2 pi f tau + phi), tau in [0, 1]"),
     "msd": System("msd", ("x", "v"), ("m", "c", "k"), ((0.5, 1.5), (0.05, 0.5), (2.0, 8.0)), length=128,
-                  context=32, dt=1 / 32, description="m x'' + c x' + k x = 0"),
+                  context=32, dt=1 / 64, description="m x'' + c x' + k x = 0"),
     "lv": System("lv", ("prey", "pred"), ("alpha", "beta", "gamma", "delta"),
                  ((0.8, 1.6), (0.8, 1.6), (0.8, 1.6), (0.8, 1.6)), length=128, context=32, dt=0.1,
                  description="prey' = alpha prey - beta prey pred; pred' = delta prey pred - gamma pred"),

@@ -1,0 +1,279 @@
+"""``workbench patch|attribute|probe|codebook analysis <model> ...``: the analyses from the shell.
+
+``<model>`` is a zoo name or a checkpoint folder. Each command writes a CSV (one row per
+site) and an HTML figure to ``--out`` and prints the top rows. The same commands run as
+``python -m apps.commands.analysis patch <model> ...``.
+
+    workbench patch analysis reasoner --sites 'steps.*.blocks.*.hook_resid_pre' --positions each
+    workbench attribute analysis reasoner --sites 'steps.*.blocks.*.hook_resid_pre' --positions each
+    workbench probe analysis reasoner --n 2000 --targets value computed depth
+    workbench codebook analysis reasoner --n 256
+    workbench patch analysis act-parity            # ACT: every ponder step's state
+
+Inputs, metrics and probe targets are model specific and come from ``probes``:
+``probes.reasoner`` (a problem, the same problem with one leaf changed, the logit difference
+of the deepest node's answer; probe targets value / computed / depth), ``probes.act``
+(parity vectors with one entry zeroed, the signed output; targets parity / halts) and
+``probes.warp`` (trajectories with other physical parameters, the one-step error; targets
+the physical parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.sites import Sites
+
+FAMILIES = ("Reasoner", "ACT", "Warp")
+
+
+def _load(name: str):
+    import models
+
+    model = models.load(name)
+    if type(model).__name__ not in FAMILIES:
+        raise ValueError(f"{name!r} is a {type(model).__name__}; the analysis commands cover {', '.join(FAMILIES)} "
+                         "(use the Python API with your own inputs and metric for other models)")
+    return model
+
+
+def _common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("model", help="zoo name or checkpoint folder")
+    p.add_argument("--out", default=out, help="folder for CSV and HTML")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sampled problems")
+    p.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+
+
+def _sites_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sites", nargs="+", default=None,
+                   help="hook names or glob patterns (default: the reasoner's step x layer x position grid of "
+                        "hook_resid_pre; ACT's ponder states; WARP's theta_t)")
+    p.add_argument("--positions", default=None, help="'each', 'none' (whole activation) or comma-separated ints "
+                                                     "(default: 'each' where the hooks have positions)")
+    p.add_argument("--heads", default="none", help="'each', 'none' or comma-separated ints (attention hooks)")
+    p.add_argument("--n", type=int, default=None, help="problems in the batch (default: 1 for the reasoner, 8 else)")
+    p.add_argument("--ablation", choices=["zero", "mean", "resample"], default=None,
+                   help="ablate in the clean run instead of patching clean into corrupted")
+
+
+def _axis(text: str):
+    if text == "none":
+        return None
+    if text == "each":
+        return "each"
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{text!r}: expected 'each', 'none' or comma-separated integers") from None
+
+
+def _write(result, out: str, stem: str) -> None:
+    paths = result.save(out, stem)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+# ------------------------------------------------------------------ patch
+def add_patch_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    _common(p, "out/analysis")
+    _sites_args(p)
+    p.add_argument("--memory-mb", type=float, default=512, help="activation budget of one batched forward")
+
+
+def _setup(args):
+    torch.set_num_threads(args.threads)
+    model = _load(args.model)
+    family = type(model).__name__
+    if family == "Reasoner":
+        from probes.reasoner import patching_setup
+
+        setup = patching_setup(model, n=args.n or 1, n_nodes=args.nodes, seed=args.seed)
+        default = Sites("steps.*.blocks.*.hook_resid_pre", positions="each")
+    else:
+        from probes import act, warp
+
+        setup = (act if family == "ACT" else warp).patching_setup(model, n=args.n or 8, seed=args.seed)
+        default = setup.sites
+    if args.sites:
+        positions = _axis(args.positions) if args.positions else ("each" if family == "Reasoner" else None)
+        sites = Sites(args.sites, positions=positions, heads=_axis(args.heads))
+    elif args.positions or args.heads != "none":
+        sites = Sites(default.matches, positions=_axis(args.positions or "none"), heads=_axis(args.heads))
+    else:
+        sites = default
+    print(setup.description)
+    return model, setup, sites
+
+
+def patch(args: argparse.Namespace) -> None:
+    from workbench.patching import patch as run_patch
+
+    model, s, sites = _setup(args)
+    res = run_patch(model, s.clean, s.corrupted, s.metric, sites, ablation=args.ablation,
+                    forward_kwargs=s.forward_kwargs, memory_mb=args.memory_mb, progress=True)
+    m = res.meta
+    print(f"{m['sites']} sites ({m['sites_noop']} no-op) in {m['seconds']:.1f} s; metric clean "
+          f"{m['metric_clean']:.3f}, corrupted {m['metric_corrupted']:.3f}")
+    print(res.top(10)[["site", "metric", "score"]].to_string(index=False))
+    _write(res, args.out, "patch" if not args.ablation else f"patch_{args.ablation}")
+
+
+# -------------------------------------------------------------- attribute
+def add_attribute_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    _common(p, "out/analysis")
+    _sites_args(p)
+
+
+def attribute(args: argparse.Namespace) -> None:
+    from workbench.attribution import attribute as run_attribute
+
+    model, s, sites = _setup(args)
+    res = run_attribute(model, s.clean, s.corrupted, s.metric, sites, ablation=args.ablation,
+                        forward_kwargs=s.forward_kwargs)
+    notes = res.df.note.value_counts().to_dict()
+    print(f"{len(res.df)} sites in {res.meta['seconds']:.1f} s; notes: {notes}")
+    print(res.top(10)[["site", "estimate", "score", "note"]].to_string(index=False))
+    _write(res, args.out, "attribute" if not args.ablation else f"attribute_{args.ablation}")
+
+
+# ------------------------------------------------------------------ probe
+TARGETS = {"Reasoner": ("value", "computed", "depth"), "ACT": ("parity", "halts"), "Warp": ("params",)}
+
+
+def add_probe_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    _common(p, "out/analysis")
+    p.add_argument("--n", type=int, default=2000, help="problems / sequences")
+    p.add_argument("--per-problem", type=int, default=4, help="reasoner: defining positions kept per problem")
+    p.add_argument("--sites", nargs="+", default=["steps.*.blocks.*.hook_resid_post"],
+                   help="reasoner: hook names or globs (ACT: ponder states; WARP: theta_t every 8 steps)")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help="reasoner: value computed depth; ACT: parity halts; WARP: params (default: all)")
+    p.add_argument("--control-types", choices=["none", "variable"], default="none",
+                   help="control task: relabel each sample ('none') or each variable name ('variable', Hewitt & Liang)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _activations(model, args):
+    """(activations, {target name: target or (target, fit kwargs)}, fit kwargs) for the model's family."""
+    import probes
+
+    family = type(model).__name__
+    if family == "ACT":
+        from probes import act
+
+        acts = act.collect_states(model, args.n, seed=args.seed)
+        return acts, {"parity": "parity", "halts": (act.halts(acts.rows), {"sites": "time.*.ponder.*"})}, {}
+    if family == "Warp":
+        from probes import warp
+
+        acts = warp.collect_thetas(model, args.n, seed=args.seed)
+        params = [c for c in acts.rows.columns if c != "item"]
+        return acts, {p: p for p in params}, {}
+    from probes import reasoner as pr
+    from workbench.tasks import graph_arith as ga
+
+    problems = ga.sample(pr.task_of(model, n_nodes=args.nodes), args.n, np.random.default_rng(args.seed))
+    steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
+    batches = pr.batches(model, problems, batch_size=args.batch_size, per_problem=args.per_problem, steps=steps,
+                         seed=args.seed)
+    acts = probes.collect(model, batches, Sites(args.sites), progress=True, total=-(-len(problems) // args.batch_size))
+    types = None if args.control_types == "none" else "variable"
+    targets = {"value": "value", "computed": pr.computed(acts.rows), "depth": "depth"}
+    return acts, targets, {"types": types, "groups": "problem"}
+
+
+def probe(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    import probes
+    from workbench.results import Result
+
+    torch.set_num_threads(args.threads)
+    model = _load(args.model)
+    family = type(model).__name__
+    acts, targets, kwargs = _activations(model, args)
+    wanted = args.targets or list(TARGETS[family])
+    if family == "Warp" and "params" in wanted:
+        wanted = [t for t in wanted if t != "params"] + [t for t in targets if t not in wanted]
+    bad = [t for t in wanted if t not in targets]
+    if bad:
+        raise ValueError(f"unknown target(s) {bad} for {family}; allowed: {list(targets)}")
+    print(f"collected {acts}")
+    results = []
+    for target in wanted:
+        y, extra = targets[target] if isinstance(targets[target], tuple) else (targets[target], {})
+        res = probes.fit(acts, y, target_name=target, seed=args.seed, progress=True, **kwargs, **extra)
+        key = "accuracy" if "accuracy" in res.df else "r2"
+        best = res.df.loc[res.df[key].idxmax()]
+        print(f"{target}: best site {best.site} {key} {best[key]:.3f} (control {best.control:.3f}"
+              + (f", chance {best.chance:.3f})" if key == "accuracy" else ")"))
+        _write(res, args.out, f"probe_{target}")
+        results.append(res.df)
+    both = Result("probe", pd.concat(results, ignore_index=True), "selectivity")
+    both.to_csv(Path(args.out) / "probe.csv")
+
+
+# --------------------------------------------------------------- codebook
+def add_codebook_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    _common(p, "out/analysis")
+    p.add_argument("--n", type=int, default=256, help="problems / sequences")
+    p.add_argument("--k", type=int, default=8, help="ACT / WARP: clusters of the post-hoc (k-means) codebook")
+
+
+def codebook(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model = _load(args.model)
+    family = type(model).__name__
+    if family == "Reasoner":
+        from probes.reasoner import codebook_report, task_of
+        from workbench.tasks import graph_arith as ga
+
+        problems = ga.sample(task_of(model, n_nodes=args.nodes), args.n, np.random.default_rng(args.seed))
+        rep = codebook_report(model, problems, seed=args.seed)
+    else:
+        from probes import act, warp
+
+        rep = (act if family == "ACT" else warp).codebook_report(model, n=args.n, k=args.k, seed=args.seed)
+    cols = [c for c in ("step", "time", "used", "dead", "perplexity", "accuracy", "nmi", "relative_distance")
+            if c in rep.df]
+    print(rep.df[cols].round(3).to_string(index=False))
+    if "repair" in rep.meta:
+        print(f"one-step repair rate: {rep.meta['repair']['repair_rate']:.3f} "
+              f"({rep.meta['repair']['corrupted']} corrupted slots)")
+    _write(rep, args.out, "codebook")
+    for which in ("accuracy", "confusion", "pca", "fourier", "drift"):
+        if which in rep.tables:
+            rep.to_html(Path(args.out) / f"codebook_{which}.html", which=which)
+
+
+# ---------------------------------------------------------------- module entry
+COMMANDS = {"patch": (add_patch_args, patch), "attribute": (add_attribute_args, attribute),
+            "probe": (add_probe_args, probe), "codebook": (add_codebook_args, codebook)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m apps.commands.analysis <patch|attribute|probe|codebook> <model> ...``"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m apps.commands.analysis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, run) in COMMANDS.items():
+        p = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add(p, argv)
+        p.set_defaults(func=run)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Probing every (step, layer) site of the reasoner for variable values, with bounded memory.
+
+Collects the residual stream after every layer of every step (``steps.*.blocks.*.hook_resid_post``)
+at one defining position per problem, then fits a logistic-regression probe per site for the
+variable's value, with the control task. Reports the time of each phase, the peak memory of
+the process, and the memory a full ``run_with_cache`` of the same hooks would have needed.
+
+Target: 10,000 problems at the training size in <= 2 minutes on the CPU, memory bounded.
+
+    python bench/probing.py [--model reasoner] [--n 10000] [--nodes 32] [--device cpu] [--out out/bench/probing.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    import probes
+    sys.path.insert(0, str(Path(__file__).parent))
+    from patching import _hardware, reasoner  # bench/patching.py: the same model choice
+    from probes import reasoner as pr
+    from workbench.sites import Sites
+    from workbench.tasks import graph_arith as ga
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="reasoner")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
+    parser.add_argument("--per-problem", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the forward passes")
+    parser.add_argument("--fit-threads", type=int, default=1, help="BLAS threads while fitting probes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="out/bench/probing.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, name = reasoner(args.model)
+    model = model.to(args.device)
+    task = pr.task_of(model, n_nodes=args.nodes)
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    problems = ga.sample(task, args.n, np.random.default_rng(args.seed))
+    steps = model.cfg.steps_for_depth(task.max_depth)
+    t_sample = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    batches = pr.batches(model, problems, batch_size=args.batch_size, per_problem=args.per_problem, steps=steps)
+    acts = probes.collect(model, batches, Sites("steps.*.blocks.*.hook_resid_post"), device=args.device,
+                          progress=True, total=-(-args.n // args.batch_size))
+    t_collect = time.perf_counter() - t0
+    rss1 = peak_rss_mb()
+
+    t0 = time.perf_counter()
+    res = probes.fit(acts, "value", groups="problem", seed=args.seed, threads=args.fit_threads, progress=True)
+    t_fit = time.perf_counter() - t0
+    rss2 = peak_rss_mb()
+
+    tokens = float(np.mean([ga.n_tokens(p) for p in problems]))
+    full_cache_mb = args.n * len(acts.data) * tokens * model.cfg.d_model * 4 / 2**20
+    total = t_sample + t_collect + t_fit
+    best = res.df.loc[res.df.accuracy.idxmax()]
+    result = {
+        "model": name, "n": args.n, "nodes": task.n_nodes, "steps": steps, "sites": len(acts.data),
+        "rows": acts.n, "device": args.device, "threads": torch.get_num_threads(), "hardware": _hardware(),
+        "seconds": {"sample": t_sample, "collect": t_collect, "fit": t_fit, "total": total},
+        "peak_rss_mb": {"start": rss0, "after_collect": rss1, "after_fit": rss2},
+        "activations_mb": acts.nbytes / 2**20, "full_cache_would_need_mb": full_cache_mb,
+        "best_site": best.site, "best_accuracy": float(best.accuracy), "chance": float(best.chance),
+        "mean_control": float(res.df.control.mean()),
+    }
+    print(f"reasoner ({name}), {args.n} problems N={task.n_nodes} (~{tokens:.0f} tokens), {steps} steps, "
+          f"{len(acts.data)} sites, {acts.n} rows, device {args.device}, {torch.get_num_threads()} thread(s)")
+    print(f"  sample problems   {t_sample:8.1f} s")
+    print(f"  collect           {t_collect:8.1f} s   (the model's forward passes)")
+    print(f"  fit {len(acts.data)} probes x2  {t_fit:8.1f} s   (probe + control task per site)")
+    print(f"  total             {total:8.1f} s   target <= 120 s")
+    print(f"  peak memory {rss2:.0f} MB (start {rss0:.0f} MB); kept activations {acts.nbytes / 2**20:.0f} MB; "
+          f"a full cache of these hooks would need {full_cache_mb:.0f} MB")
+    print(f"  best site {best.site}: value accuracy {best.accuracy:.3f} (chance {best.chance:.3f}, "
+          f"mean control {res.df.control.mean():.3f})")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The recursive reasoner's glue for the analyses: inputs, metrics, probe rows, targets, codebook.
+
+* ``patching_setup``: a clean problem, a corrupted copy with one leaf value changed (so the
+  deepest node's answer changes), and the logit-difference metric at that node.
+* ``batches`` / ``targets``: rows for ``probes.collect`` at each variable's defining
+  position, with the targets: ``value`` (its value), ``depth`` (its graph depth) and
+  ``computed`` (whether the exact algorithm has filled it after step t: site-dependent).
+* ``codebook_report``: the codebook analysis of the value factor over a rollout, with the
+  one-step repair rate (``models.reasoner_eval.repair_rate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.reasoner import Reasoner, ReasonerOutput
+from models.reasoner_data import encode_batch
+from probes.core import ProbeBatch
+from workbench import codebook
+from workbench.results import Result
+from workbench.sites import Site
+from workbench.tasks import graph_arith as ga
+
+__all__ = ["task_of", "PatchSetup", "patching_setup", "batches", "computed", "codebook_report", "value_labels"]
+
+
+def task_of(model: Reasoner, **overrides) -> ga.GraphArithConfig:
+    """The task the model was trained on (``cfg.task``), with optional overrides such as n_nodes."""
+    task = dict(model.cfg.task) or {"modulus": model.cfg.modulus, "name_pool": model.cfg.name_pool}
+    task = {**task, **{k: v for k, v in overrides.items() if v is not None}}
+    if "ops" in task:
+        task["ops"] = tuple(task["ops"])
+    cfg = ga.GraphArithConfig(**task)
+    if "n_nodes" in overrides and overrides["n_nodes"] is not None and cfg.n_leaves > cfg.n_nodes:
+        cfg = replace(cfg, n_leaves=cfg.n_nodes)
+    return cfg
+
+
+def value_labels(modulus: int) -> list[str]:
+    """Names of the value factor's codes: 0..p-1, N/A, EMPTY."""
+    return [str(v) for v in range(modulus)] + ["N/A", "EMPTY"]
+
+
+# ---------------------------------------------------------------- patching
+@dataclass
+class PatchSetup:
+    """Inputs and metric for ``patch`` / ``attribute`` on the reasoner."""
+
+    clean: Tensor  # [B, L, 4]
+    corrupted: Tensor  # [B, L, 4]
+    metric: callable  # ReasonerOutput -> [B]
+    forward_kwargs: dict
+    problems: list  # clean problems
+    corrupted_problems: list
+    target_pos: Tensor  # [B] defining position of the target node
+    leaf_pos: Tensor  # [B] position of the changed literal
+    description: str
+
+
+def _corrupt(problem: ga.Problem, rng: np.random.Generator) -> tuple[ga.Problem, int, int]:
+    """Change one leaf that the deepest node depends on, so that its value changes.
+
+    Returns (corrupted problem, index of the target equation, index of the changed leaf).
+    """
+    target = max(range(problem.n_nodes), key=lambda i: (problem.depths[i], i))
+    by_name = {e.target: i for i, e in enumerate(problem.equations)}
+    ancestors, stack = set(), [target]
+    while stack:
+        i = stack.pop()
+        for name in problem.equations[i].operands:
+            j = by_name[name]
+            if j not in ancestors:
+                ancestors.add(j)
+                stack.append(j)
+    leaves = sorted(i for i in ancestors | {target} if problem.equations[i].is_leaf)
+    for leaf in rng.permutation(leaves):
+        for delta in rng.permutation(np.arange(1, problem.modulus)):
+            eqs = list(problem.equations)
+            eqs[leaf] = replace(eqs[leaf], literal=int((eqs[leaf].literal + delta) % problem.modulus))
+            corrupted = ga.make_problem(tuple(eqs), problem.modulus)
+            if corrupted.values[target] != problem.values[target]:
+                return corrupted, target, int(leaf)
+    raise ValueError("no leaf change alters the deepest node of this problem")
+
+
+def _position(enc: ga.Encoded, equation: int, role: int) -> int:
+    return int(np.flatnonzero((enc.equation == equation) & (enc.role == role))[-1])
+
+
+def patching_setup(model: Reasoner, problems: list[ga.Problem] | None = None, *, n: int = 1,
+                   n_nodes: int | None = None, seed: int = 0, steps: int | None = None) -> PatchSetup:
+    """Clean problems, corrupted copies (one leaf changed) and the answer's logit difference.
+
+    The metric is ``logit[clean answer] - logit[corrupted answer]`` of the value head at the
+    deepest node's defining position after the last step: high on clean, low on corrupted.
+    """
+    rng = np.random.default_rng(seed)
+    if problems is None:
+        problems = ga.sample(task_of(model, n_nodes=n_nodes), n, rng)
+    corrupted, target_pos, leaf_pos, good, bad = [], [], [], [], []
+    for p in problems:
+        c, target, leaf = _corrupt(p, rng)
+        enc = ga.encode(p, model.cfg.scheme, model.cfg.name_pool)
+        corrupted.append(c)
+        target_pos.append(_position(enc, target, ga.ROLE_DEFINE))
+        leaf_pos.append(_position(enc, leaf, ga.ROLE_LITERAL))
+        good.append(p.values[target])
+        bad.append(c.values[target])
+    clean_t = torch.from_numpy(encode_batch(problems, model.cfg)["factors"])
+    corr_t = torch.from_numpy(encode_batch(corrupted, model.cfg)["factors"])
+    pos, good_t, bad_t = torch.tensor(target_pos), torch.tensor(good), torch.tensor(bad)
+    rows = torch.arange(len(problems))
+
+    def metric(out: ReasonerOutput) -> Tensor:
+        logits = out.value_logits[:, -1][rows, pos]  # [B, p + 2]
+        return logits[rows, good_t] - logits[rows, bad_t]
+
+    T = steps or model.cfg.steps_for_depth(max(p.depth for p in problems))
+    desc = (f"{len(problems)} problem(s), N={problems[0].n_nodes}; corrupted: one leaf literal changed; metric: "
+            f"logit difference (clean - corrupted answer) at the deepest node after step {T - 1}")
+    return PatchSetup(clean_t, corr_t, metric, {"steps": T}, problems, corrupted, pos, torch.tensor(leaf_pos), desc)
+
+
+# ------------------------------------------------------------------ probes
+def batches(model: Reasoner, problems: list[ga.Problem], *, batch_size: int = 64, steps: int | None = None,
+            per_problem: int | None = None, seed: int = 0) -> Iterator[ProbeBatch]:
+    """``ProbeBatch``es keeping each variable's defining position (``per_problem`` of them at random).
+
+    Row metadata: problem, pos, equation, variable (name id), value, depth, fill_step,
+    n_parents. Every batch runs the same number of steps (default: enough for the deepest
+    problem), so every site has a row for every sample.
+    """
+    cfg = model.cfg
+    T = steps or cfg.steps_for_depth(max(p.depth for p in problems))
+    rng = np.random.default_rng(seed)
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start: start + batch_size]
+        encs = [ga.encode(p, cfg.scheme, cfg.name_pool) for p in chunk]
+        arr = encode_batch(chunk, cfg)
+        b_idx, p_idx = [], []
+        for b, e in enumerate(encs):
+            pos = np.flatnonzero(e.role == ga.ROLE_DEFINE)
+            if per_problem is not None and per_problem < len(pos):
+                pos = np.sort(rng.choice(pos, per_problem, replace=False))
+            b_idx += [b] * len(pos)
+            p_idx += list(pos)
+        b_idx, p_idx = np.asarray(b_idx), np.asarray(p_idx)
+        eq = arr["factors"][b_idx, p_idx]
+        meta = {
+            "problem": start + b_idx, "pos": p_idx, "variable": eq[:, 1],
+            "equation": np.array([encs[b].equation[p] for b, p in zip(b_idx, p_idx)]),
+            "value": arr["answer"][b_idx, p_idx], "depth": arr["depth"][b_idx, p_idx],
+            "fill_step": arr["fill_step"][b_idx, p_idx],
+            "n_parents": np.array([len(chunk[b].equations[encs[b].equation[p]].operands)
+                                   for b, p in zip(b_idx, p_idx)]),
+        }
+        yield ProbeBatch((torch.from_numpy(arr["factors"]),), {"steps": T}, b_idx, p_idx, meta)
+
+
+def computed(rows) -> callable:
+    """Site-dependent target: has the exact algorithm filled this slot after the site's step?"""
+    fill = rows["fill_step"].to_numpy()
+
+    def target(site: Site) -> np.ndarray:
+        t = site.loops.get("steps")
+        if t is None:
+            raise ValueError(f"'computed' needs a site inside the loop (steps.{{t}}.); got {site.name!r}")
+        return fill <= t + 1
+
+    return target
+
+
+# ---------------------------------------------------------------- codebook
+@torch.no_grad()
+def codebook_report(model: Reasoner, problems: list[ga.Problem], *, steps: int | None = None, batch_size: int = 64,
+                    repair: bool = True, max_latent_rows: int = 4096, seed: int = 0) -> Result:
+    """The codebook analysis of the value factor over a rollout of ``problems``.
+
+    Slots are the value slots the scheme fills; ``truth`` at step t is the exact
+    algorithm's state after t + 1 steps (the value once filled, EMPTY before). Latents are
+    ``hook_resid_final`` minus the embedding of the slot's other factors, so their
+    distance to the nearest value embedding is the distance to the nearest input the
+    discrete bottleneck could feed back. ``meta["repair"]`` holds the one-step
+    error-correction rate (discrete latent only).
+    """
+    from models.reasoner_eval import repair_rate
+
+    cfg, p = model.cfg, model.cfg.modulus
+    T = steps or cfg.steps_for_depth(max(pr.depth for pr in problems))
+    rng = np.random.default_rng(seed)
+    codes, truth, depth, latents = [], [], [], []
+    n_latent = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start: start + batch_size]
+        arr = encode_batch(chunk, cfg)
+        tokens = torch.from_numpy(arr["factors"])
+        out, cache = model.run_with_cache(tokens, steps=T, names_filter=lambda n: n.endswith(".hook_resid_final"))
+        b, l = np.nonzero(arr["slot"])
+        codes.append(out.codes[b, :, l, 3].numpy().T)  # [T, r]
+        fill = arr["fill_step"][b, l]
+        after = np.arange(1, T + 1)[:, None]
+        truth.append(np.where(fill[None] <= after, arr["answer"][b, l][None], arr["factors"][b, l, 3][None]))
+        depth.append(arr["depth"][b, l])
+        take = max(0, min(len(b), max_latent_rows - n_latent))
+        if take:
+            sel = np.sort(rng.choice(len(b), take, replace=False))
+            tb, tl = torch.from_numpy(b[sel]), torch.from_numpy(l[sel])
+            base = sum(model.embed.tables[i](tokens[tb, tl, i]) for i in range(3))  # [r, d]
+            resid = torch.stack([cache[f"steps.{t}.hook_resid_final"][tb, tl] for t in range(T)])  # [T, r, d]
+            latents.append((resid - base[None]).numpy())
+            n_latent += take
+    codes_a = np.concatenate(codes, 1)
+    rep = codebook.analyze(
+        codes_a, n_codes=p + 2, truth=np.concatenate(truth, 1), depth=np.concatenate(depth),
+        embeddings=model.embed.tables[3].weight.detach(), labels=value_labels(p), modulus=p,
+        repair=(lambda: repair_rate(model, problems[:256], seed=seed)) if repair and cfg.latent == "discrete" else None,
+    )
+    if latents:  # drift is measured on a subsample of slots
+        H = np.concatenate(latents, 1)
+        dist, _ = codebook.nearest(H, model.embed.tables[3].weight.detach())
+        scale = float(model.embed.tables[3].weight.norm(dim=1).mean())
+        rep.df["distance"] = dist.mean(1)
+        rep.df["relative_distance"] = rep.df["distance"] / scale
+        rep.tables["drift"] = rep.df[["step", "distance", "relative_distance"]].copy()
+    rep.meta.update({"model_latent": cfg.latent, "problems": len(problems), "steps": T,
+                     "truth": "exact algorithm's state after each step (value once filled, else EMPTY)",
+                     "latent_rows": n_latent})
+    return rep

@@ -1,0 +1,79 @@
+"""WARP glue for the analyses (dynamical systems, recurrent mode).
+
+* ``patching_setup``: trajectories, trajectories of the same system with other physical
+  parameters, and the negative one-step prediction error against the clean trajectory.
+* ``collect_thetas``: theta_t (the root MLP's weights, ``time.{t}.hook_theta``) at every
+  ``stride``-th step, one row per trajectory, with each physical parameter as a target
+  (m, c, k for the mass-spring-damper; phi, f for the sine; ...), for ridge probes.
+* ``codebook_report``: a k-means codebook over theta_t (WARP has no discrete bottleneck).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import probes
+from models.warp import Warp
+from models.warp_data import task_from_dict
+from probes.act import Experiment
+from workbench import codebook
+from workbench.results import Result
+from workbench.sites import Sites
+from workbench.tasks import dynamics as dy
+
+__all__ = ["patching_setup", "collect_thetas", "codebook_report"]
+
+
+def _dynamics(model: Warp) -> dy.DynamicsConfig:
+    task = task_from_dict(dict(model.cfg.task)) if model.cfg.task else None
+    if not isinstance(task, dy.DynamicsConfig):
+        raise ValueError("the WARP analyses cover the dynamical-systems tasks; this model has "
+                         f"task {model.cfg.task!r} (use the Python API with your own inputs and metric)")
+    return task
+
+
+def _sample(model: Warp, n: int, seed) -> tuple[torch.Tensor, list[dy.Trajectory]]:
+    task = _dynamics(model)
+    trajs = dy.sample(task, n, np.random.default_rng(seed))
+    return torch.from_numpy(dy.stack(trajs)).float(), trajs
+
+
+def patching_setup(model: Warp, n: int = 4, seed: int = 0) -> Experiment:
+    """Clean trajectories vs trajectories with other parameters; metric: -MSE of one-step predictions."""
+    clean, _ = _sample(model, n, [seed, 0])
+    corrupted, _ = _sample(model, n, [seed, 1])
+    target = clean[:, 1:]
+
+    def metric(out) -> torch.Tensor:
+        return -((out.mean[:, :-1] - target) ** 2).mean((1, 2))
+
+    T = clean.shape[1]
+    return Experiment(clean, corrupted, metric, {}, Sites("time.*.hook_theta", time=range(0, T, max(1, T // 16))),
+                      f"{n} {model.cfg.task.get('system')} trajectories; corrupted: other physical parameters; "
+                      "metric: minus the mean squared error of the one-step predictions of the clean trajectory")
+
+
+@torch.no_grad()
+def collect_thetas(model: Warp, n: int = 2000, seed: int = 0, stride: int = 8, batch_size: int = 250) -> probes.Activations:
+    """theta_t every ``stride`` steps, with the physical parameters as row metadata (targets)."""
+    x, trajs = _sample(model, n, seed)
+    params = {k: np.array([t.params[k] for t in trajs]) for k in trajs[0].params}
+    batches = [probes.ProbeBatch((x[i:i + batch_size],), {}, np.arange(len(x[i:i + batch_size])), None,
+                                 {"item": np.arange(i, min(i + batch_size, n)),
+                                  **{k: v[i:i + batch_size] for k, v in params.items()}})
+               for i in range(0, n, batch_size)]
+    return probes.collect(model, batches, Sites("time.*.hook_theta", time=range(0, x.shape[1], stride)))
+
+
+@torch.no_grad()
+def codebook_report(model: Warp, n: int = 500, k: int = 16, seed: int = 0, stride: int = 8) -> Result:
+    """Post-hoc codebook (k-means) over theta_t every ``stride`` steps."""
+    x, _ = _sample(model, n, seed)
+    keep = list(range(0, x.shape[1], stride))
+    _, cache = model.run_with_cache(x, names_filter=lambda s: s.endswith("hook_theta"))
+    states = torch.stack([cache[f"time.{t}.hook_theta"] for t in keep])  # [steps kept, n, D]
+    rep = codebook.analyze_states(states, k, seed=seed)
+    rep.meta.update({"model": "WARP", "states": f"time.{{t}}.hook_theta for t in {keep}"})
+    rep.df["time"] = keep
+    return rep

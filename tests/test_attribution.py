@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.test_patching import reasoner_case
+from workbench.attribution import attribute
+from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.patching import patch
+from workbench.sites import Sites
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class StepHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_mixed, self.hook_state = HookPoint(), HookPoint()
+
+
+class LinearSeq(HookedRecurrentModule):
+    """s_{t+1} = M s_t A + x over [batch, pos, d]: every activation enters the output linearly."""
+
+    def __init__(self, pos: int = 5, d: int = 3, max_steps: int = 4):
+        super().__init__()
+        self.A = nn.Linear(d, d, bias=False)
+        self.M = nn.Parameter(torch.randn(pos, pos) / pos)
+        self.steps = hook_list(max_steps, StepHooks)
+        self.setup()
+
+    def forward(self, x: torch.Tensor, steps: int = 3) -> torch.Tensor:
+        s = torch.zeros_like(x)
+        for t in range(steps):
+            mixed = self.steps[t].hook_mixed(torch.einsum("pq,bqd->bpd", self.M, self.A(s)))
+            s = self.steps[t].hook_state(mixed + x)
+        return s
+
+
+def test_attribution_equals_exact_patching_on_a_linear_model():
+    torch.manual_seed(0)
+    model = LinearSeq()
+    clean, corrupted = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    w = torch.randn(5, 3)
+    metric = lambda out: (out * w).sum((1, 2))  # noqa: E731
+    sites = Sites("steps.*.hook_*", positions="each")
+    for ablation in (None, "zero", "mean", "resample"):
+        exact = patch(model, clean, corrupted, metric, sites, ablation=ablation)
+        approx = attribute(model, clean, corrupted, metric, sites, ablation=ablation)
+        assert list(exact.df.site) == list(approx.df.site) and len(exact.df) == 3 * 2 * 5
+        np.testing.assert_allclose(approx.df.score, exact.df.score, atol=1e-4)
+        assert (approx.df.note == "").all()
+
+
+def test_discrete_bottleneck_sites_are_marked_not_estimated():
+    model, s = reasoner_case(n=1)
+    res = attribute(model, s.clean, s.corrupted, s.metric,
+                    Sites(["steps.*.blocks.0.hook_resid_pre", "steps.*.bottleneck.hook_codes"], positions=[0, 7]),
+                    forward_kwargs=s.forward_kwargs)
+    T = s.forward_kwargs["steps"]
+    codes = res.df.component == "bottleneck.hook_codes"
+    assert (res.df.note[codes] == "integer activation").all() and res.df.score[codes].isna().all()
+    resid = res.df[~codes]
+    early, last = resid[resid.step < T - 1], resid[resid.step == T - 1]
+    assert (early.note == "no gradient path").all() and early.score.isna().all()  # the argmax cuts the gradient
+    assert (last.note == "").all() and last.score.notna().all()
+    fig = res.figure()  # NaN cells stay blank
+    assert np.isnan(np.asarray(fig.data[0].z, dtype=float)).any()
+
+
+def test_continuous_latent_carries_gradients_through_the_loop():
+    model, s = reasoner_case(n=1, latent="continuous")
+    sites = Sites("steps.*.blocks.1.hook_resid_pre", positions="each")
+    approx = attribute(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=s.forward_kwargs)
+    exact = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=s.forward_kwargs)
+    assert (approx.df.note == "").all() and approx.df.score.notna().all()
+    assert np.corrcoef(approx.df.score, exact.df.score)[0, 1] > 0.5
+
+
+def test_bad_inputs_give_clear_errors():
+    model = LinearSeq()
+    x = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match=r"shape \[batch\] = \[2\]"):
+        attribute(model, x, x + 1, lambda out: out.sum(), "steps.0.hook_state")
+    with pytest.raises(ValueError, match="same shape"):
+        attribute(model, x, x[:1], lambda out: out.sum((1, 2)), "steps.0.hook_state")
+    with pytest.raises(ValueError, match="closest valid names"):
+        attribute(model, x, x + 1, lambda out: out.sum((1, 2)), "steps.0.hook_stat")
+
+
+def test_act_attribution_through_ponder_steps():
+    from tests.test_patching import act_case
+
+    model, clean, corrupted, metric = act_case()
+    res = attribute(model, clean, corrupted, metric, Sites("time.0.ponder.*.hook_state"))
+    assert (res.df.note == "").all() and res.df.score.notna().all()
+    first = res.df.iloc[0]
+    assert first.ponder == 0 and first.time == 0

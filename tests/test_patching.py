@@ -1,0 +1,254 @@
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from models.reasoner import Reasoner, ReasonerConfig
+from probes.reasoner import patching_setup
+from tests.toy import ToyLoop
+from workbench.hooks import UnknownHookError
+from workbench.patching import patch, patch_loop, resumable
+from workbench.sites import Site, Sites
+from workbench.tasks import graph_arith as ga
+
+TASK = ga.GraphArithConfig(n_nodes=6, n_leaves=3, max_depth=2)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One BLAS thread: on a shared 2-core machine two threads wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def small_reasoner(**kw) -> Reasoner:
+    torch.manual_seed(0)
+    cfg = {"d_model": 16, "n_heads": 2, "d_mlp": 32, "max_steps": 6, "task": asdict(TASK), **kw}
+    return Reasoner(ReasonerConfig(**cfg)).eval()
+
+
+def reasoner_case(n: int = 2, **kw):
+    """A small reasoner with clean / corrupted problems and the answer's logit difference."""
+    model = small_reasoner(**kw)
+    setup = patching_setup(model, ga.sample(TASK, n, 1), seed=0, steps=4)
+    return model, setup
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    model = ToyLoop(d=4, max_steps=5)
+    clean, corrupted = torch.randn(3, 4), torch.randn(3, 4)
+    w = torch.randn(4)
+    return model, clean, corrupted, (lambda out: out @ w)
+
+
+def test_patching_a_site_with_its_own_clean_value_gives_one_and_corrupted_gives_zero(toy):
+    model, clean, corrupted, metric = toy
+    kw = {"steps": 3}
+    res = patch(model, clean, corrupted, metric, "steps.2.hook_state", forward_kwargs=kw)
+    assert res.df.score.tolist() == [1.0]  # the last state is the output: exactly the clean run
+    noise = patch(model, clean, corrupted, metric, "steps.2.hook_state", ablation="resample", forward_kwargs=kw)
+    assert noise.df.score.tolist() == [0.0]  # the corrupted value written into the clean run
+    same = patch(model, clean, clean.clone() + 1, metric, Sites("steps.*.hook_state"), forward_kwargs=kw)
+    assert (same.df.score.between(-10, 10)).all() and len(same.df) == 3
+
+
+def test_reasoner_whole_input_patch_is_one_and_batched_equals_per_site_loop():
+    model, s = reasoner_case()
+    kw = s.forward_kwargs
+    whole = patch(model, s.clean, s.corrupted, s.metric, "steps.0.hook_input", forward_kwargs=kw)
+    assert abs(whole.df.score.item() - 1) < 1e-6
+    back = patch(model, s.clean, s.corrupted, s.metric, "steps.0.hook_input", ablation="resample", forward_kwargs=kw)
+    assert abs(back.df.score.item()) < 1e-6
+    L = s.clean.shape[1]
+    grid = [Sites("steps.*.blocks.*.hook_resid_pre", positions=range(0, L, 4)),
+            Sites("steps.*.bottleneck.hook_codes", positions=range(1, L, 5)),
+            Sites("steps.*.blocks.1.attn.hook_z", heads="each", steps=[0, 3]),
+            Sites("steps.1.blocks.0.attn.hook_pattern", positions=[2, 9], heads=[0, 1])]
+    for sites in grid:
+        fast = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw)
+        full = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw, reuse_prefix=False)
+        loop = patch_loop(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw)
+        assert list(fast.df.site) == list(loop.df.site)
+        np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(full.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+    assert fast.meta["resume"] and resumable(model)
+
+
+def test_prefix_reuse_skips_settled_and_noop_sites_but_not_results():
+    model, s = reasoner_case(n=1)
+    L = s.clean.shape[1]
+    res = patch(model, s.clean, s.corrupted, s.metric, Sites("steps.*.blocks.*.hook_resid_pre", positions="each"),
+                forward_kwargs=s.forward_kwargs)
+    assert len(res.df) == 4 * 2 * L
+    assert res.meta["sites_noop"] > 0  # e.g. positions before the changed leaf in layer 0
+    assert res.meta["copies_settled"] > 0  # argmax unchanged after the patched step: later steps not run
+    noop = res.df.metric == res.meta["metric_corrupted"]
+    assert noop.sum() >= res.meta["sites_noop"]
+
+
+def test_continuous_latent_reasoner_matches_loop():
+    model, s = reasoner_case(n=1, latent="continuous")
+    sites = Sites("steps.*.hook_resid_final", positions=[0, 5, 11], steps=[0, 2])
+    fast = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=s.forward_kwargs)
+    loop = patch_loop(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=s.forward_kwargs)
+    np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+
+
+def test_patching_codes_sets_a_variable_value_at_a_step():
+    model, s = reasoner_case(n=1)
+    pos = int(s.leaf_pos[0])
+    site = Site("steps.0.bottleneck.hook_codes", pos=pos)
+    res = patch(model, s.clean, s.corrupted, s.metric, [site], forward_kwargs=s.forward_kwargs)
+    clean_out, cache = model.run_with_cache(s.clean, **s.forward_kwargs)
+
+    def set_value(codes, hook):
+        codes = codes.clone()
+        codes[:, pos] = cache[site.name][:, pos]
+        return codes
+
+    manual = model.run_with_hooks(s.corrupted, fwd_hooks=[(site.name, set_value)], **s.forward_kwargs)
+    assert res.df.metric.item() == pytest.approx(float(s.metric(manual).detach().mean()), abs=1e-5)
+
+
+def test_zero_and_mean_ablation_match_manual_hooks():
+    model, s = reasoner_case()
+    kw = s.forward_kwargs
+    name = "steps.2.blocks.1.hook_mlp_out"
+    _, corr_cache = model.run_with_cache(s.corrupted, names_filter=name, **kw)
+    for ablation, value in [("zero", lambda a: torch.zeros_like(a)),
+                            ("mean", lambda a: corr_cache[name].mean(0, keepdim=True).expand_as(a))]:
+        res = patch(model, s.clean, s.corrupted, s.metric, Sites(name, positions=[3]), ablation=ablation,
+                    forward_kwargs=kw)
+
+        def hook(act, hook, value=value):
+            act = act.clone()
+            act[:, 3] = value(act)[:, 3]
+            return act
+
+        with torch.no_grad():
+            manual = model.run_with_hooks(s.clean, fwd_hooks=[(name, hook)], **kw)
+        assert res.df.metric.item() == pytest.approx(float(s.metric(manual).mean()), abs=1e-5)
+        assert res.meta["ablation"] == ablation
+
+
+def test_result_table_and_figure(tmp_path):
+    model, s = reasoner_case(n=1)
+    res = patch(model, s.clean, s.corrupted, s.metric, Sites("steps.*.blocks.*.hook_resid_pre", positions=[0, 4, 8]),
+                forward_kwargs=s.forward_kwargs)
+    assert {"site", "hook", "component", "step", "layer", "pos", "metric", "score"} <= set(res.df.columns)
+    fig = res.figure()
+    assert len(fig.data) == 2  # one heatmap per layer, step down, position across
+    assert fig.data[0].z.shape == (4, 3)
+    res.to_csv(tmp_path / "p.csv")
+    res.to_html(tmp_path / "p.html")
+    assert (tmp_path / "p.csv").read_text().startswith("site,hook,component")
+    assert res.top(2).shape[0] == 2
+
+
+def test_bad_inputs_give_clear_errors(toy):
+    model, clean, corrupted, metric = toy
+    kw = {"steps": 2}
+    with pytest.raises(ValueError, match=r"metric must return a tensor of shape \[batch\] = \[3\]"):
+        patch(model, clean, corrupted, lambda out: out.sum(), "steps.0.hook_state", forward_kwargs=kw)
+    with pytest.raises(ValueError, match="same shape"):
+        patch(model, clean, corrupted[:2], metric, "steps.0.hook_state", forward_kwargs=kw)
+    with pytest.raises(UnknownHookError, match="closest valid names"):
+        patch(model, clean, corrupted, metric, "steps.0.hook_stat", forward_kwargs=kw)
+    with pytest.raises(ValueError, match="did not fire"):
+        patch(model, clean, corrupted, metric, "steps.4.hook_state", forward_kwargs=kw)
+    with pytest.raises(ValueError, match="ablation='shuffle'"):
+        patch(model, clean, corrupted, metric, "steps.0.hook_state", ablation="shuffle", forward_kwargs=kw)
+    with pytest.raises(ValueError, match="the metric is the same on clean"):
+        patch(model, clean, clean.clone(), metric, "steps.0.hook_state", forward_kwargs=kw)
+    with pytest.raises(ValueError, match="sites is empty"):
+        patch(model, clean, corrupted, metric, [], forward_kwargs=kw)
+
+
+def test_command_line_writes_csv_and_html(tmp_path, capsys):
+    from apps import cli
+    from apps.commands import analysis
+    from workbench import checkpoints
+
+    checkpoints.save(tmp_path / "m", small_reasoner(max_steps=8))
+    out = tmp_path / "out"
+    assert analysis.main(["patch", str(tmp_path / "m"), "--positions", "0,4", "--out", str(out)]) == 0
+    assert (out / "patch.csv").read_text().count("\n") == 1 + 7 * 2 * 2  # steps x layers x positions
+    assert cli.main(["attribute", "analysis", str(tmp_path / "m"), "--sites", "steps.*.hook_input",
+                     "--positions", "none", "--out", str(out)]) == 0
+    assert (out / "attribute.html").exists()
+    assert "no gradient path" in capsys.readouterr().out
+    assert analysis.main(["patch", str(tmp_path / "m"), "--sites", "steps.0.hook_inptu", "--out", str(out)]) == 2
+    assert "closest valid names" in capsys.readouterr().err
+
+
+def act_case():
+    from models.act import ACT, ACTConfig
+
+    torch.manual_seed(0)
+    model = ACT(ACTConfig(input_size=6, hidden=12, cell="gru", max_ponder=6, halt_bias_init=-1.0)).eval()
+    clean = torch.randint(-1, 2, (3, 1, 6)).float()
+    corrupted = clean.clone()
+    corrupted[:, 0, 0] = -corrupted[:, 0, 0] + (corrupted[:, 0, 0] == 0).float()  # flip or set the first entry
+    return model, clean, corrupted, (lambda out: out.outputs[:, -1, 0])
+
+
+def test_act_ponder_steps_and_warp_time_steps_batched_equal_loop():
+    model, clean, corrupted, metric = act_case()
+    for sites in (Sites("time.0.ponder.*.hook_state"), Sites("time.0.ponder.*.hook_halt_logit")):
+        fast = patch(model, clean, corrupted, metric, sites)
+        loop = patch_loop(model, clean, corrupted, metric, sites)
+        np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+        assert "ponder" in fast.df and not fast.meta["resume"]
+    from models.warp import Warp, WarpConfig
+
+    torch.manual_seed(0)
+    warp = Warp(WarpConfig(d_in=2, seq_len=12)).eval()
+    with torch.no_grad():
+        warp.B.normal_(0, 0.3)
+    x = torch.randn(2, 12, 2).cumsum(1) * 0.2
+    xc = x.clone()
+    xc[:, :3] += 0.5
+    target = x[:, 1:]
+    err = lambda out: -((out.mean[:, :-1] - target) ** 2).mean((1, 2))  # noqa: E731
+    sites = Sites("time.*.hook_theta", time=[0, 3, 6, 9])
+    fast, loop = patch(warp, x, xc, err, sites), patch_loop(warp, x, xc, err, sites)
+    np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+    assert list(fast.df.time) == [0, 3, 6, 9] and len(fast.figure().data) == 1
+
+
+def test_command_line_on_an_act_checkpoint(tmp_path):
+    from apps.commands import analysis
+    from models.act import ACT, ACTConfig
+    from workbench import checkpoints
+
+    torch.manual_seed(0)
+    checkpoints.save(tmp_path / "act", ACT(ACTConfig(input_size=6, hidden=12, cell="gru", max_ponder=5,
+                                                     task_name="parity", task={"size": 6})))
+    out = tmp_path / "out"
+    assert analysis.main(["patch", str(tmp_path / "act"), "--n", "6", "--out", str(out)]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out / "patch.csv")
+    assert set(df.component) == {"hook_state"} and list(df.ponder) == sorted(df.ponder)
+    for verb in ("probe", "codebook"):
+        assert analysis.main([verb, str(tmp_path / "act"), "--n", "64", "--out", str(out)]) == 0
+    assert (out / "probe_halts.csv").exists() and (out / "codebook_pca.csv").exists()
+
+
+def test_given_sources_set_a_code_to_any_value():
+    model, s = reasoner_case(n=1)
+    name, pos = "steps.1.bottleneck.hook_codes", int(s.target_pos[0])
+    _, cache = model.run_with_cache(s.corrupted, names_filter=name, **s.forward_kwargs)
+    codes = cache[name].clone()
+    codes[:, pos, 3] = 7  # the variable defined at pos holds 7 after step 1
+    res = patch(model, s.clean, s.corrupted, s.metric, [Site(name, pos)], sources={name: codes},
+                forward_kwargs=s.forward_kwargs)
+    with torch.no_grad():
+        manual = model.run_with_hooks(s.corrupted, fwd_hooks=[(name, lambda a, hook: codes)], **s.forward_kwargs)
+    assert res.df.metric.item() == pytest.approx(float(s.metric(manual).mean()), abs=1e-5)
+    assert int(manual.codes[0, 1, pos, 3]) == 7

@@ -1,0 +1,157 @@
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import probes
+from models.reasoner import Reasoner, ReasonerConfig
+from probes import reasoner as pr
+from workbench.sites import Sites
+from workbench.tasks import graph_arith as ga
+
+TASK = ga.GraphArithConfig(n_nodes=6, n_leaves=3, max_depth=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def planted(n=3000, d=20, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=d)
+    return X, w, rng
+
+
+def test_probe_recovers_a_planted_linear_feature_and_the_control_is_at_chance():
+    X, w, rng = planted()
+    y = (X @ w > 0).astype(int)
+    noise = rng.normal(size=X.shape).astype(np.float32)
+    res = probes.fit({"signal": X, "noise": noise}, y)
+    sig, noi = res.df.set_index("site").loc["signal"], res.df.set_index("site").loc["noise"]
+    assert sig.accuracy > 0.95 and abs(sig.control - sig.chance) < 0.06 and sig.selectivity > 0.4
+    assert abs(noi.accuracy - noi.chance) < 0.06  # nothing to read in pure noise
+    assert res.value == "selectivity" and res.df.n_test.iloc[0] == 750
+
+
+def test_ridge_probe_for_a_continuous_target():
+    X, w, rng = planted(d=10)
+    y = X @ w + 0.1 * rng.normal(size=len(X))
+    res = probes.fit({"a": X}, y)
+    row = res.df.iloc[0]
+    assert row.probe == "ridge" and row.r2 > 0.99 and abs(row.control) < 0.05
+
+
+def test_control_task_labels_each_type_consistently():
+    y = np.arange(100) % 7
+    types = np.arange(100) % 10
+    c = probes.control_labels(y, types, seed=1)
+    for t in range(10):
+        assert len(set(c[types == t])) == 1  # one random label per type (Hewitt & Liang)
+    assert set(c) <= set(y)
+    assert sorted(probes.control_labels(y, None, seed=1)) == sorted(y)  # per-sample: a permutation
+
+
+def small():
+    torch.manual_seed(0)
+    return Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=8, task=asdict(TASK))).eval()
+
+
+def test_collect_keeps_the_defining_positions_with_bounded_rows():
+    model = small()
+    problems = ga.sample(TASK, 10, 0)
+    acts = probes.collect(model, pr.batches(model, problems, batch_size=4, per_problem=2, steps=3),
+                          Sites("steps.*.blocks.*.hook_resid_post"))
+    assert acts.n == 20 and len(acts.data) == 3 * 2
+    assert acts.data["steps.1.blocks.0.hook_resid_post"].shape == (20, 16)
+    row = acts.rows.iloc[5]
+    x = torch.from_numpy(pr.encode_batch(problems, model.cfg)["factors"])
+    _, cache = model.run_with_cache(x, steps=3)
+    want = cache["steps.1.blocks.0.hook_resid_post"][row.problem, row.pos].numpy()
+    np.testing.assert_allclose(acts.data["steps.1.blocks.0.hook_resid_post"][5], want, atol=1e-6)
+    enc = ga.encode(problems[row.problem], model.cfg.scheme, model.cfg.name_pool)
+    assert enc.role[row.pos] == ga.ROLE_DEFINE and enc.answer[row.pos] == row.value
+    heads = probes.collect(model, pr.batches(model, problems[:4], steps=2), Sites("steps.0.blocks.0.attn.hook_z", heads=[1]))
+    assert heads.data["steps.0.blocks.0.attn.hook_z[head=1]"].shape == (heads.n, 8)
+
+
+def test_site_dependent_target_and_figure():
+    model = small()
+    problems = ga.sample(TASK, 40, 1)
+    acts = probes.collect(model, pr.batches(model, problems, steps=3), "steps.*.blocks.1.hook_resid_post")
+    target = pr.computed(acts.rows)
+    res = probes.fit(acts, target, target_name="computed", groups="problem")
+    assert list(res.df.step) == [0, 1, 2] and (res.df.target == "computed").all()
+    fill = acts.rows.fill_step.to_numpy()
+    assert res.df.chance.iloc[0] == pytest.approx(max((fill <= 1).mean(), (fill > 1).mean()), abs=0.15)
+    fig = res.figure()
+    assert len(fig.data) >= 2
+    vals = probes.fit(acts, "value", types="variable", sites="steps.2.*")
+    assert len(vals.df) == 1 and vals.meta["control_types"] == "variable"
+
+
+def test_bad_inputs_give_clear_errors():
+    X, w, _ = planted(n=100)
+    y = (X @ w > 0).astype(int)
+    with pytest.raises(ValueError, match="probe='svm'"):
+        probes.fit({"a": X}, y, probe="svm")
+    with pytest.raises(ValueError, match="one entry per row"):
+        probes.fit({"a": X}, y[:50])
+    with pytest.raises(ValueError, match="same number of rows"):
+        probes.fit({"a": X, "b": X[:10]}, y)
+    with pytest.raises(ValueError, match="selects none"):
+        probes.fit({"a": X}, y, sites="steps.*")
+    with pytest.raises(ValueError, match="not a column"):
+        probes.fit({"a": X}, "value")
+
+
+def test_command_line_and_study_write_csv_and_html(tmp_path):
+    from apps.commands import analysis
+    from probes import reasoner_values
+    from workbench import checkpoints
+
+    checkpoints.save(tmp_path / "m", small())
+    out = tmp_path / "out"
+    assert analysis.main(["probe", str(tmp_path / "m"), "--n", "24", "--targets", "value", "computed",
+                          "--out", str(out)]) == 0
+    assert {"probe_value.csv", "probe_value.html", "probe_computed.csv", "probe.csv"} <= {p.name for p in out.iterdir()}
+    reasoner_values.main(["--model", str(tmp_path / "m"), "--n", "24", "--out", str(tmp_path / "study")])
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "study" / "values.csv")
+    assert set(table.target) == {"value", "computed", "depth"} and (tmp_path / "study" / "depth.html").exists()
+
+
+def test_collect_rnn_states_without_a_position_axis():
+    from models.act import ACT, ACTConfig
+
+    torch.manual_seed(0)
+    model = ACT(ACTConfig(input_size=6, hidden=12, cell="gru", max_ponder=4)).eval()
+    x = torch.randint(0, 2, (40, 1, 6)).float()
+    parity = (x[:, 0].sum(1) % 2).long().numpy()
+    batches = [probes.ProbeBatch((x[i:i + 10],), {}, np.arange(10), None, {"parity": parity[i:i + 10]})
+               for i in range(0, 40, 10)]
+    acts = probes.collect(model, batches, "time.0.hook_state")
+    assert acts.data["time.0.hook_state"].shape == (40, 12)
+    res = probes.fit(acts, "parity")
+    assert res.df.probe.item() == "logistic" and 0 <= res.df.accuracy.item() <= 1
+
+
+def test_warp_thetas_carry_the_physical_parameters_as_targets():
+    from models.warp import Warp, WarpConfig
+    from probes import warp as pw
+    from workbench.tasks import dynamics as dy
+
+    task = dy.DynamicsConfig(system="msd", length=16, context=4)
+    torch.manual_seed(0)
+    model = Warp(WarpConfig(d_in=2, seq_len=16, task=asdict(task))).eval()
+    acts = pw.collect_thetas(model, n=60, stride=5, batch_size=25)
+    assert list(acts.rows.columns) == ["item", "m", "c", "k"] and acts.n == 60
+    assert sorted(acts.data) == [f"time.{t}.hook_theta" for t in (0, 10, 15, 5)]
+    res = probes.fit(acts, "k")
+    assert res.df.probe.iloc[0] == "ridge" and list(res.df.time) == [0, 5, 10, 15]

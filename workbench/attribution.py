@@ -1,0 +1,153 @@
+"""Attribution patching: a first-order estimate of activation patching at every site at once.
+
+For a site with activation a, patching clean into corrupted changes the metric by about
+
+    (a_clean - a_corrupted) . dM/da  (gradient taken on the corrupted run)
+
+so one clean forward, one corrupted forward and one backward pass estimate every site
+(Nanda, "Attribution patching", 2023). ``attribute`` takes the same arguments and returns
+the same ``Result`` as ``workbench.patching.patch``, so the two sit side by side::
+
+    >>> exact = patch(model, clean, corrupted, metric, sites=grid, forward_kwargs=kw)
+    >>> approx = attribute(model, clean, corrupted, metric, sites=grid, forward_kwargs=kw)
+    >>> np.corrcoef(exact.df.score, approx.df.score)
+
+Where the estimate means something (and where it does not):
+
+* It is exact when the metric is linear in the patched activation, and good when the
+  patch is small compared with the curvature of the metric.
+* **Integer activations** (the reasoner's ``bottleneck.hook_codes``) have no gradient:
+  their rows are NaN with ``note = "integer activation"``.
+* **Behind a hard argmax** (the reasoner with ``latent="discrete"``) no gradient flows from
+  one step to the next: an activation at step t only reaches the metric through step t's
+  own logits. If the metric reads a later step, the gradient at step t is not connected
+  (its gradient is missing or exactly zero over the whole hook) and the row is NaN with
+  ``note = "no gradient path"``. Read discrete models
+  within a step (a metric on step t's output, e.g. ``value_logits[:, t]``), or use exact
+  patching across steps. Models whose loop is continuous (``latent="continuous"``, ACT,
+  WARP) carry gradients through the loop, and every step gets an estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workbench.patching import (ABLATIONS, Metric, _base_run, _batch_size, _check_metric, _denominator, _frame,
+                                _inputs, _metric)
+from workbench.results import Result
+from workbench.sites import SiteSelection, as_sites, names_filter, resolve
+
+__all__ = ["attribute"]
+
+
+def attribute(
+    model,
+    clean,
+    corrupted,
+    metric: Metric,
+    sites: SiteSelection,
+    *,
+    ablation: str | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> Result:
+    """Attribution patching: gradient x activation difference for every site.
+
+    Same arguments as ``patch``. ``ablation`` picks the same source as there ("zero",
+    "mean" over the corrupted batch, "resample"); the gradient is then taken on the clean
+    run, into which the ablation would be written.
+
+    Returns:
+        ``Result`` with one row per site: ``estimate`` (estimated metric change),
+        ``score`` (normalised like ``patch``: the estimated patched score) and ``note``
+        (why a row is NaN, else empty).
+    """
+    t_start = time.perf_counter()
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation={ablation!r}; allowed: {ABLATIONS}")
+    fk = dict(forward_kwargs or {})
+    clean_args, corr_args = _inputs(clean, corrupted)
+    B = _batch_size(clean_args)
+    sel = as_sites(sites)
+    if hasattr(sel, "check_names"):
+        sel.check_names(model)
+    want = names_filter(sel)
+    base_args, other_args = (corr_args, clean_args) if ablation is None else (clean_args, corr_args)
+
+    with torch.no_grad():
+        out_other, other_cache, _, _ = _base_run(model, other_args, fk, want)
+
+    # The base run with gradients: every selected activation becomes a node we can differentiate.
+    acts: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook):
+        if not torch.is_tensor(act) or not act.is_floating_point():
+            acts[hook.name] = act
+            return None
+        if not act.requires_grad:  # e.g. computed from inputs only: make it a leaf of the graph
+            act = act.detach().requires_grad_()
+        acts[hook.name] = act
+        return act
+
+    shapes: dict[str, tuple] = {}
+
+    def shape(act, hook):
+        if torch.is_tensor(act):
+            shapes[hook.name] = tuple(act.shape)
+
+    with torch.enable_grad():
+        out_base = model.run_with_hooks(*base_args, fwd_hooks=[(want, grab), (lambda n: True, shape)], **fk)
+        m_base_t = _check_metric(metric(out_base), B, "base")
+        m_base = m_base_t.detach().float().cpu()
+        site_list = resolve(sel, shapes, model)
+        names = sorted({s.name for s in site_list})
+        diff_names = [n for n in names if acts[n].is_floating_point() and acts[n].requires_grad]
+        if not m_base_t.requires_grad:  # e.g. a metric on integer codes: nothing to differentiate
+            diff_names = []
+        grads = (torch.autograd.grad(m_base_t.float().mean(), [acts[n] for n in diff_names], allow_unused=True)
+                 if diff_names else [])
+    grad = dict(zip(diff_names, grads))
+    m_other = _metric(metric, out_other, B, "other")
+    m_clean, m_corr = (m_other, m_base) if ablation is None else (m_base, m_other)
+    M_clean, M_corr = float(m_clean.mean()), float(m_corr.mean())
+    denom = _denominator(M_clean, M_corr)
+    M_base = M_corr if ablation is None else M_clean
+
+    products: dict[str, Tensor | str] = {}
+    for n in names:
+        a = acts[n].detach()
+        if not a.is_floating_point():
+            products[n] = "integer activation"
+        elif grad.get(n) is None or not bool(grad[n].any()):  # unused, or only zeros from e.g. a stack
+            products[n] = "no gradient path"
+        else:
+            src = _source(ablation, n, other_cache, a)
+            if src.shape != a.shape:
+                raise ValueError(f"{n}: clean and corrupted activations have different shapes "
+                                 f"{list(src.shape)} vs {list(a.shape)}")
+            products[n] = (src.to(a.dtype) - a) * grad[n]
+
+    rows = []
+    for s in site_list:
+        p = products[s.name]
+        if isinstance(p, str):
+            est, note = float("nan"), p
+        else:
+            est, note = float(p[s.index(p.shape)].sum()), ""
+        rows.append({**s.row(), "estimate": est, "score": (M_base + est - M_corr) / denom, "note": note})
+    meta = {"metric_clean": M_clean, "metric_corrupted": M_corr, "ablation": ablation, "batch": B,
+            "sites": len(site_list), "seconds": time.perf_counter() - t_start}
+    return Result("attribute", _frame(rows), "score", meta)
+
+
+def _source(ablation: str | None, name: str, other_cache: dict, base: Tensor) -> Tensor:
+    """The activation a patch would write (mirrors ``patching._Sources``)."""
+    if ablation in (None, "resample"):
+        return other_cache[name]
+    if ablation == "zero":
+        return torch.zeros_like(base)
+    return other_cache[name].mean(0, keepdim=True).expand_as(base)

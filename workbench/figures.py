@@ -1,0 +1,181 @@
+"""Plotly figures for analysis results: pure functions, tidy DataFrames in, ``go.Figure`` out.
+
+``Result.figure()`` calls ``for_result``; the app's views reuse the builders directly:
+
+* ``site_map``: patching / attribution scores as heatmaps, loop step down, position (or
+  head, or layer) across, one panel per component and layer;
+* ``probe_map``: probe accuracy vs step per layer, with the control task, and accuracy vs
+  selectivity;
+* ``codebook_figure``: code usage and perplexity per step, accuracy by depth and step,
+  confusion, value-embedding PCA, Fourier spectrum over Z_p, drift from the codebook;
+* ``compare``: exact patching vs attribution, site by site.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = ["for_result", "site_map", "probe_map", "codebook_figure", "compare"]
+
+_OUTER = ("step", "time")  # the recurrent loop goes down the y axis
+_INNER = ("ponder", "layer")  # nested loops become panels (or the x axis when nothing finer exists)
+
+
+def for_result(result, value: str, **kwargs) -> go.Figure:
+    """The default figure of a ``workbench.results.Result``."""
+    if result.kind in ("patch", "attribute"):
+        title = kwargs.pop("title", f"{'Activation patching' if result.kind == 'patch' else 'Attribution patching'}"
+                                    f": {value} (0 = corrupted, 1 = clean)" if value == "score" else value)
+        return site_map(result.df, value=value, title=title, **kwargs)
+    if result.kind == "probe":
+        return probe_map(result.df, **kwargs)
+    if result.kind == "codebook":
+        return codebook_figure(result, **kwargs)
+    raise ValueError(f"no figure for result kind {result.kind!r}")
+
+
+# ------------------------------------------------------------------ sites
+def _present(df: pd.DataFrame, col: str) -> bool:
+    return col in df and df[col].notna().any()
+
+
+def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, max_panels: int = 24) -> go.Figure:
+    """Heatmaps of ``value`` over the sites of a patching or attribution result.
+
+    y: the loop step (``step`` or ``time``); x: ``pos``, else ``head``, else ``layer``;
+    one panel per remaining combination (component, layer, ponder step, head).
+    """
+    if value not in df:
+        raise ValueError(f"column {value!r} is not in the result; columns: {list(df.columns)}")
+    y = next((c for c in _OUTER if _present(df, c)), None)
+    x = next((c for c in ("pos", "head", *_INNER) if _present(df, c) and c != y), None)
+    if y is not None and x is None:  # a single loop (e.g. WARP's time): one line per component
+        fig = px.line(df, x=y, y=value, color="component", markers=True, hover_data=["site"])
+        return fig.update_layout(title=title or value, xaxis_title=y, yaxis_title=value)
+    if y is None or x is None:  # no loop structure: one bar per site
+        fig = px.bar(df, x="site", y=value, hover_data=[c for c in ("hook", "note") if c in df])
+        return fig.update_layout(title=title or value, xaxis_title="site", yaxis_title=value)
+    facets = [c for c in ("component", *_INNER, "head") if c in df and _present(df, c) and c not in (x, y)]
+    groups = list(df.groupby(facets, dropna=False, sort=True)) if facets else [((), df)]
+    groups = groups[:max_panels]
+    ncols = 1 if len(groups) == 1 else 2
+    nrows = math.ceil(len(groups) / ncols)
+    names = [", ".join(f"{c}={v}" if c != "component" else str(v) for c, v in zip(facets, np.atleast_1d(key)))
+             for key, _ in groups]
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=names or None, vertical_spacing=0.12 / max(1, nrows / 3))
+    vals = df[value].astype(float)
+    lim = float(np.nanmax(np.abs(vals))) if vals.notna().any() else 1.0
+    for i, (_, g) in enumerate(groups):
+        grid = g.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
+        hover = f"{y}=%{{y}}<br>{x}=%{{x}}<br>{value}=%{{z:.4f}}<extra></extra>"
+        fig.add_trace(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=list(grid.index),
+                                 coloraxis="coloraxis", hovertemplate=hover), row=i // ncols + 1, col=i % ncols + 1)
+        fig.update_xaxes(title_text=x, row=i // ncols + 1, col=i % ncols + 1)
+        fig.update_yaxes(title_text=y, autorange="reversed", row=i // ncols + 1, col=i % ncols + 1)
+    fig.update_layout(title=title or value, height=max(350, 280 * nrows),
+                      coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-max(lim, 1e-9), cmax=max(lim, 1e-9),
+                                     colorbar_title=value))
+    return fig
+
+
+def compare(exact: pd.DataFrame, approx: pd.DataFrame, value: str = "score") -> go.Figure:
+    """Exact patching vs attribution patching, one point per site (NaN estimates left out)."""
+    both = exact[["site", value]].merge(approx[["site", value]], on="site", suffixes=("_exact", "_attribution"))
+    both = both.dropna()
+    r = both[f"{value}_exact"].corr(both[f"{value}_attribution"]) if len(both) > 1 else float("nan")
+    fig = px.scatter(both, x=f"{value}_exact", y=f"{value}_attribution", hover_name="site")
+    lo = float(np.nanmin(both[[f"{value}_exact", f"{value}_attribution"]].values)) if len(both) else 0.0
+    hi = float(np.nanmax(both[[f"{value}_exact", f"{value}_attribution"]].values)) if len(both) else 1.0
+    fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line=dict(dash="dot", color="grey"))
+    return fig.update_layout(title=f"Attribution vs exact patching ({len(both)} sites, r = {r:.3f})",
+                             xaxis_title="exact patching score", yaxis_title="attribution estimate")
+
+
+# ---------------------------------------------------------------- probes
+def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
+    """Left: probe score (solid) and control-task score (dotted) vs loop step, one line per
+    layer / component. Right: score vs selectivity, one point per site."""
+    metric = metric or ("accuracy" if "accuracy" in df else "r2")
+    y = next((c for c in _OUTER if _present(df, c)), None)
+    df = df.copy()
+    group_cols = [c for c in ("target", "component", "layer") if _present(df, c)]
+    df["series"] = df[group_cols].astype(str).agg(" ".join, axis=1) if group_cols else "probe"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} by {y or 'site'} (dotted: control task)",
+                                                         f"{metric} vs selectivity"))
+    colors = px.colors.qualitative.Plotly
+    for i, (name, g) in enumerate(df.groupby("series", sort=True)):
+        c = colors[i % len(colors)]
+        xs = g[y] if y else g["site"]
+        fig.add_trace(go.Scatter(x=xs, y=g[metric], mode="lines+markers", name=name, line=dict(color=c),
+                                 legendgroup=name), row=1, col=1)
+        if "control" in g and g["control"].notna().any():
+            fig.add_trace(go.Scatter(x=xs, y=g["control"], mode="lines", name=f"{name} control", showlegend=False,
+                                     line=dict(color=c, dash="dot"), legendgroup=name), row=1, col=1)
+        if "selectivity" in g:
+            fig.add_trace(go.Scatter(x=g["selectivity"], y=g[metric], mode="markers", showlegend=False,
+                                     marker=dict(color=c), text=g["site"], legendgroup=name,
+                                     hovertemplate="%{text}<br>selectivity=%{x:.3f}<br>score=%{y:.3f}<extra></extra>"),
+                          row=1, col=2)
+    if "chance" in df and df["chance"].notna().any():
+        fig.add_hline(y=float(df["chance"].mean()), line_dash="dash", line_color="grey", row=1, col=1,
+                      annotation_text="chance")
+    fig.update_xaxes(title_text=y or "site", row=1, col=1)
+    fig.update_xaxes(title_text="selectivity (probe - control)", row=1, col=2)
+    fig.update_yaxes(title_text=metric, row=1, col=1)
+    return fig.update_layout(title="Linear probes", height=450)
+
+
+# --------------------------------------------------------------- codebook
+CODEBOOK_VIEWS = ("usage", "accuracy", "confusion", "pca", "fourier", "drift")
+
+
+def codebook_figure(result, which: str = "usage", step: int | None = None) -> go.Figure:
+    """One view of a codebook report; ``which`` is one of ``CODEBOOK_VIEWS``."""
+    if which not in CODEBOOK_VIEWS:
+        raise ValueError(f"which={which!r}; allowed: {CODEBOOK_VIEWS}")
+    tables, df = result.tables, result.df
+    if which != "usage" and which not in tables:
+        raise ValueError(f"this codebook report has no {which!r} table; it has: {['usage', *tables]}")
+    if which == "usage":
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("perplexity (effective number of codes)",
+                                                            "codes used / dead"))
+        fig.add_trace(go.Scatter(x=df["step"], y=df["perplexity"], mode="lines+markers", name="perplexity"), 1, 1)
+        fig.add_trace(go.Bar(x=df["step"], y=df["used"], name="used"), 1, 2)
+        fig.add_trace(go.Bar(x=df["step"], y=df["dead"], name="dead"), 1, 2)
+        fig.update_xaxes(title_text="step")
+        return fig.update_layout(title="Code usage per step", barmode="stack", height=400)
+    t = tables[which]
+    if which == "accuracy":
+        grid = t.pivot_table(index="depth", columns="step", values="accuracy")
+        fig = go.Figure(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1,
+                                   colorscale="Viridis", colorbar_title="accuracy",
+                                   hovertemplate="step=%{x}<br>depth=%{y}<br>accuracy=%{z:.3f}<extra></extra>"))
+        return fig.update_layout(title="Decoded code = true value, by depth and step", xaxis_title="step",
+                                 yaxis_title="depth")
+    if which == "confusion":
+        s = int(t["step"].max()) if step is None else step
+        grid = t[t.step == s].pivot_table(index="truth", columns="code", values="count", fill_value=0)
+        fig = go.Figure(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=[str(i) for i in grid.index],
+                                   colorscale="Blues", colorbar_title="count"))
+        return fig.update_layout(title=f"Confusion at step {s}: true value (rows) vs decoded code (columns)",
+                                 xaxis_title="decoded code", yaxis_title="true value")
+    if which == "pca":
+        var = result.meta.get("pca_explained", [])
+        fig = px.scatter(t, x="pc1", y="pc2", text="code", color="code" if t["code"].dtype.kind in "if" else None)
+        fig.update_traces(textposition="top center")
+        lab = [f"PC{i + 1} ({v:.0%})" for i, v in enumerate(var[:2])] if len(var) >= 2 else ["PC1", "PC2"]
+        return fig.update_layout(title="Value embeddings, first two principal components", xaxis_title=lab[0],
+                                 yaxis_title=lab[1])
+    if which == "fourier":
+        fig = px.bar(t, x="frequency", y="power")
+        return fig.update_layout(title="Fourier spectrum of the value embeddings over Z_p (share of non-constant power)",
+                                 xaxis_title="frequency k", yaxis_title="share of power")
+    fig = px.line(t, x="step", y="relative_distance", markers=True)
+    return fig.update_layout(title="Distance of each step's latent from the nearest codebook embedding",
+                             xaxis_title="step", yaxis_title="distance / embedding norm")
