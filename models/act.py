@@ -16,11 +16,14 @@ Method, per input step t and ponder step n = 1, 2, ... (code counts n from 0):
 4. **Ponder cost.** P = sum_t (N(t) + R(t)); loss = task loss + tau * P. N(t) is
    piecewise constant, so only R(t) carries gradient (dP/dh_t^n = -1 for n < N(t)).
 
-Halting bias: Graves suggests a positive initial b_h; in our runs (and in a 2026 study,
-arXiv 2604.21999) a bias of +1 makes h ~ 0.73 at the start, so N(t) = 2 for every
-input and the ponder cost keeps it there: pondering collapses before the task loss can
-ask for more. ``halt_bias_init`` defaults to -2 (h ~ 0.12, about 8 ponder steps at the
-start), which leaves room for the task to decide how long to ponder; see docs/act.md.
+Halting bias: Graves suggests a positive initial b_h. With +1, h starts at 0.73 for
+every input, so N(t) = 2 everywhere from the start and the ponder cost only pushes it
+lower; a 2026 study (arXiv 2604.21999) reports most runs collapsing to shallow pondering
+with a bias of 0 or +1. ``halt_bias_init`` defaults to -2 (h ~ 0.12, about 8 ponder steps
+at the start), which leaves the task loss room to decide how long to ponder. W_h starts
+at zero, so every input starts with the same h: an input whose first h reaches 1 - eps
+halts at once, and then that h is never used and gets no gradient, so it could never
+learn to ponder longer.
 
 Batched inference: every sample halts on its own. After a sample halts, later ponder
 steps skip it (the cell runs on the samples still pondering only), its weight p is 0,
@@ -200,7 +203,7 @@ class ACT(HookedRecurrentModule):
         self.readout = nn.Linear(cfg.hidden, cfg.output_size)
         self.halt = nn.Linear(cfg.hidden, 1)
         # W_h starts at zero: every input starts with the same h = sigmoid(b_h), so no input
-        # halts at its first ponder step by accident (h_t^1 >= 1 - eps gets no gradient at all)
+        # halts at its first ponder step by accident (an h_t^1 >= 1 - eps gets no gradient)
         nn.init.zeros_(self.halt.weight)
         nn.init.constant_(self.halt.bias, cfg.halt_bias_init)
         self.time = hook_list(cfg.max_time, lambda: TimeHooks(cfg.max_ponder))

@@ -80,6 +80,7 @@ class ReasonerConfig:
     d_mlp: int = 512
     mlp: str = "gelu"  # "gelu" or "bilinear" ((W_gate x) * (W_in x): products of features in one layer)
     rel_window: int = 64
+    segment_window: int = 0  # >0: also a bias per head for the equation distance, clipped (0 = off)
     rel_init: str = "alibi"  # relative-bias start: "zero", "alibi" (-slope*|d|) or "offset" (see Attention)
     causal: bool = False
     max_steps: int = 64  # hook points are built for this many steps
@@ -191,6 +192,8 @@ class Attention(nn.Module):
         self.W_V = nn.Linear(cfg.d_model, cfg.d_model)
         self.W_O = nn.Linear(cfg.d_model, cfg.d_model)
         self.rel_bias = nn.Parameter(torch.zeros(cfg.n_heads, 2 * cfg.rel_window + 1))
+        ws = cfg.segment_window
+        self.seg_bias = nn.Parameter(torch.zeros(cfg.n_heads, 2 * ws + 1)) if ws else None
         dist = torch.arange(-cfg.rel_window, cfg.rel_window + 1)
         if cfg.rel_init == "alibi":  # a locality prior: head 0 global, later heads increasingly local
             slopes = torch.tensor([0.0] + [2.0 ** -i for i in range(cfg.n_heads - 1)])
@@ -199,8 +202,8 @@ class Attention(nn.Module):
             for h in range(cfg.n_heads // 2):
                 self.rel_bias.data[h] = torch.where(dist == -h, 0.0, -4.0)
 
-    def forward(self, x: Tensor, hooks: AttnHooks, key_mask: Tensor) -> Tensor:
-        """x: [batch, pos, d]; key_mask: [batch, 1, query|1, key] bool, True = may attend."""
+    def forward(self, x: Tensor, hooks: AttnHooks, layout: "Layout") -> Tensor:
+        """x: [batch, pos, d]; ``layout`` holds the attention mask and equation indices."""
         b, L, _ = x.shape
         h, dh, w = self.cfg.n_heads, self.cfg.d_head, self.cfg.rel_window
         q = hooks.hook_q(self.W_Q(x).view(b, L, h, dh))
@@ -209,10 +212,20 @@ class Attention(nn.Module):
         pos = torch.arange(L, device=x.device)
         rel = (pos[None, :] - pos[:, None]).clamp(-w, w) + w  # [query, key]
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh) + self.rel_bias[:, rel]
-        scores = hooks.hook_attn_scores(scores.masked_fill(~key_mask, float("-inf")))
+        if self.seg_bias is not None:  # [head, batch, query, key] -> [batch, head, query, key]
+            scores = scores + self.seg_bias[:, layout.segment_rel].transpose(0, 1)
+        scores = hooks.hook_attn_scores(scores.masked_fill(~layout.mask, float("-inf")))
         pattern = hooks.hook_pattern(scores.softmax(dim=-1))
         z = hooks.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
         return self.W_O(z.reshape(b, L, h * dh))
+
+
+@dataclass
+class Layout:
+    """What attention needs to know about the token layout, computed once per rollout."""
+
+    mask: Tensor  # [batch, 1, query|1, key] bool, True = may attend (not padding; causal)
+    segment_rel: Optional[Tensor] = None  # [batch, query, key] clipped equation distance + window
 
 
 class MLP(nn.Module):
@@ -245,9 +258,9 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn, self.mlp = Attention(cfg), MLP(cfg)
 
-    def forward(self, x: Tensor, hooks: BlockHooks, key_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, hooks: BlockHooks, layout: Layout) -> Tensor:
         x = hooks.hook_resid_pre(x)
-        x = hooks.hook_resid_mid(x + hooks.hook_attn_out(self.attn(self.ln1(x), hooks.attn, key_mask)))
+        x = hooks.hook_resid_mid(x + hooks.hook_attn_out(self.attn(self.ln1(x), hooks.attn, layout)))
         return hooks.hook_resid_post(x + hooks.hook_mlp_out(self.mlp(self.ln2(x), hooks.mlp)))
 
 
@@ -288,16 +301,21 @@ class Reasoner(HookedRecurrentModule):
         self.setup()
 
     # --- one step -----------------------------------------------------------
-    def key_mask(self, tokens: Tensor) -> Tensor:
-        """[batch, 1, query|1, key] True where attention is allowed (not padding; causal)."""
+    def layout(self, tokens: Tensor) -> Layout:
+        """Attention mask (padding, causal) and equation distances for a batch of tokens."""
         valid = tokens[..., 0] != ga.PAD
         mask = valid[:, None, None, :]
         if self.cfg.causal:
             L = tokens.shape[1]
             mask = mask & torch.ones(L, L, dtype=torch.bool, device=tokens.device).tril()[None, None]
-        return mask
+        segment_rel = None
+        if self.cfg.segment_window:
+            ws = self.cfg.segment_window
+            segment = (tokens[..., 0] == ga.SEP).long().cumsum(dim=1)  # equation index of each token
+            segment_rel = (segment[:, None, :] - segment[:, :, None]).clamp(-ws, ws) + ws
+        return Layout(mask, segment_rel)
 
-    def step(self, x: Tensor, t: int, key_mask: Tensor, first_block: int = 0) -> tuple[Tensor, list[Tensor]]:
+    def step(self, x: Tensor, t: int, layout: Layout, first_block: int = 0) -> tuple[Tensor, list[Tensor]]:
         """One application of the shared block stack: returns (final residual, factor logits).
 
         ``first_block`` > 0 resumes inside the step: x is then the residual entering that block.
@@ -306,7 +324,7 @@ class Reasoner(HookedRecurrentModule):
         if first_block == 0:
             x = hooks.hook_input(x)
         for block, block_hooks in list(zip(self.blocks, hooks.blocks))[first_block:]:
-            x = block(x, block_hooks, key_mask)
+            x = block(x, block_hooks, layout)
         x = hooks.hook_resid_final(x)
         normed = self.ln_final(x)
         bn = hooks.bottleneck
@@ -336,7 +354,7 @@ class Reasoner(HookedRecurrentModule):
         else:
             until_fixed = False
         self.check_steps(steps)
-        key_mask = self.key_mask(tokens)
+        layout = self.layout(tokens)
         x = self.embed(tokens)
         value_logits, codes_per_step, codes = [], [], tokens
         t0 = 0
@@ -348,7 +366,7 @@ class Reasoner(HookedRecurrentModule):
             logits = list(start.record["logits"])
         first_block = start.inner if start is not None else 0
         for t in range(t0, steps):
-            resid, logits = self.step(start.carry["resid"] if first_block else x, t, key_mask, first_block)
+            resid, logits = self.step(start.carry["resid"] if first_block else x, t, layout, first_block)
             first_block = 0
             new_codes = self.steps[t].bottleneck.hook_codes(self.decode(logits, tokens))
             value_logits.append(logits[3])
@@ -418,7 +436,7 @@ class Reasoner(HookedRecurrentModule):
         batch: ``inputs`` [B, L, 4], ``targets`` [B, L, 4], ``weight`` [B, L] (value factor).
         """
         tokens = batch["inputs"]
-        _, logits = self.step(self.embed(tokens), 0, self.key_mask(tokens))
+        _, logits = self.step(self.embed(tokens), 0, self.layout(tokens))
         loss, stats = self._factor_loss(logits, batch["targets"], batch["weight"])
         right = logits[3].argmax(-1) == batch["targets"][..., 3]
         for key in ("new_operand", "new_sum"):  # lookups and multi-operand sums, tracked separately
@@ -433,12 +451,12 @@ class Reasoner(HookedRecurrentModule):
         model runs K steps and each step with any nonzero weight is supervised.
         """
         tokens, targets, weight = batch["inputs"], batch["targets"], batch["weight"]
-        key_mask = self.key_mask(tokens)
+        layout = self.layout(tokens)
         x = self.embed(tokens)
         total, stats = 0.0, {}
         K = targets.shape[1]
         for t in range(K):
-            resid, logits = self.step(x, t, key_mask)
+            resid, logits = self.step(x, t, layout)
             if self.cfg.latent == "discrete":
                 x = self.embed(self.decode(logits, tokens))
             else:

@@ -7,7 +7,9 @@ Method, as in "Weight-Space Linear Recurrent Neural Networks" (arXiv 2506.01153)
 2. **Linear recurrence on input differences.** theta_t = A theta_{t-1} + B (u_t - u_{t-1}),
    with A (D x D) initialised to the identity and B (D x d_in) to zero, so at
    initialisation theta stays at theta_0. theta_0 = phi(u_0) from a small hypernetwork
-   (``init="hyper"``) or a learned vector (``init="learned"``).
+   (``init="hyper"``) or a learned vector (``init="learned"``). A = I + a_scale * A_raw,
+   divided by its largest singular value whenever that exceeds 1 (``a_stable``; our
+   addition: a free A grew past spectral radius 1 in training and rollouts diverged).
 3. **Self-decoding.** Step t runs the root MLP with weights theta_t at the coordinate
    tau = (t + 1) / (seq_len - 1) of the value it predicts (u_{t+1}; classifiers use
    tau = t / (seq_len - 1)), optionally with a sinusoidal encoding of tau
@@ -16,15 +18,16 @@ Method, as in "Weight-Space Linear Recurrent Neural Networks" (arXiv 2506.01153)
    the last step only).
 4. **Two execution modes, the same numbers.** ``mode="parallel"`` unrolls the linear
    recurrence into a convolution: theta_t = A^t theta_0 + sum_s A^(t-s) B du_s. The
-   kernel A^k [W_phi | b_phi | B] does not depend on the batch (n small matrix products),
-   the sum over s is an FFT convolution, and all theta_t are decoded at once.
-   ``mode="recurrent"`` steps through time one position at a time, so it can feed its own
-   predictions back (autoregressive forecasting / completion) and every step has its
-   own hook points.
+   kernel A^k [W_phi | b_phi | B] does not depend on the batch (built by doubling: log2 T
+   matrix products), the sum over s is an FFT convolution, and all theta_t are decoded
+   at once. ``mode="recurrent"`` steps through time one position at a time, so it can
+   feed its own predictions back (autoregressive forecasting / completion) and every step
+   has its own hook points.
 5. **WARP-Phys** (``physics``): the root's output is replaced by a physical formula whose
    parameters come from theta_t. ``"sine"``: u = sin(2 pi tau + phi_hat(tau)).
-   ``"msd"``: the root outputs (m, c, k), each within e^(+-phys_bound) of ``phys_scales``, and the prediction is one explicit Euler step
-   of m x'' + c x' + k x = 0 from the current state u_t = (x, v) with step ``dt``.
+   ``"msd"``: the root outputs (m, c, k), each within e^(+-phys_bound) of ``phys_scales``,
+   and the prediction is one explicit Euler step of m x'' + c x' + k x = 0 from the
+   current state u_t = (x, v) with step ``dt``.
 6. **Autoregressive training with scheduled teacher forcing**: ``loss(batch)`` with a
    ``feed`` mask feeds the truth where the mask is True and the model's own prediction
    elsewhere (``models.warp_data`` draws the mask; the truth is fed with a probability

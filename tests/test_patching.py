@@ -178,7 +178,7 @@ def test_command_line_writes_csv_and_html(tmp_path, capsys):
     out = tmp_path / "out"
     assert analysis.main(["patch", str(tmp_path / "m"), "--positions", "0,4", "--out", str(out)]) == 0
     assert (out / "patch.csv").read_text().count("\n") == 1 + 7 * 2 * 2  # steps x layers x positions
-    assert cli.main(["attribute", "analysis", str(tmp_path / "m"), "--sites", "steps.*.hook_input",
+    assert cli.main(["attribute", str(tmp_path / "m"), "--sites", "steps.*.hook_input",
                      "--positions", "none", "--out", str(out)]) == 0
     assert (out / "attribute.html").exists()
     assert "no gradient path" in capsys.readouterr().out

@@ -193,8 +193,9 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     from models.act_eval import compare, evaluate, fresh_problems, halting_trace, ponder_by, task_of
 
     torch.set_num_threads(args.threads)
-    names = args.models.split(",") if args.models else [n for n in models.zoo_names()
-                                                         if isinstance(models.load(n), ACT)]
+    names = args.models.split(",") if args.models else [
+        n for n in models.zoo_names()
+        if checkpoints.read_json(models.ZOO / n / checkpoints.CONFIG).get("class") == "models.act.ACT"]
     if not names:
         raise ValueError("no ACT checkpoints found; train one with `workbench train act`")
     loaded = {n: models.load(n) for n in names}

@@ -23,32 +23,37 @@ from workbench.train import TrainConfig, TrainSpec, train as run_training
 TASKS = (*dy.SYSTEMS, "digits")
 ARCHS = ("warp", "gru")
 
-# Shared by every dynamical-system preset: a root MLP with two hidden layers of 16 units.
-_DYN = dict(root_width=16, root_depth=2, root_act="tanh", weight_decay=0.0, lr=1e-3, batch_size=32, warmup=100,
-            eval_every=250, checkpoint_every=250, forcing_min=0.25)
+# Shared by every dynamical-system preset: a root MLP with two hidden layers of 16 units that
+# also reads the current input; at most 19 minutes of training (then a checkpoint is written).
+_DYN = dict(root_width=16, root_depth=2, root_act="tanh", root_takes_x=True, weight_decay=0.0, lr=1e-3,
+            batch_size=32, warmup=100, eval_every=1000, checkpoint_every=500, time_limit_min=19.0)
+# Forecasters train autoregressively: the truth is fed with a probability falling from 1 to 0.25
+# over the first 1200 steps. WARP-Phys trains teacher-forced (its fast parallel mode): feeding
+# its own predictions back made its training unstable in our runs.
+_AR = dict(steps=3000, forcing_min=0.25, forcing_decay=1200)
+_TF = dict(steps=4000, forcing_min=1.0)
 PRESETS: dict[str, dict] = {
-    "warp-msd": dict(args={**_DYN, "task": "msd", "arch": "warp", "steps": 3000, "forcing_decay": 1500},
-                     what="WARP on the mass-spring-damper: the root MLP (tau -> (x, v)) is the state."),
-    "warp-phys-msd": dict(args={**_DYN, "task": "msd", "arch": "warp", "physics": "msd", "steps": 3000,
-                                "forcing_decay": 1500},
+    "warp-msd": dict(args={**_DYN, **_AR, "task": "msd", "arch": "warp"},
+                     what="WARP on the mass-spring-damper: the state is the weights of a root MLP "
+                          "(tau, x, v) -> next (x, v)."),
+    "warp-phys-msd": dict(args={**_DYN, **_TF, "task": "msd", "arch": "warp", "physics": "msd"},
                           what="WARP-Phys on the mass-spring-damper: the root outputs (m, c, k) and the "
                                "prediction is one explicit Euler step of m x'' + c x' + k x = 0."),
-    "gru-msd": dict(args={**_DYN, "task": "msd", "arch": "gru", "steps": 3000, "forcing_decay": 1500},
+    "gru-msd": dict(args={**_DYN, **_AR, "task": "msd", "arch": "gru"},
                     what="GRU baseline on the mass-spring-damper, with about as many parameters as warp-msd."),
-    "warp-sine": dict(args={**_DYN, "task": "sine", "arch": "warp", "steps": 3000, "forcing_decay": 1500},
+    "warp-sine": dict(args={**_DYN, **_AR, "task": "sine", "arch": "warp"},
                       what="WARP on sine waves with random phase and frequency."),
-    "warp-phys-sine": dict(args={**_DYN, "task": "sine", "arch": "warp", "physics": "sine", "steps": 3000,
-                                 "forcing_decay": 1500},
+    "warp-phys-sine": dict(args={**_DYN, **_TF, "task": "sine", "arch": "warp", "physics": "sine"},
                            what="WARP-Phys on sine waves: the prediction is sin(2 pi tau + phi_hat(tau))."),
-    "gru-sine": dict(args={**_DYN, "task": "sine", "arch": "gru", "steps": 3000, "forcing_decay": 1500},
+    "gru-sine": dict(args={**_DYN, **_AR, "task": "sine", "arch": "gru"},
                      what="GRU baseline on sine waves, with about as many parameters as warp-sine."),
-    "warp-lv": dict(args={**_DYN, "task": "lv", "arch": "warp", "steps": 3000, "forcing_decay": 1500},
+    "warp-lv": dict(args={**_DYN, **_AR, "task": "lv", "arch": "warp"},
                     what="WARP on Lotka-Volterra predator-prey dynamics."),
-    "gru-lv": dict(args={**_DYN, "task": "lv", "arch": "gru", "steps": 3000, "forcing_decay": 1500},
+    "gru-lv": dict(args={**_DYN, **_AR, "task": "lv", "arch": "gru"},
                    what="GRU baseline on Lotka-Volterra, with about as many parameters as warp-lv."),
     "warp-digits": dict(args=dict(task="digits", arch="warp", init="learned", root_width=32, root_depth=1,
-                                  tau_freqs=0, steps=3000, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=100,
-                                  forcing_min=1.0, eval_every=500, checkpoint_every=500),
+                                  steps=3000, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=100,
+                                  forcing_min=1.0, eval_every=1000, checkpoint_every=500, time_limit_min=19.0),
                         what="WARP on scikit-learn's 8x8 digits read pixel by pixel: classification at the "
                              "last step and next-pixel prediction (completion) from the same root."),
 }
@@ -276,4 +281,29 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     for _, r in digits.iterrows():
         print(f"digits {r.model}: {r.metric} = {r.value:.4f} ({r.n} test images)")
     results_table_figure(table, digits).write_html(out / "results.html", include_plotlyjs="cdn")
-    print(f"\nwrote {out / 'results.csv'}, {out / 'dynamics_table.csv'}, {out / 'results.html'}")
+    written = [out / "results.csv", out / "dynamics_table.csv", out / "results.html"]
+    written += _forecast_pages(loaded, out, args.seed)
+    print("\nwrote " + ", ".join(str(p) for p in written))
+
+
+def _forecast_pages(loaded: dict, out: Path, seed: int) -> list[Path]:
+    """One page per system: a fresh trajectory and every model's forecast of it."""
+    from apps.views.warp import forecast_figure
+    from models.warp_eval import forecast, model_kind, model_task
+
+    by_system: dict[str, dict] = {}
+    for name, model in loaded.items():
+        task = model_task(model)
+        if isinstance(task, dy.DynamicsConfig):
+            by_system.setdefault(task.system, {})[name] = model
+    pages = []
+    for system, group in by_system.items():
+        task = model_task(next(iter(group.values())))
+        traj = dy.sample(task, 1, [seed, 99])[0]
+        x = torch.from_numpy(traj.states[None]).float()
+        preds = {f"{name} ({model_kind(m)})": forecast(m, x, task.context)[0].numpy() for name, m in group.items()}
+        path = out / f"forecast_{system}.html"
+        forecast_figure(traj.times, traj.states, preds, task.context, task.spec.state_names,
+                        title=f"{system}: {traj.params}").write_html(path, include_plotlyjs="cdn")
+        pages.append(path)
+    return pages
