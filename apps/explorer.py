@@ -1,19 +1,34 @@
-"""Streamlit explorer: ``streamlit run apps/explorer.py`` (or ``make app``)."""
+"""Streamlit explorer: ``streamlit run apps/explorer.py`` (or ``make app``).
+
+One page per model family and one per analysis (``apps/pages/``); every figure comes from a
+pure builder in ``apps/views/``, every model computation from ``apps/adapters/``. A page's
+``?model=`` query parameter opens it on a zoo name or a checkpoint folder.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-import models
+from apps import ui
 
 st.set_page_config(page_title="Loop workbench", layout="wide")
-st.title("Loop workbench")
-st.caption("Hooked, trained looped models and the tools to look inside every step.")
+ui.setup_threads()
 
-names = models.zoo_names()
-if not names:
-    st.info("The zoo is empty: train a model with `workbench train reasoner --preset quick --out models/zoo/<name>`.")
-for name in names:
-    with st.expander(name, expanded=False):
-        card = models.resolve(name) / "card.md"
-        st.markdown(card.read_text() if card.is_file() else "(no card)")
+PAGES = {
+    "Overview": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
+    "Models": [
+        st.Page("pages/reasoner.py", title="Reasoner", icon=":material/account_tree:"),
+        st.Page("pages/act.py", title="ACT", icon=":material/hourglass_top:"),
+        st.Page("pages/warp.py", title="WARP", icon=":material/ssid_chart:"),
+        st.Page("pages/gain.py", title="Gain", icon=":material/tune:"),
+    ],
+    "Analyses": [
+        st.Page("pages/patching.py", title="Patching", icon=":material/healing:"),
+        st.Page("pages/probing.py", title="Probing", icon=":material/search:"),
+        st.Page("pages/codebook.py", title="Codebook", icon=":material/grid_view:"),
+    ],
+}
+
+page = st.navigation(PAGES)
+with ui.guard(f"The {page.title} page failed"):  # a last safety net: a message, never a traceback
+    page.run()

@@ -82,6 +82,7 @@ class ReasonerConfig:
     rel_window: int = 64
     segment_window: int = 0  # >0: also a bias per head for the equation distance, clipped (0 = off)
     rel_init: str = "alibi"  # relative-bias start: "zero", "alibi" (-slope*|d|) or "offset" (see Attention)
+    value_init: str = "random"  # "fourier": value embeddings and value readout start as Fourier features of Z_p
     causal: bool = False
     max_steps: int = 64  # hook points are built for this many steps
     max_tokens: int = 4096
@@ -106,6 +107,8 @@ class ReasonerConfig:
             raise ValueError(f"supervision={self.supervision!r}; allowed: {SUPERVISIONS}")
         if self.mlp not in ("gelu", "bilinear"):
             raise ValueError(f"mlp={self.mlp!r}; allowed: gelu, bilinear")
+        if self.value_init not in ("random", "fourier"):
+            raise ValueError(f"value_init={self.value_init!r}; allowed: random, fourier")
         if self.rel_init not in ("zero", "alibi", "offset"):
             raise ValueError(f"rel_init={self.rel_init!r}; allowed: zero, alibi, offset")
         if self.scheme not in ga.SCHEMES:
@@ -298,7 +301,26 @@ class Reasoner(HookedRecurrentModule):
         self.ln_final = nn.LayerNorm(cfg.d_model)
         self.heads = nn.ModuleList(nn.Linear(cfg.d_model, n) for n in cfg.factor_sizes.values())
         self.steps = hook_list(cfg.max_steps, lambda: StepHooks(cfg.n_layers))
+        if cfg.value_init == "fourier":
+            self._fourier_values()
         self.setup()
+
+    @torch.no_grad()
+    def _fourier_values(self) -> None:
+        """Start value v's embedding and readout row at cos/sin(2 pi k v / p), k = 1..(p-1)/2.
+
+        Modular sums are rotations in this basis; a random start has to discover it first,
+        which is the long plateau before multi-operand sums are learned.
+        """
+        p, d = self.cfg.modulus, self.cfg.d_model
+        k = torch.arange(1, (p - 1) // 2 + 1, dtype=torch.float32)
+        angle = 2 * torch.pi * torch.arange(p, dtype=torch.float32)[:, None] * k[None] / p  # [p, K]
+        feats = torch.cat([angle.cos(), angle.sin()], dim=1)  # [p, 2K]
+        if feats.shape[1] > d:
+            raise ValueError(f"value_init='fourier' needs d_model >= {feats.shape[1]} for modulus {p}")
+        table, head = self.embed.tables[3].weight, self.heads[3].weight  # [p + 2, d] each
+        table[:p].zero_()[:, : feats.shape[1]] = feats * (d / feats.shape[1]) ** 0.5
+        head[:p].zero_()[:, : feats.shape[1]] = feats / feats.shape[1] ** 0.5
 
     # --- one step -----------------------------------------------------------
     def layout(self, tokens: Tensor) -> Layout:

@@ -41,6 +41,10 @@ class Evaluation:
         }
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def ood_task(train_task: ga.GraphArithConfig, n_nodes: int) -> ga.GraphArithConfig:
     """The task at another size: the depth cap scales with the number of nodes."""
     depth = max(train_task.max_depth, round(train_task.max_depth * n_nodes / train_task.n_nodes))
@@ -64,8 +68,8 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
         batch = [problems[i] for i in chunk]
         arr = encode_batch(batch, cfg)
         T = cfg.steps_for_depth(max(p.depth for p in batch))
-        out = model(torch.from_numpy(arr["factors"]), steps=T)
-        codes = out.codes.numpy()  # [B, T, L, 4]
+        out = model(torch.from_numpy(arr["factors"]).to(_device(model)), steps=T)
+        codes = out.codes.cpu().numpy()  # [B, T, L, 4]
         solved = arr["factors"].copy()
         solved[..., 3] = np.where(arr["slot"], arr["answer"], arr["factors"][..., 3])
         valid = arr["factors"][..., 0] != ga.PAD
@@ -116,16 +120,16 @@ def repair_rate(model: Reasoner, problems: list[ga.Problem], seed: int = 0, batc
         if not hit.any():
             continue
         wrong = (arr["answer"] + rng.integers(1, cfg.modulus, size=hit.shape)) % cfg.modulus
-        hit_t, wrong_t = torch.from_numpy(hit), torch.from_numpy(wrong)
+        hit_t, wrong_t = torch.from_numpy(hit).to(_device(model)), torch.from_numpy(wrong).to(_device(model))
 
         def corrupt(codes, hook):
             codes = codes.clone()
             codes[..., 3] = torch.where(hit_t, wrong_t, codes[..., 3])
             return codes
 
-        out = model.run_with_hooks(torch.from_numpy(arr["factors"]), steps=s + 2,
+        out = model.run_with_hooks(torch.from_numpy(arr["factors"]).to(_device(model)), steps=s + 2,
                                    fwd_hooks=[(f"steps.{s}.bottleneck.hook_codes", corrupt)])
-        after = out.codes[:, s + 1, :, 3].numpy()
+        after = out.codes[:, s + 1, :, 3].cpu().numpy()
         repaired += int(((after == arr["answer"]) & hit).sum())
         corrupted += int(hit.sum())
     return {"repair_rate": repaired / max(1, corrupted), "corrupted": corrupted}

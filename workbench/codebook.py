@@ -168,6 +168,9 @@ def analyze(
             tables["accuracy"] = pd.DataFrame([{"step": t, "depth": int(d), "accuracy": float(right[t, depth == d].mean()),
                                                 "n": int((depth == d).sum())}
                                                for t in range(T) for d in np.unique(depth)])
+        else:  # no grouping given: one row per step, so the accuracy view still exists
+            tables["accuracy"] = pd.DataFrame([{"step": t, "depth": "all", "accuracy": float(right[t].mean()), "n": n}
+                                               for t in range(T)])
     if embeddings is not None:
         E = np.asarray(embeddings.detach().cpu() if torch.is_tensor(embeddings) else embeddings, dtype=float)
         if E.ndim != 2 or len(E) != n_codes:

@@ -105,7 +105,8 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     y = next((c for c in _OUTER if _present(df, c)), None)
     df = df.copy()
     group_cols = [c for c in ("target", "component", "layer") if _present(df, c)]
-    df["series"] = df[group_cols].astype(str).agg(" ".join, axis=1) if group_cols else "probe"
+    df["series"] = df[group_cols].apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v))).agg(
+        lambda row: " ".join(v for v in row if v), axis=1) if group_cols else "probe"
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} by {y or 'site'} (dotted: control task)",
                                                          f"{metric} vs selectivity"))
     colors = px.colors.qualitative.Plotly
@@ -141,7 +142,7 @@ def codebook_figure(result, which: str = "usage", step: int | None = None) -> go
         raise ValueError(f"which={which!r}; allowed: {CODEBOOK_VIEWS}")
     tables, df = result.tables, result.df
     if which != "usage" and which not in tables:
-        raise ValueError(f"this codebook report has no {which!r} table; it has: {['usage', *tables]}")
+        raise ValueError(f"this codebook report has no {which!r} table; it has: {sorted({'usage', *tables})}")
     if which == "usage":
         fig = make_subplots(rows=1, cols=2, subplot_titles=("perplexity (effective number of codes)",
                                                             "codes used / dead"))

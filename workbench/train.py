@@ -19,6 +19,7 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) the same code trains with DistributedDat
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 import platform
 import time
@@ -58,6 +59,8 @@ class TrainConfig:
     time_limit_min: Optional[float] = None  # stop (and checkpoint) after this much wall time
     threads: Optional[int] = None
     progress: bool = True
+    device: str = "cpu"  # "cuda" trains on a GPU; checkpoints are always written from CPU copies
+    data_workers: int = 0  # >0: batches are made ahead in this many forked processes (same batches)
 
 
 @dataclass
@@ -77,6 +80,17 @@ class _Objective(nn.Module):
 
     def forward(self, batch):
         return self.model.loss(batch)
+
+
+def to_device(batch: Any, device: str | torch.device) -> Any:
+    """Tensors inside dicts, lists and tuples moved to ``device`` (other leaves unchanged)."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -105,7 +119,7 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     rank, world = _dist_info()
     out = Path(cfg.out)
-    model = spec.model
+    model = spec.model.to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, wall_before, history = 0, 0.0, []
     if cfg.resume and (out / TRAIN_STATE).is_file():
@@ -135,6 +149,7 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
             "history": history[-200:],
         }
 
+    batches = _Batches(spec.make_batch, cfg, rank, start)
     t0 = time.time()
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress or rank != 0,
@@ -143,7 +158,7 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = spec.make_batch(np.random.default_rng([cfg.seed, rank, step]), step)
+        batch = to_device(batches.get(step), cfg.device)
         loss, stats = objective(batch)
         stats = {k: float(v) for k, v in stats.items()}
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0)
@@ -177,10 +192,52 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
             bar.write(f"time limit of {cfg.time_limit_min} min reached at step {done}; checkpoint written")
             break
     bar.close()
+    batches.close()
     model.eval()
     if world > 1:
         dist.barrier()
     return metrics_now(step + 1 if cfg.steps > start else start, last_eval)
+
+
+_MAKE_BATCH: Optional[Callable] = None  # set before forking, so workers inherit it (closures don't pickle)
+
+
+def _batch_in_worker(seed: tuple[int, int, int], step: int):
+    torch.set_num_threads(1)
+    return _MAKE_BATCH(np.random.default_rng(list(seed)), step)
+
+
+class _Batches:
+    """The batch of each step, from rng [seed, rank, step]: made here, or ahead by forked workers.
+
+    Workers keep at most 2 batches each in flight, so memory stays bounded on long runs.
+    """
+
+    def __init__(self, make_batch: Callable, cfg: TrainConfig, rank: int, start: int):
+        global _MAKE_BATCH
+        self.make, self.cfg, self.rank, self.pool, self.pending = make_batch, cfg, rank, None, {}
+        if cfg.data_workers > 0:
+            _MAKE_BATCH = make_batch
+            self.pool = mp.get_context("fork").Pool(cfg.data_workers)
+            self.next = start
+            self._fill(start)
+
+    def _fill(self, step: int) -> None:
+        while self.next < min(step + 2 * self.cfg.data_workers, self.cfg.steps):
+            seed = (self.cfg.seed, self.rank, self.next)
+            self.pending[self.next] = self.pool.apply_async(_batch_in_worker, (seed, self.next))
+            self.next += 1
+
+    def get(self, step: int):
+        if self.pool is None:
+            return self.make(np.random.default_rng([self.cfg.seed, self.rank, step]), step)
+        self._fill(step)
+        return self.pending.pop(step).get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
 
 
 def _saved_step(out: Path) -> int:

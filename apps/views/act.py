@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -85,3 +86,52 @@ def ponder_sequence_figure(steps: pd.DataFrame, label: str = "digits", title: st
                   hover_data=[c for c in (label, "correct") if c in steps])
     fig.update_layout(title=title, xaxis_title="input step t", yaxis_title="N(t)", legend_title="sequence")
     return fig
+
+
+def ponder_steps_figure(steps: pd.DataFrame, title: str = "Ponder time per input step") -> go.Figure:
+    """N(t) per input step as bars (green: right answer, red: wrong), R(t) and the answer on hover.
+
+    steps: ``apps.adapters.act.per_step`` rows (t, item, N, R, prediction, target, correct).
+    """
+    if steps.empty:
+        raise ValueError("no input steps to show")
+    colors = ["#2ca02c" if ok else "#d62728" for ok in steps["correct"]]
+    custom = np.stack([steps["item"].astype(str), steps["prediction"].astype(str), steps["target"].astype(str),
+                       steps["R"].round(3).astype(str)], axis=1)
+    fig = go.Figure(go.Bar(x=steps["t"], y=steps["N"], marker_color=colors, customdata=custom, name="N(t)",
+                           text=steps["N"], textposition="outside",
+                           hovertemplate="t=%{x}: input %{customdata[0]}<br>N(t)=%{y}, R(t)=%{customdata[3]}"
+                                         "<br>answer %{customdata[1]} (true %{customdata[2]})<extra></extra>"))
+    fig.update_layout(title=title + " (green: right answer, red: wrong)", xaxis_title="input step t",
+                      yaxis_title="ponder steps N(t)", xaxis=dict(dtick=1), yaxis=dict(rangemode="tozero"))
+    return fig
+
+
+def halting_compare_figure(clean: pd.DataFrame, patched: pd.DataFrame,
+                           title: str = "Cumulative halting probability: clean vs patched halting logit") -> go.Figure:
+    """Cumulative h per ponder step for every input step, before (solid) and after (dashed) a patch.
+
+    clean, patched: ``models.act_eval.halting_trace`` rows (t, n, N, cum_halt, p).
+    """
+    steps = sorted(set(clean["t"]) | set(patched["t"]))
+    if not steps:
+        raise ValueError("no ponder steps to compare")
+    fig = make_subplots(rows=1, cols=len(steps), shared_yaxes=True, subplot_titles=[
+        f"t={t}: N {_first_n(clean, t)} -> {_first_n(patched, t)}" for t in steps])
+    # without ACT there is no halting unit: show the weight p instead of the cumulative h
+    column = "cum_halt" if clean["cum_halt"].notna().any() else "p"
+    for col, t in enumerate(steps, start=1):
+        for name, df, dash, color in (("clean", clean, "solid", "#636efa"), ("patched", patched, "dash", "#ef553b")):
+            g = df[df.t == t]
+            fig.add_trace(go.Scatter(x=g["n"], y=g[column], mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=col == 1, line=dict(dash=dash, color=color)), row=1, col=col)
+        fig.update_xaxes(title_text="ponder step n", dtick=1, row=1, col=col)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
+    fig.update_yaxes(title_text="cumulative h" if column == "cum_halt" else "weight p", row=1, col=1)
+    fig.update_layout(title=title)
+    return fig
+
+
+def _first_n(trace: pd.DataFrame, t: int) -> str:
+    g = trace[trace.t == t]
+    return str(int(g["N"].iloc[0])) if len(g) else "-"

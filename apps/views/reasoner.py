@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 
 def ood_figure(table: pd.DataFrame, train_n: int | None = None) -> go.Figure:
@@ -28,4 +30,109 @@ def per_step_figure(per_step: pd.DataFrame) -> go.Figure:
     fig = px.line(df, x="step", y="solved", color="depth", facet_col="panel", facet_col_wrap=2, markers=True,
                   color_discrete_sequence=px.colors.sequential.Viridis)
     fig.update_layout(title="Nodes of depth d solved after step t", yaxis_title="solved", xaxis_title="step")
+    return fig
+
+
+# ------------------------------------------------------------ one problem, step by step
+STATUS_COLORS = {"not yet computed": "#d9d9d9", "correct": "#2ca02c", "wrong": "#d62728"}
+
+
+def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
+                       title: str = "Each variable's decoded value after every step") -> go.Figure:
+    """The step-by-step state: one row per variable, one column per step, the value as text.
+
+    table: ``apps.adapters.reasoner.state_table`` rows (slot, step, value, truth, exact,
+    status, depth). Cells are coloured by status (correct / wrong / not yet computed);
+    ``changed`` (rows slot, step) outlines the cells an intervention changed.
+    """
+    if table.empty:
+        raise ValueError("the state table is empty: the problem has no variable slots")
+    slots = list(dict.fromkeys(table["slot"]))
+    steps = sorted(table["step"].unique())
+    codes = {s: i for i, s in enumerate(STATUS_COLORS)}
+    grid = table.pivot(index="slot", columns="step", values="status").reindex(index=slots, columns=steps)
+    text = table.pivot(index="slot", columns="step", values="value").reindex(index=slots, columns=steps)
+    custom = np.dstack([table.pivot(index="slot", columns="step", values=c).reindex(index=slots, columns=steps).values
+                        for c in ("truth", "exact", "depth")])
+    n = len(STATUS_COLORS)
+    scale = [v for i, c in enumerate(STATUS_COLORS.values()) for v in ((i / n, c), ((i + 1) / n, c))]
+    z = np.array([[codes.get(v, np.nan) for v in row] for row in grid.values], dtype=float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=steps, y=slots, text=text.values, texttemplate="%{text}",
+        customdata=custom, colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1,
+        hovertemplate="%{y}, step %{x}<br>decoded %{text}<br>true value %{customdata[0]}"
+                      "<br>exact algorithm %{customdata[1]}<br>depth %{customdata[2]}<extra></extra>"))
+    for status, color in STATUS_COLORS.items():  # legend entries for the three colours
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=status,
+                                 marker=dict(symbol="square", size=12, color=color)))
+    if changed is not None and len(changed):
+        fig.add_trace(go.Scatter(x=changed["step"], y=changed["slot"], mode="markers", name="changed",
+                                 marker=dict(symbol="square-open", size=22, color="black", line=dict(width=2)),
+                                 hoverinfo="skip"))
+    fig.update_layout(title=title, xaxis_title="steps run (0 = the input)", yaxis_title="variable",
+                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(dtick=1),
+                      height=max(300, 24 * len(slots) + 160), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    return fig
+
+
+def attention_figure(pattern: np.ndarray, labels: list[str], reads: pd.DataFrame | None = None,
+                     title: str = "Attention pattern") -> go.Figure:
+    """pattern [query, key] of one head (or a mean over heads); labels [L] token labels.
+
+    ``reads`` (rows query, key, kind) marks where the exact algorithm reads: the definition
+    (circles) or operand (squares) positions each slot depends on.
+    """
+    pattern = np.asarray(pattern)
+    L = len(labels)
+    if pattern.shape != (L, L):
+        raise ValueError(f"pattern must be [query, key] = [{L}, {L}] (one per token label); got {list(pattern.shape)}")
+    ticks = [f"{i}:{lab}" for i, lab in enumerate(labels)]
+    fig = go.Figure(go.Heatmap(z=pattern, x=list(range(L)), y=list(range(L)), colorscale="Blues", zmin=0,
+                               colorbar=dict(title="weight"), customdata=np.array(ticks)[None, :].repeat(L, 0),
+                               text=np.array(ticks)[:, None].repeat(L, 1),
+                               hovertemplate="query %{text}<br>key %{customdata}<br>weight %{z:.3f}<extra></extra>"))
+    symbols = {"definition": ("circle-open", "#d62728"), "operand": ("square-open", "#ff7f0e")}
+    if reads is not None and len(reads):
+        for kind, g in reads.groupby("kind"):
+            symbol, color = symbols.get(kind, ("x", "black"))
+            fig.add_trace(go.Scatter(x=g["key"], y=g["query"], mode="markers", name=f"reads the {kind}",
+                                     marker=dict(symbol=symbol, color=color, size=9, line=dict(width=2))))
+    step = max(1, L // 40)
+    axis = dict(tickmode="array", tickvals=list(range(0, L, step)), ticktext=ticks[::step], tickfont=dict(size=9))
+    fig.update_layout(title=title, xaxis=dict(title="key position", **axis),
+                      yaxis=dict(title="query position", autorange="reversed", **axis),
+                      height=max(450, min(900, 12 * L + 200)), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    return fig
+
+
+def step_lens_figure(at_slot: pd.DataFrame, overview: pd.DataFrame | None = None, slot: str = "",
+                     title: str = "Step lens: the value head read after every layer of every step") -> go.Figure:
+    """Left: at one slot, the decoded value (text) and the probability of its true value
+    (colour) per step (rows) and layer (columns). Right: the fraction of all slots decoded
+    right. Inputs are ``step_lens`` rows (step, layer, layer_name, value, p_answer) and
+    ``lens_overview`` rows (step, layer, layer_name, accuracy).
+    """
+    if at_slot.empty:
+        raise ValueError("no step-lens rows for this slot")
+    cols = 2 if overview is not None else 1
+    fig = make_subplots(rows=1, cols=cols, horizontal_spacing=0.12,
+                        subplot_titles=[f"P(true value) at {slot}" if slot else "P(true value)"]
+                        + (["fraction of slots decoded right"] if cols == 2 else []))
+    order = at_slot.sort_values("layer")["layer_name"].unique().tolist()
+    p = at_slot.pivot(index="step", columns="layer_name", values="p_answer")[order]
+    text = at_slot.pivot(index="step", columns="layer_name", values="value")[order]
+    fig.add_trace(go.Heatmap(z=p.values, x=order, y=list(p.index), text=text.values, texttemplate="%{text}",
+                             colorscale="Viridis", zmin=0, zmax=1,
+                             colorbar=dict(title="P", x=0.44 if cols == 2 else 1.0),
+                             hovertemplate="step %{y}, %{x}<br>decoded %{text}<br>P(true) %{z:.3f}<extra></extra>"),
+                  row=1, col=1)
+    if overview is not None:
+        acc = overview.pivot(index="step", columns="layer_name", values="accuracy")[order]
+        fig.add_trace(go.Heatmap(z=acc.values, x=order, y=list(acc.index), colorscale="Viridis", zmin=0, zmax=1,
+                                 colorbar=dict(title="acc", x=1.0),
+                                 hovertemplate="step %{y}, %{x}<br>accuracy %{z:.3f}<extra></extra>"), row=1, col=2)
+    for c in range(1, cols + 1):
+        fig.update_xaxes(title_text="layer (residual stream after)", row=1, col=c)
+        fig.update_yaxes(title_text="step t (hooks steps.{t})", autorange="reversed", row=1, col=c)
+    fig.update_layout(title=title, height=max(350, 28 * len(p) + 180))
     return fig

@@ -6,6 +6,7 @@
     phys_params_figure   physical parameters read from theta_t over time (WARP-Phys)
     results_table_figure the paper's table (MSE x 1e-2) and the digits numbers
     digits_figure        a digit, its context and a completion as 8x8 images
+    root_functions_figure the root network of chosen steps queried over tau
 """
 
 from __future__ import annotations
@@ -145,4 +146,33 @@ def digits_figure(truth: np.ndarray, completion: np.ndarray, context: int, title
                       row=1, col=j + 1)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, height=320)
+    return fig
+
+
+def root_functions_figure(curves: pd.DataFrame, marks: Optional[pd.DataFrame] = None,
+                          title: str = "The root network at chosen steps, queried over tau") -> go.Figure:
+    """One panel per root output, one line per step over tau; ``marks`` are the points each step decodes.
+
+    curves, marks: tidy rows (step, tau, output, value) from ``apps.adapters.warp.root_curves``.
+    """
+    if curves.empty:
+        raise ValueError("no root curves: choose at least one step")
+    outputs = list(dict.fromkeys(curves["output"]))
+    steps = sorted(curves["step"].unique())
+    fig = make_subplots(rows=1, cols=len(outputs), subplot_titles=outputs)
+    for i, step in enumerate(steps):
+        color = _PALETTE[i % len(_PALETTE)]
+        for j, name in enumerate(outputs, start=1):
+            g = curves[(curves.step == step) & (curves.output == name)]
+            fig.add_trace(go.Scatter(x=g["tau"], y=g["value"], mode="lines", name=f"step {step}", legendgroup=str(step),
+                                     showlegend=j == 1, line=dict(color=color)), row=1, col=j)
+            if marks is not None:
+                m = marks[(marks.step == step) & (marks.output == name)]
+                fig.add_trace(go.Scatter(x=m["tau"], y=m["value"], mode="markers", legendgroup=str(step),
+                                         showlegend=False, marker=dict(color=color, size=10, symbol="diamond"),
+                                         hovertemplate=f"step {step} decodes here<br>tau=%{{x:.3f}}<br>%{{y:.4f}}"
+                                                       "<extra></extra>"), row=1, col=j)
+    fig.update_xaxes(title_text="tau")
+    fig.update_yaxes(title_text="root output", row=1, col=1)
+    fig.update_layout(title=title + " (diamonds: where each step is decoded)")
     return fig

@@ -1,0 +1,87 @@
+"""ACT: halting and ponder time of the Adaptive Computation Time RNN on one input and over a batch."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from apps import ui
+from apps.adapters import act as aa
+from apps.views import act as views
+
+st.title("Adaptive Computation Time RNN")
+st.caption("At every input step the RNN updates its state a variable number of times (ponders) until the "
+           "cumulative halting probability reaches 1 - eps. Edit an input, watch it halt, and patch the "
+           "halting logit.")
+
+picked = ui.pick_model(("act",), key="act_model")
+if picked is None:
+    st.stop()
+model, cfg = picked.model, picked.model.cfg
+
+# ------------------------------------------------------------------ the input
+text_key = f"act_text::{picked.key}"
+
+
+def _sample() -> None:
+    st.session_state[text_key] = aa.sample_text(model, st.session_state["act_seed"])
+
+
+left, right = st.columns([3, 1])
+with right:
+    st.number_input("Seed", min_value=0, value=0, step=1, key="act_seed")
+    st.button("Sample an input", on_click=_sample, key="act_sample")
+if text_key not in st.session_state:
+    st.session_state[text_key] = aa.sample_text(model, 0)
+with left:
+    text = st.text_input(f"Input ({cfg.task_name})", key=text_key, help=aa.input_format(model))
+    st.caption(f"Format: {aa.input_format(model)}. ACT {'on, tau = ' + format(cfg.tau, 'g') if cfg.act else 'off'}; "
+               f"{cfg.cell} cell, {cfg.hidden} units, at most {cfg.max_ponder} ponder steps.")
+
+try:
+    x = aa.parse_input(model, text or "")
+except ValueError as e:
+    st.error(f"The input is malformed: {e}")
+    st.stop()
+
+with ui.guard("Running the model"):
+    steps = aa.per_step(model, x)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("input steps", len(steps))
+    c2.metric("mean ponder time N(t)", f"{steps['N'].mean():.2f}")
+    c3.metric("answers right", f"{int(steps['correct'].sum())} / {len(steps)}")
+
+    halt_tab, batch_tab, patch_tab = st.tabs(["Halting", "Ponder time vs difficulty", "Patch the halting logit"])
+
+    with halt_tab, ui.guard("Halting"):
+        st.plotly_chart(views.ponder_steps_figure(steps), key="ponder_steps")
+        trace = aa.trace(model, x)
+        if not cfg.act:
+            st.info("ACT is off for this model (a fixed number of state updates per input): there is no halting "
+                    "probability, only the weight p of the step that is used.")
+        st.plotly_chart(views.halting_figure(trace), key="halting")
+        ui.download_csv(trace, "act_halting.csv", key="halting_csv")
+
+    with batch_tab, ui.guard("Ponder time vs difficulty"):
+        b1, b2, b3 = st.columns(3)
+        n = b1.number_input("Fresh problems", min_value=1, max_value=5000, value=200, step=50, key="act_batch_n")
+        by = b2.selectbox("Difficulty", aa.difficulties(model), key="act_batch_by")
+        seed = b3.number_input("Seed", min_value=0, value=1, key="act_batch_seed")
+        with st.spinner("Evaluating fresh problems…"):
+            table = aa.ponder_vs_difficulty(model, int(n), int(seed), by)
+        st.plotly_chart(views.ponder_difficulty_figure(table.assign(model=picked.name), by), key="difficulty")
+        ui.download_csv(table, "act_ponder_by.csv", key="difficulty_csv")
+
+    with patch_tab, ui.guard("Patching the halting logit"):
+        if not cfg.act:
+            st.info("ACT is off for this model: the halting unit is not used, so patching it changes nothing.")
+        p1, p2 = st.columns(2)
+        where = p1.selectbox("Ponder step", ["every ponder step"] + list(range(cfg.max_ponder)), index=1,
+                             key="act_patch_step", help="ponder steps counted from 0 (hook time.{t}.ponder.{n})")
+        offset = p2.slider("Add to the halting logit", min_value=-30.0, max_value=30.0, value=20.0, step=0.5,
+                           key="act_patch_offset", help="large positive: halt here; large negative: keep pondering")
+        hooks = aa.halt_patch(None if where == "every ponder step" else int(where), offset, cfg.max_ponder)
+        patched_steps = aa.per_step(model, x, hooks)
+        st.plotly_chart(views.halting_compare_figure(trace, aa.trace(model, x, hooks)), key="halting_compare")
+        compare = steps[["t", "item", "N", "prediction", "target"]].merge(
+            patched_steps[["t", "N", "prediction"]], on="t", suffixes=("", " patched"))
+        st.dataframe(compare, hide_index=True)

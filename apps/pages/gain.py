@@ -1,0 +1,49 @@
+"""Gain: the adaptation experiment of the gain-controlled recurrent circuit."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from apps import ui
+from apps.views import gain as views
+from models import gain_experiment
+from workbench.tasks import orientation as ori
+
+st.title("Gain-controlled recurrent circuit")
+st.caption("36 orientation-tuned neurons with fixed recurrent weights adapt only their gains to the stimulus "
+           "distribution; the gain changes, propagated through the recurrence, reproduce V1's adaptation effects.")
+
+picked = ui.pick_model(("gain",), key="gain_model")
+if picked is None:
+    st.stop()
+model = picked.model
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _experiment(key: str, distribution: str, solver: str, _model):
+    return gain_experiment.run(_model, ori.parse(distribution), solver=solver)
+
+
+default = model.cfg.biased
+text = st.text_input("Adapting distribution", value=default, key="gain_dist",
+                     help="e.g. 'biased adapter=30 weight=0.3 width=5'; the shipped gains were optimised for "
+                          f"'{default}'")
+try:
+    dist = ori.parse(text)
+except ValueError as e:
+    st.error(f"The distribution is malformed: {e}")
+    st.stop()
+
+with ui.guard("The adaptation experiment"):
+    solver = "stored" if dist == model.cfg.distribution("biased") else "analytic"
+    with st.spinner("Solving the gains and measuring the effects…"):
+        result = _experiment(picked.key, ori.format_distribution(dist), solver, model)
+    st.caption(f"before: gains for the uniform distribution; after: gains for '{result.distribution}' "
+               f"({'the stored set' if solver == 'stored' else 'solved here in closed form'}).")
+    figures = views.all_figures(result)
+    titles = {"effects": "Effects", "tuning": "Tuning curves", "shift": "Repulsion", "maxmin": "Maxima / minima",
+              "correlations": "Correlations", "gains": "Gain profile"}
+    for tab, (name, fig) in zip(st.tabs([titles.get(n, n) for n in figures]), figures.items()):
+        with tab:
+            st.plotly_chart(fig, key=f"gain_{name}")
+    ui.download_csv(result.effects, "gain_effects.csv", key="effects_csv")

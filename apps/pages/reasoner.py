@@ -1,0 +1,144 @@
+"""Reasoner: a problem step by step: the state table, attention, the step lens, interventions."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from apps import ui
+from apps.adapters import reasoner as ar
+from apps.views import reasoner as views
+
+st.title("Recursive latent reasoner")
+st.caption("One shared transformer block applied step after step; after every step a discrete bottleneck "
+           "decodes each token's value and feeds it back. Type or sample a graph-arithmetic problem and watch "
+           "the variables fill in.")
+
+picked = ui.pick_model(("reasoner",), key="reasoner_model")
+if picked is None:
+    st.stop()
+model, cfg = picked.model, picked.model.cfg
+train_n = int(cfg.task.get("n_nodes", 16)) if cfg.task else 16
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _rollout(key: str, text: str, steps: int, _model) -> ar.Rollout:
+    return ar.rollout(_model, ar.parse_problem(_model, text), steps)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _lens(key: str, text: str, steps: int, _model):
+    return ar.step_lens(_model, ar.parse_problem(_model, text), steps)
+
+
+# ------------------------------------------------------------------ the problem
+text_key = f"reasoner_text::{picked.key}"
+
+
+def _sample() -> None:
+    try:
+        st.session_state[text_key] = ar.sample_text(model, st.session_state["reasoner_nodes"],
+                                                     st.session_state["reasoner_seed"])
+    except ValueError as e:
+        st.session_state["reasoner_sample_error"] = str(e)
+
+
+left, right = st.columns([3, 1])
+with right:
+    st.number_input("Nodes", min_value=2, max_value=cfg.name_pool, value=train_n, key="reasoner_nodes",
+                    help=f"graph size of a sampled problem (trained on N = {train_n})")
+    st.number_input("Seed", min_value=0, value=0, step=1, key="reasoner_seed")
+    st.button("Sample a problem", on_click=_sample, key="reasoner_sample")
+if text_key not in st.session_state:
+    with ui.guard("Sampling the default problem"):
+        st.session_state[text_key] = ar.sample_text(model, train_n, 0)
+with left:
+    text = st.text_area("Problem", key=text_key, height=110,
+                        help="equations separated by ';': '20 = x_7; 3 = x_1; x_7 + x_1 = x_23'; values in "
+                             f"Z_{cfg.modulus}, names x_0..x_{cfg.name_pool - 1}, operands defined before use")
+if err := st.session_state.pop("reasoner_sample_error", None):
+    st.error(f"Sampling: {err}")
+
+try:
+    problem = ar.parse_problem(model, text or "")
+except ValueError as e:
+    st.error(f"The problem text is malformed: {e}")
+    st.stop()
+
+default_steps = ar.default_steps(model, problem)
+steps = st.number_input("Steps", min_value=0, max_value=cfg.max_steps, value=0, key="reasoner_steps",
+                        help=f"0 = the model's own choice for depth {problem.depth}: {default_steps} steps")
+steps = int(steps) or default_steps
+
+with ui.guard("Running the model"):
+    with st.spinner("Running the model…"):
+        ro = _rollout(picked.key, text, steps, model)
+    summary = ro.summary()
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("nodes / depth", f"{problem.n_nodes} / {problem.depth}")
+    c2.metric("steps", summary["steps"])
+    c3.metric("node accuracy", f"{summary['node_accuracy']:.2f}")
+    c4.metric("fully solved", "yes" if summary["fully_solved"] else "no")
+
+    state_tab, attn_tab, lens_tab, edit_tab = st.tabs(["State table", "Attention", "Step lens", "Intervention"])
+
+    with state_tab, ui.guard("State table"):
+        operands = st.checkbox("Also show operand slots (filled by one-hop lookups)", key="reasoner_operands",
+                               disabled=cfg.scheme != "one_hop")
+        table = ar.state_table(ro, operands=operands)
+        st.plotly_chart(views.state_table_figure(table), key="state_table")
+        ui.download_csv(table, "reasoner_state.csv", key="state_csv")
+
+    with attn_tab, ui.guard("Attention"):
+        a1, a2, a3 = st.columns(3)
+        step = a1.selectbox("Step t", list(range(ro.steps)), key="reasoner_attn_step",
+                            help="hooks steps.{t}: the step that produces the table's column t + 1")
+        layer = a2.selectbox("Layer", list(range(cfg.n_layers)), key="reasoner_attn_layer")
+        head = a3.selectbox("Head", ["mean over heads"] + list(range(cfg.n_heads)), key="reasoner_attn_head")
+        mark = st.checkbox("Mark where the exact algorithm reads (operand and definition positions)", value=True,
+                           key="reasoner_attn_marks")
+        with st.spinner("Reading the attention pattern…"):
+            pattern = ar.attention(model, problem, ro.steps, step, layer)
+        shown = pattern.mean(0) if head == "mean over heads" else pattern[int(head)]
+        st.plotly_chart(views.attention_figure(
+            shown, ar.token_labels(ro.enc, cfg.modulus), ar.reads(ro.enc) if mark else None,
+            title=f"Attention at step {step}, layer {layer}, {head if isinstance(head, str) else f'head {head}'}"),
+            key="attention")
+
+    with lens_tab, ui.guard("Step lens"):
+        with st.spinner("Decoding every layer of every step…"):
+            lens = _lens(picked.key, text, ro.steps, model)
+        slots = list(dict.fromkeys(lens["slot"]))
+        deepest = problem.equations[max(range(problem.n_nodes), key=lambda i: problem.depths[i])].target
+        slot = st.selectbox("Variable", slots, index=slots.index(f"x_{deepest}") if f"x_{deepest}" in slots else 0,
+                            key="reasoner_lens_slot")
+        st.plotly_chart(views.step_lens_figure(lens[lens.slot == slot], ar.lens_overview(lens), slot=slot),
+                        key="step_lens")
+        ui.download_csv(lens, "reasoner_step_lens.csv", key="lens_csv")
+
+    with edit_tab, ui.guard("Intervention"):
+        st.write("Set a variable to a value after a step (through `steps.{t}.bottleneck.hook_codes`) and watch "
+                 "the later steps change.")
+        if cfg.latent != "discrete":
+            st.warning("This model feeds its residual stream back, not the codes: a code set here changes only "
+                       "that step's output, not the later steps.")
+        variables = [e.target for e in problem.equations]
+        e1, e2, e3, e4 = st.columns(4)
+        var = e1.selectbox("Variable", variables, format_func=lambda v: f"x_{v}", key="reasoner_edit_var")
+        value = e2.number_input("Value", min_value=0, max_value=cfg.modulus - 1, value=0, key="reasoner_edit_value")
+        at = e3.number_input("At step t", min_value=0, max_value=max(0, ro.steps - 1), value=0,
+                             key="reasoner_edit_step",
+                             help="written into the codes step t outputs (steps.{t}.bottleneck.hook_codes): "
+                                  "the table's column t + 1")
+        where = e4.radio("Write at", ar.WHERE, key="reasoner_edit_where")
+        with st.spinner("Running with the intervention…"):
+            edited = ar.intervene(model, problem, ro.steps, int(var), int(value), int(at), where)
+        before, after = ar.state_table(ro), ar.state_table(edited)
+        changed = ar.changed_cells(before, after)
+        new = edited.summary()
+        st.write(f"{len(changed)} cell(s) changed; node accuracy {summary['node_accuracy']:.2f} -> "
+                 f"{new['node_accuracy']:.2f}, fully solved {summary['fully_solved']} -> {new['fully_solved']}.")
+        st.plotly_chart(views.state_table_figure(after, changed, title=f"After setting x_{var} = {value} at step {at} "
+                                                                        "(outlined: changed cells)"),
+                        key="intervention")
+        if len(changed):
+            st.dataframe(changed, hide_index=True)

@@ -1,0 +1,35 @@
+"""Figures for the explorer's home page: the zoo at a glance (data in, Plotly figure out)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every shipped model") -> go.Figure:
+    """One horizontal bar per model, one panel per headline metric (error, forecast MSE, ...).
+
+    table: ``apps.zoo.zoo_table`` rows (model, family, metric, value); rows without a number
+    are left out.
+    """
+    df = table.dropna(subset=["value"])
+    df = df[df["metric"] != ""]
+    if df.empty:
+        raise ValueError("no model in the table has a headline number")
+    metrics = list(dict.fromkeys(df["metric"]))
+    bars = [int((df["metric"] == m).sum()) for m in metrics]
+    gap = 110  # pixels between panels: ticks and axis title of one, the title of the next
+    height = 160 + sum(26 * b + 20 for b in bars) + gap * (len(metrics) - 1)
+    fig = make_subplots(rows=len(metrics), cols=1, subplot_titles=metrics, row_heights=[26 * b + 20 for b in bars],
+                        vertical_spacing=gap / (height - 160) if len(metrics) > 1 else 0.0)
+    for i, metric in enumerate(metrics, start=1):
+        g = df[df["metric"] == metric]
+        fig.add_trace(go.Bar(x=g["value"], y=g["model"], orientation="h", name=metric, showlegend=False,
+                             customdata=g["family"], text=[f"{v:.3g}" for v in g["value"]], textposition="auto",
+                             hovertemplate="%{y} (%{customdata})<br>" + metric + " = %{x:.4g}<extra></extra>"),
+                      row=i, col=1)
+        fig.update_xaxes(title_text=metric, row=i, col=1)
+        fig.update_yaxes(title_text="model", dtick=1, row=i, col=1)
+    fig.update_layout(title=title, height=max(300, height))
+    return fig

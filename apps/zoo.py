@@ -1,0 +1,123 @@
+"""The zoo as the explorer sees it: model families, headline metrics and OOD tables.
+
+A model's family is read from the ``class`` field of its ``config.json``, so listing the
+zoo never loads a model. Pure functions (no Streamlit): the pages and the tests share them.
+
+>>> family_of("models/zoo/act-parity")        # 'act'
+>>> names_of("warp")                          # ['warp-msd', 'warp-phys-msd']
+>>> zoo_table()                               # one row per shipped model: family, headline, metric, value
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+import models
+from workbench import checkpoints
+
+# family -> the model classes (config.json "class") that belong to it
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "reasoner": ("models.reasoner.Reasoner",),
+    "act": ("models.act.ACT",),
+    "warp": ("models.warp.Warp",),
+    "gru": ("models.gru.GRU",),
+    "gain": ("models.gain.GainCircuit",),
+}
+LABELS = {"reasoner": "Reasoner", "act": "ACT", "warp": "WARP", "gru": "GRU baseline", "gain": "Gain circuit"}
+# families the analysis pages (patching, probing, codebook) cover, as the command line does
+ANALYSIS_FAMILIES = ("reasoner", "act", "warp")
+
+
+def class_of(folder: str | Path) -> str:
+    """The ``class`` field of a checkpoint's config.json (raises ``CheckpointError`` if unreadable)."""
+    config = checkpoints.read_json(Path(folder) / checkpoints.CONFIG)
+    if "class" not in config:
+        raise checkpoints.CheckpointError(f"{Path(folder) / checkpoints.CONFIG}: no 'class' field")
+    return str(config["class"])
+
+
+def config_of(name_or_path: str | Path) -> dict:
+    """The constructor arguments stored in a checkpoint's config.json (without loading the model)."""
+    return checkpoints.read_json(models.resolve(name_or_path) / checkpoints.CONFIG).get("config", {})
+
+
+def family_of(name_or_path: str | Path) -> str:
+    """The family of a zoo name or checkpoint folder; ``'other'`` for classes of no family."""
+    cls = class_of(models.resolve(name_or_path))
+    return next((fam for fam, classes in FAMILIES.items() if cls in classes), "other")
+
+
+def names_of(*families: str) -> list[str]:
+    """Zoo names whose family is one of ``families`` (sorted; unreadable entries skipped)."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown model family {unknown}; allowed: {', '.join(FAMILIES)}")
+    out = []
+    for name in models.zoo_names():
+        try:
+            if family_of(name) in families:
+                out.append(name)
+        except checkpoints.CheckpointError:
+            continue  # a checkpoint being written: list it once its config is readable
+    return out
+
+
+def headline(name_or_path: str | Path) -> dict:
+    """The card's headline line and the metrics' headline number of one checkpoint.
+
+    Returns ``{"headline": str, "metric": str, "value": float | None}``; missing parts are
+    empty (a checkpoint still training has no card).
+    """
+    folder = models.resolve(name_or_path)
+    line = ""
+    card = folder / "card.md"
+    if card.is_file():
+        line = next((ln[2:].strip() for ln in card.read_text().splitlines() if ln.startswith("> ")), "")
+    head = checkpoints.load_metrics(folder).get("headline", {})
+    metric, value = "", None
+    if isinstance(head, dict) and "metric" in head and "value" in head:
+        metric, value = str(head["metric"]), float(head["value"])
+    elif isinstance(head, dict):  # several headline numbers (the gain circuit): show the first
+        numbers = [(k, v) for k, v in head.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers:
+            metric, value = str(numbers[0][0]), float(numbers[0][1])
+    return {"headline": line, "metric": metric, "value": value}
+
+
+def zoo_table() -> pd.DataFrame:
+    """One row per zoo model: model, family, headline (card line), metric, value."""
+    rows = []
+    for name in models.zoo_names():
+        try:
+            fam = family_of(name)
+            rows.append({"model": name, "family": LABELS.get(fam, fam), **headline(name)})
+        except checkpoints.CheckpointError as e:
+            rows.append({"model": name, "family": "?", "headline": f"unreadable: {e}", "metric": "", "value": None})
+    return pd.DataFrame(rows, columns=["model", "family", "headline", "metric", "value"])
+
+
+def ood_table(names: list[str] | None = None) -> pd.DataFrame:
+    """The reasoners' OOD tables (``metrics.json["ood"]``) as tidy rows with a ``model`` column.
+
+    Columns: model, n_nodes, fully_solved (and node_acc, max_steps, n where stored). Empty
+    when no reasoner has an OOD table yet.
+    """
+    frames = []
+    for name in names if names is not None else names_of("reasoner"):
+        ood = checkpoints.load_metrics(models.resolve(name)).get("ood")
+        if ood:
+            frames.append(pd.DataFrame(ood).assign(model=name))
+    if not frames:
+        return pd.DataFrame(columns=["model", "n_nodes", "fully_solved"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def training_size(names: list[str]) -> int | None:
+    """The training graph size of the first reasoner in ``names`` (for the OOD figure's marker)."""
+    for name in names:
+        n = config_of(name).get("task", {}).get("n_nodes")
+        if n:
+            return int(n)
+    return None

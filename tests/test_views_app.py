@@ -1,0 +1,166 @@
+"""The explorer's figure builders (``apps/views``) on small hand-made data: figure type, traces, axes."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from apps.views import act as act_views
+from apps.views import analysis, home
+from apps.views import reasoner as reasoner_views
+from apps.views import warp as warp_views
+
+
+def _types(fig):
+    return [type(t).__name__ for t in fig.data]
+
+
+# ------------------------------------------------------------------ home
+def test_headline_figure_one_panel_per_metric():
+    table = pd.DataFrame({"model": ["a", "b", "c", "d"], "family": ["ACT", "ACT", "WARP", "?"],
+                          "headline": ["", "", "", ""], "metric": ["error", "error", "mse", ""],
+                          "value": [0.1, 0.2, 3.0, None]})
+    fig = home.headline_figure(table)
+    assert isinstance(fig, go.Figure)
+    assert _types(fig) == ["Bar", "Bar"]
+    assert list(fig.data[0].y) == ["a", "b"] and list(fig.data[1].y) == ["c"]
+    assert fig.layout.xaxis.title.text == "error" and fig.layout.xaxis2.title.text == "mse"
+    assert fig.layout.yaxis.title.text == "model"
+
+
+def test_headline_figure_without_numbers_is_an_error():
+    with pytest.raises(ValueError, match="headline number"):
+        home.headline_figure(pd.DataFrame({"model": ["a"], "family": ["?"], "metric": [""], "value": [None]}))
+
+
+# -------------------------------------------------------------- reasoner
+def _state_table():
+    rows = []
+    for slot, truth in (("x_1", "4"), ("x_2", "7")):
+        for step, value in enumerate(["EMPTY", "4", "5"]):
+            status = "correct" if value == truth else ("not yet computed" if value == "EMPTY" else "wrong")
+            rows.append({"slot": slot, "step": step, "value": value, "truth": truth, "exact": truth, "depth": 1,
+                         "status": status})
+    return pd.DataFrame(rows)
+
+
+def test_state_table_figure_colours_status_and_marks_changes():
+    table = _state_table()
+    fig = reasoner_views.state_table_figure(table)
+    assert _types(fig) == ["Heatmap", "Scatter", "Scatter", "Scatter"]  # cells + one legend entry per status
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (2, 3)
+    assert z[0, 0] == 0 and z[0, 1] == 1 and z[0, 2] == 2  # not yet computed, correct, wrong
+    assert np.asarray(fig.data[0].text)[0, 1] == "4"
+    assert fig.layout.xaxis.title.text == "steps run (0 = the input)" and fig.layout.yaxis.title.text == "variable"
+    changed = pd.DataFrame({"slot": ["x_2"], "step": [2]})
+    marked = reasoner_views.state_table_figure(table, changed)
+    assert _types(marked)[-1] == "Scatter" and list(marked.data[-1].y) == ["x_2"]
+
+
+def test_state_table_figure_rejects_an_empty_table():
+    with pytest.raises(ValueError, match="empty"):
+        reasoner_views.state_table_figure(_state_table().iloc[:0])
+
+
+def test_attention_figure_marks_reads():
+    labels = ["3", "=", "x_1", ";", "x_1", "=", "x_2"]
+    pattern = np.full((7, 7), 1 / 7)
+    reads = pd.DataFrame({"query": [6, 4], "key": [4, 2], "kind": ["operand", "definition"]})
+    fig = reasoner_views.attention_figure(pattern, labels, reads, title="t")
+    assert _types(fig) == ["Heatmap", "Scatter", "Scatter"]
+    assert {t.name for t in fig.data[1:]} == {"reads the operand", "reads the definition"}
+    assert fig.layout.xaxis.title.text == "key position" and fig.layout.yaxis.title.text == "query position"
+    assert fig.layout.xaxis.ticktext[2] == "2:x_1"
+    with pytest.raises(ValueError, match="query, key"):
+        reasoner_views.attention_figure(pattern[:3], labels)
+
+
+def test_step_lens_figure_two_panels():
+    lens = pd.DataFrame([{"step": s, "layer": l, "layer_name": ["input", "block 0"][l], "value": str(s + l),
+                          "p_answer": 0.5, "accuracy": 0.25} for s in range(3) for l in range(2)])
+    fig = reasoner_views.step_lens_figure(lens, lens, slot="x_1")
+    assert _types(fig) == ["Heatmap", "Heatmap"]
+    assert list(fig.data[0].x) == ["input", "block 0"] and np.asarray(fig.data[0].z).shape == (3, 2)
+    assert fig.layout.yaxis.title.text == "step t (hooks steps.{t})"
+    assert fig.layout.xaxis.title.text == "layer (residual stream after)"
+    assert _types(reasoner_views.step_lens_figure(lens)) == ["Heatmap"]
+
+
+# -------------------------------------------------------------------- ACT
+def test_ponder_steps_figure_bars_coloured_by_correctness():
+    steps = pd.DataFrame({"t": [0, 1], "item": ["12", "7"], "N": [3, 5], "R": [0.2, 0.4],
+                          "prediction": ["12", "18"], "target": ["12", "19"], "correct": [True, False]})
+    fig = act_views.ponder_steps_figure(steps)
+    assert _types(fig) == ["Bar"]
+    assert list(fig.data[0].y) == [3, 5] and list(fig.data[0].marker.color) == ["#2ca02c", "#d62728"]
+    assert fig.layout.xaxis.title.text == "input step t" and fig.layout.yaxis.title.text == "ponder steps N(t)"
+
+
+def test_halting_compare_figure_one_panel_per_input_step():
+    def trace(N):
+        return pd.DataFrame([{"t": t, "n": n + 1, "N": N, "h": 0.3, "cum_halt": 0.3 * (n + 1), "p": 0.3}
+                             for t in range(2) for n in range(N)])
+
+    fig = act_views.halting_compare_figure(trace(3), trace(1))
+    assert _types(fig) == ["Scatter"] * 4  # clean and patched in each of two panels
+    assert fig.layout.annotations[0].text == "t=0: N 3 -> 1"
+    assert fig.layout.xaxis.title.text == "ponder step n" and fig.layout.yaxis.title.text == "cumulative h"
+    no_act = trace(2).assign(cum_halt=np.nan, h=np.nan)
+    assert act_views.halting_compare_figure(no_act, no_act).layout.yaxis.title.text == "weight p"
+
+
+# ------------------------------------------------------------------- WARP
+def test_root_functions_figure_panels_per_output_and_marks():
+    tau = np.linspace(0, 1, 5)
+    curves = pd.concat([pd.DataFrame({"step": s, "tau": tau, "output": o, "value": tau * s})
+                        for s in (1, 4) for o in ("x", "v", "m")], ignore_index=True)
+    marks = curves.groupby(["step", "output"], as_index=False).first()
+    fig = warp_views.root_functions_figure(curves, marks)
+    assert _types(fig) == ["Scatter"] * 12  # 2 steps x 3 outputs x (curve + mark)
+    assert [a.text for a in fig.layout.annotations[:3]] == ["x", "v", "m"]
+    assert fig.layout.xaxis.title.text == "tau" and fig.layout.yaxis.title.text == "root output"
+    with pytest.raises(ValueError, match="at least one step"):
+        warp_views.root_functions_figure(curves.iloc[:0])
+
+
+# --------------------------------------------------------------- analyses
+def _sites():
+    rows = []
+    for comp in ("hook_resid_pre", "hook_mlp_out"):
+        for step in range(3):
+            for layer in range(2):
+                for pos in range(4):
+                    rows.append({"site": f"steps.{step}.blocks.{layer}.{comp}[pos={pos}]", "component": comp,
+                                 "step": step, "layer": layer, "pos": pos, "score": (pos - 1) * step})
+    return pd.DataFrame(rows)
+
+
+def test_loop_grid_figure_aggregates_positions():
+    df = _sites()
+    fig = analysis.loop_grid_figure(df, "score")
+    assert _types(fig) == ["Heatmap", "Heatmap"]  # one panel per component
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (3, 2) and z[2, 0] == 4.0  # the largest |score| over positions: (3 - 1) * 2
+    assert fig.layout.xaxis.title.text == "layer" and fig.layout.yaxis.title.text == "step"
+    assert np.asarray(analysis.loop_grid_figure(df, "score", "mean").data[0].z)[2, 0] == 1.0
+
+
+def test_loop_grid_figure_errors():
+    with pytest.raises(ValueError, match="not in the table"):
+        analysis.loop_grid_figure(_sites(), "nope")
+    with pytest.raises(ValueError, match="loop step column"):
+        analysis.loop_grid_figure(pd.DataFrame({"site": ["a"], "score": [1.0]}), "score")
+    with pytest.raises(ValueError, match="agg"):
+        analysis.loop_grid_figure(_sites(), "score", "median")
+
+
+def test_top_sites_figure_orders_by_magnitude():
+    df = _sites()
+    df.loc[0, "score"] = -100.0
+    fig = analysis.top_sites_figure(df, "score", k=5)
+    assert _types(fig) == ["Bar"] and len(fig.data[0].y) == 5
+    assert fig.data[0].x[0] == -100.0 and fig.data[0].marker.color[0] == "#b2182b"  # negative: red
+    assert fig.layout.xaxis.title.text == "score" and fig.layout.yaxis.title.text == "site"
+    with pytest.raises(ValueError, match="missing"):
+        analysis.top_sites_figure(df.assign(score=np.nan), "score")
