@@ -108,6 +108,17 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def test_atomic_write_gives_files_the_usual_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        checkpoints.write_json(tmp_path / "f.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644  # readable by others, like open()
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
