@@ -17,15 +17,17 @@ from workbench.train import TrainConfig, TrainSpec, hardware, train as run_train
 
 # Every shipped variant trains with the same scheme and helpers as the full method
 # (one-hop write-back, random states, mixed sizes); only the switch under study differs.
-_BASE = dict(n_nodes=32, min_nodes=8, max_depth=6, d_model=128, n_layers=2, n_heads=16, d_mlp=512, causal=True,
-             scheme="one_hop", random_states=0.75, lr=2e-3, weight_decay=0.1, warmup=300, batch_size=64,
-             steps=12000, threads=1,
-             eval_every=1000, checkpoint_every=500)
+# The shipped size is the paper's task over Z_5 at 16 nodes: on the 2-core CPU, runs over Z_23
+# stayed at chance on multi-operand sums for 3,300 steps (see README); `--modulus 23 --n-nodes 32`
+# gives the paper's task with everything else unchanged.
+_BASE = dict(n_nodes=16, min_nodes=8, max_depth=6, modulus=5, d_model=128, n_layers=2, n_heads=4, d_mlp=512,
+             segment_window=2, causal=True, scheme="one_hop", random_states=0.75, lr=2e-3, weight_decay=0.1,
+             warmup=300, batch_size=64, steps=6000, threads=1, eval_every=500, checkpoint_every=500)
+_FULL = ("The full method: discrete bottleneck, algorithmic supervision, error correction, input-adaptive "
+         "recurrence; the graph task over Z_5 at 16 nodes.")
 PRESETS: dict[str, dict] = {
-    "full": dict(args=_BASE, what="The full method: discrete bottleneck, algorithmic supervision, "
-                                  "error correction, input-adaptive recurrence."),
-    "quick": dict(args={**_BASE, "n_nodes": 16, "steps": 6000},
-                  what="A small configuration that retrains on a 2-core CPU in under 30 minutes."),
+    "full": dict(args=_BASE, what=_FULL),
+    "quick": dict(args=_BASE, what=_FULL),  # the name the README's first commands use
     "no-error-correction": dict(args={**_BASE, "error_prob": 0.0},
                                 what="Ablation: the full method without error-correction noise."),
     "continuous": dict(args={**_BASE, "latent": "continuous"},

@@ -1,0 +1,47 @@
+"""The shipped reasoners load offline and meet their cards on freshly generated problems."""
+
+import pytest
+import torch
+
+import models
+from models.reasoner import Reasoner
+from models.reasoner_eval import evaluate, ood_task
+from workbench.tasks import graph_arith as ga
+
+SHIPPED = [n for n in models.zoo_names() if n == "reasoner" or n.startswith("reasoner-")]
+
+
+def _task(name: str) -> ga.GraphArithConfig:
+    task = dict(models.load(name).cfg.task)
+    task["ops"] = tuple(task["ops"])
+    return ga.GraphArithConfig(**task)
+
+
+def test_the_zoo_ships_the_full_method_and_its_ablation():
+    assert {"reasoner", "reasoner-no-error-correction"} <= set(SHIPPED)
+    listing = models.available()
+    assert all(name in listing for name in SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_reasoner_meets_its_card_at_the_training_size(name):
+    torch.set_num_threads(1)
+    model = models.load(name)
+    assert isinstance(model, Reasoner)
+    task = _task(name)
+    card = models.metrics(name)["headline"]
+    assert card["n_nodes"] == task.n_nodes
+    # 128 fresh problems from a seed no card used: within sampling noise of the card
+    solved = evaluate(model, ga.sample(task, 128, 90210)).summary()["fully_solved"]
+    assert solved >= card["value"] - 0.08, f"{name}: fully solved {solved:.3f}, card {card['value']:.3f}"
+
+
+def test_full_method_generalizes_to_four_times_the_training_size():
+    torch.set_num_threads(1)
+    model = models.load("reasoner")
+    task = _task("reasoner")
+    big = ood_task(task, 4 * task.n_nodes)
+    table = models.metrics("reasoner")["ood"]
+    card = next(r["fully_solved"] for r in table if r["n_nodes"] == big.n_nodes)
+    solved = evaluate(model, ga.sample(big, 48, 90211)).summary()["fully_solved"]
+    assert solved >= card - 0.15, f"fully solved {solved:.3f} at N={big.n_nodes}, card {card:.3f}"
