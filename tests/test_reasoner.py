@@ -124,3 +124,17 @@ def test_encode_batch_pads_with_pad_tokens(problems):
     arr = encode_batch(problems + ga.sample(ga.GraphArithConfig(n_nodes=6), 1, 0), small().cfg)
     short = arr["factors"][-1]
     assert (short[-1] == [ga.PAD, 128, ga.op_na(), 23]).all()
+
+
+@pytest.mark.parametrize("segment_window", [0, 2])
+def test_unhooked_runs_take_the_fused_attention_and_match_hooked_runs(problems, segment_window):
+    model = small(segment_window=segment_window)
+    x = tokens(problems, model.cfg)
+    plain = model(x, steps=4)
+    assert model.layout(x).fused
+    hooked, cache = model.run_with_cache(x, steps=4, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert torch.allclose(plain.value_logits, hooked.value_logits, atol=1e-5)
+    assert torch.equal(plain.codes, hooked.codes)
+    # the pattern the hooked run exposes is a distribution over allowed keys
+    pattern = cache["steps.2.blocks.0.attn.hook_pattern"]
+    assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-5)
