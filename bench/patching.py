@@ -1,6 +1,6 @@
 """Exact and attribution patching of the reasoner's step x layer x position grid, side by side.
 
-Measured in one run on one problem at the training size (N=32 nodes):
+Measured in one run on one problem at the training size:
 
 1. ``workbench.patching.patch`` over the full grid of ``steps.*.blocks.*.hook_resid_pre``;
 2. a per-site ``run_with_hooks`` loop like TransformerLens's ``generic_activation_patch``
@@ -11,7 +11,7 @@ Measured in one run on one problem at the training size (N=32 nodes):
 Targets: (1) >= 20x faster than the loop, (3) >= 100x; the correlation of (3) with (1) is
 reported over the sites where attribution has a gradient path.
 
-    python bench/patching.py [--model reasoner] [--nodes 32] [--loop-sites 48] [--out out/bench/patching.json]
+    python bench/patching.py [--model reasoner] [--nodes N] [--loop-sites 48] [--out out/bench/patching.json]
 
 Without a shipped reasoner the model is freshly initialised with the shipped architecture.
 """
@@ -37,13 +37,13 @@ def reasoner(name: str):
 
     if name != "reasoner" or "reasoner" in models.zoo_names():
         return models.load(name), name
-    if True:  # no shipped reasoner yet: the shipped architecture, freshly initialised
-        from apps.commands.reasoner import PRESETS
+    # no shipped reasoner: the shipped architecture, freshly initialised
+    from apps.commands.reasoner import PRESETS
 
-        arch = {k: v for k, v in PRESETS["full"]["args"].items()
-                if k in ("d_model", "n_layers", "n_heads", "d_mlp", "causal", "scheme")}
-        torch.manual_seed(0)
-        return Reasoner(ReasonerConfig(**arch, task=asdict(ga.GraphArithConfig()))).eval(), f"fresh {arch}"
+    arch = {k: v for k, v in PRESETS["full"]["args"].items()
+            if k in ("d_model", "n_layers", "n_heads", "d_mlp", "causal", "scheme", "segment_window")}
+    torch.manual_seed(0)
+    return Reasoner(ReasonerConfig(**arch, task=asdict(ga.GraphArithConfig()))).eval(), f"fresh {arch}"
 
 
 def per_site_loop(model, setup, sites, clean_cache):
@@ -73,7 +73,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reasoner")
-    parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sites", default="steps.*.blocks.*.hook_resid_pre")
     parser.add_argument("--loop-sites", type=int, default=48, help="sites timed in the loop (0 = all)")
@@ -85,6 +85,7 @@ def main() -> None:
 
     model, name = reasoner(args.model)
     setup = patching_setup(model, n=1, n_nodes=args.nodes, seed=args.seed)
+    args.nodes = args.nodes or model.cfg.task["n_nodes"]
     grid = Sites(args.sites, positions="each")
     kw = setup.forward_kwargs
 

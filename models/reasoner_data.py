@@ -53,6 +53,10 @@ def pad_stack(encs: list[ga.Encoded], name_pool: int, modulus: int) -> dict[str,
 
 
 def encode_batch(problems: list[ga.Problem], cfg: ReasonerConfig) -> dict[str, np.ndarray]:
+    for i, p in enumerate(problems):
+        if p.modulus != cfg.modulus:
+            raise ValueError(f"problem {i} is over Z_{p.modulus} but the model computes in Z_{cfg.modulus}; "
+                             f"parse or sample it with modulus={cfg.modulus}")
     return pad_stack([ga.encode(p, cfg.scheme, cfg.name_pool) for p in problems], cfg.name_pool, cfg.modulus)
 
 

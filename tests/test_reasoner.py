@@ -138,3 +138,10 @@ def test_unhooked_runs_take_the_fused_attention_and_match_hooked_runs(problems, 
     # the pattern the hooked run exposes is a distribution over allowed keys
     pattern = cache["steps.2.blocks.0.attn.hook_pattern"]
     assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_a_problem_over_another_modulus_is_refused_by_name():
+    model = small()
+    other = ga.parse("4 = x_7; x_7 = x_1", modulus=5)
+    with pytest.raises(ValueError, match=r"Z_5 but the model computes in Z_23"):
+        tokens([other], model.cfg)

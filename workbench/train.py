@@ -168,7 +168,7 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
             bar.close()
             kept = f"the last good checkpoint (step {_saved_step(out)}) is kept in {out}" if (out / TRAIN_STATE).is_file() \
                 else "no checkpoint had been written yet"
-            raise TrainingError(f"non-finite loss ({float(loss)}) at step {step}; training stopped; {kept}. "
+            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; training stopped; {kept}. "
                                 "Try a lower --lr or a stronger --grad-clip.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
