@@ -4,7 +4,7 @@
    (each replaced by a plain Python identity function): target <= 1.05x;
 2. ``run_with_cache`` of every hook vs a plain forward: target <= 1.5x.
 
-    python bench/hooks.py [--model reasoner] [--batch 64] [--nodes 32] [--repeats 7]
+    python bench/hooks.py [--model reasoner] [--batch 64] [--nodes N] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def main() -> None:
     import models
     from models.reasoner import Reasoner, ReasonerConfig
     from models.reasoner_data import tokens
+    from probes.reasoner import task_of
     from workbench.tasks import graph_arith as ga
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reasoner")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="out/bench/hooks.json")
     args = parser.parse_args()
@@ -65,7 +66,9 @@ def main() -> None:
         model = models.load(args.model)
     except ValueError:
         model = Reasoner(ReasonerConfig()).eval()
-    problems = ga.sample(ga.GraphArithConfig(n_nodes=args.nodes), args.batch, np.random.default_rng(0))
+    task = task_of(model, n_nodes=args.nodes)
+    args.nodes = task.n_nodes
+    problems = ga.sample(task, args.batch, np.random.default_rng(0))
     x = tokens(problems, model.cfg)
     steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
     bare = strip_hook_points(model)

@@ -132,3 +132,25 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     single = ToyLoop()
     assert not all(torch.equal(v, single.state_dict()[k]) for k, v in w0.items())  # it did train
     assert json.loads((tmp_path / "config.json").read_text())["train"]["world_size"] == 2
+
+
+def test_a_reasoner_resumes_although_its_config_holds_tuples(tmp_path):
+    from dataclasses import asdict
+
+    from models.reasoner import Reasoner, ReasonerConfig
+    from models.reasoner_data import training_batch
+    from workbench.tasks import graph_arith as ga
+
+    task = ga.GraphArithConfig(n_nodes=6, n_leaves=3, max_depth=2, modulus=5, name_pool=16)
+    assert isinstance(task.ops, tuple)  # saved as a JSON list
+
+    def fit(steps, resume):
+        torch.manual_seed(0)
+        model = Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=8, modulus=5, name_pool=16,
+                                        task=asdict(task)))
+        spec = TrainSpec(model, lambda rng, step: training_batch(model.cfg, task, 4, rng, 6))
+        return train(spec, TrainConfig(steps=steps, out=str(tmp_path), resume=resume, progress=False, threads=1,
+                                       checkpoint_every=2))
+
+    fit(2, False)
+    assert fit(4, True)["step"] == 4

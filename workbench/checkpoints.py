@@ -57,6 +57,11 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, write)
 
 
+def as_saved(data: Any) -> Any:
+    """``data`` as it reads back from JSON (tuples become lists), for comparing with a saved file."""
+    return json.loads(json.dumps(data, default=_jsonable))
+
+
 def _jsonable(x: Any) -> Any:
     if hasattr(x, "item"):
         return x.item()

@@ -245,10 +245,10 @@ def _saved_step(out: Path) -> int:
 
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, spec: TrainSpec):
-    saved = checkpoints.read_json(out / checkpoints.CONFIG)
-    if saved.get("config") != model.config_dict():
-        diff = sorted(k for k in set(saved.get("config", {})) | set(model.config_dict())
-                      if saved.get("config", {}).get(k) != model.config_dict().get(k))
+    saved = checkpoints.read_json(out / checkpoints.CONFIG).get("config", {})
+    current = checkpoints.as_saved(model.config_dict())
+    if saved != current:
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise checkpoints.CheckpointError(
             f"{out / checkpoints.CONFIG}: cannot resume, the model config differs in {diff}; "
             "use a new --out folder or the same options")
