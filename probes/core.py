@@ -122,7 +122,9 @@ def collect(model, batches: Iterable[ProbeBatch], sites: SiteSelection, *, dtype
             a = got[s.name]
             if s.head is not None:
                 a = a.select(_head_axis_after_rows(s.name, a.ndim, p_idx is not None), s.head)
-            chunks.setdefault(s.label, []).append(a.reshape(len(b_idx), -1).float().numpy().astype(dtype, copy=False))
+            # a copy the kept rows own: a view would pin its batch's tensor, and with it heap pages
+            # the next forwards cannot reuse (peak memory grew with every batch)
+            chunks.setdefault(s.label, []).append(a.reshape(len(b_idx), -1).float().numpy().astype(dtype, copy=True))
         metas.append(pd.DataFrame({k: np.asarray(v) for k, v in batch.meta.items()}, index=range(len(b_idx))))
     if site_list is None:
         raise ValueError("no batches to collect from")

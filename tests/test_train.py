@@ -154,3 +154,23 @@ def test_a_reasoner_resumes_although_its_config_holds_tuples(tmp_path):
 
     fit(2, False)
     assert fit(4, True)["step"] == 4
+
+
+def test_a_resumed_run_card_lists_every_command_in_order(tmp_path):
+    from workbench import cards
+
+    first = "workbench train reasoner --preset quick --time-limit-min 25 --out runs/a"
+    second = "workbench train reasoner --preset quick --time-limit-min 15 --resume --out runs/a"
+
+    def card(command):
+        cards.write_card(tmp_path, title="t", headline="h", what="w", command=command, seed=0, wall_s=1.0,
+                         hardware="cpu", results=[{"a": 1}])
+
+    card(cards.commands_so_far(tmp_path, first, resumed=False))
+    assert cards.card_command(tmp_path / "card.md") == first
+    card(cards.commands_so_far(tmp_path, second, resumed=True))
+    assert cards.card_command(tmp_path / "card.md") == f"{first}\n{second}"
+    card(cards.commands_so_far(tmp_path, second, resumed=True))  # resumed twice: it ran twice
+    assert cards.card_command(tmp_path / "card.md").splitlines() == [first, second, second]
+    assert cards.commands_so_far(tmp_path, first, resumed=False) == first  # a fresh run starts over
+    assert cards.card_command(tmp_path / "missing.md") == ""

@@ -5,6 +5,7 @@ The line starting with ``> `` is the card's headline; ``models.available()`` sho
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +25,23 @@ def markdown_table(rows: Iterable[dict], floats: str = "{:.3f}") -> str:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def card_command(card: str | Path) -> str:
+    """The training command(s) recorded in a card (its first code block); "" when there is none."""
+    path = Path(card)
+    text = path.read_text() if path.is_file() else ""
+    block = re.search(r"^```\n(.*?)\n```$", text, re.S | re.M)
+    return block.group(1).strip() if block else ""
+
+
+def commands_so_far(folder: str | Path, command: str, resumed: bool) -> str:
+    """``command``, after the commands of the earlier runs when this run resumed one.
+
+    A resumed checkpoint is the work of every run that wrote it, so its card lists them all in order.
+    """
+    earlier = card_command(Path(folder) / "card.md") if resumed else ""
+    return f"{earlier}\n{command}" if earlier else command
 
 
 def write_card(

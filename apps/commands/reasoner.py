@@ -103,7 +103,7 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_reasoner_card(tcfg.out, args.preset, metrics, command_line())
+    write_reasoner_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(), tcfg.resume))
     print(f"fully solved {summary['fully_solved']:.3f} at N={task.n_nodes} on {args.final_n} fresh problems; "
           f"repair rate {repair['repair_rate']:.3f}; wall {result['train_wall_s'] / 60:.1f} min")
 
@@ -132,7 +132,30 @@ def write_reasoner_card(folder: str | Path, preset: str | None, metrics: dict, c
         results=rows,
         results_note=f"Measured on the shipped checkpoint with freshly generated problems ({ev['data']}). "
                      "Larger N uses a depth cap scaled with N (`models.reasoner_eval.ood_task`).",
+        notes=_training_notes(config),
     )
+
+
+def _training_notes(config: dict) -> str:
+    """Why this model was trained the way it was: one line per switch that departs from the paper."""
+    notes = []
+    if config["scheme"] == "one_hop":
+        notes.append("One hop per step (`--scheme one_hop`): operand slots receive values too, so a step either "
+                     "copies a variable's value from its definition to its uses or sums a defining slot's filled "
+                     "operands (2D+1 steps for depth D). The paper's scheme chains the lookup onto the sum in one "
+                     "step; on a 2-core CPU it sat on its plateau for over 20 minutes.")
+    if config["random_states"]:
+        notes.append(f"Random states (`--random-states {config['random_states']}`): that share of each batch starts "
+                     "from a random partly-filled state under the same rules, for more fresh multi-operand sums "
+                     "per sequence.")
+    if config.get("segment_window"):
+        notes.append(f"Positions: a learned per-head bias of the token distance (clipped to +-{config['rel_window']}) "
+                     f"plus one of the equation distance (clipped to +-{config['segment_window']}); no absolute "
+                     "position, so longer problems show no unseen position.")
+    if config["modulus"] != 23:
+        notes.append(f"Values in Z_{config['modulus']}, not the paper's Z_23: on the 2-core CPU every Z_23 run "
+                     "(up to 40 minutes) stayed at chance on nodes with two or three operands.")
+    return "\n".join(f"- {n}" for n in notes)
 
 
 # ------------------------------------------------------------------------ eval
@@ -189,6 +212,5 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
             metrics["ood"] = table[table.model == name].drop(columns="model").to_dict("records")
             metrics["ood_seed"] = args.seed
             checkpoints.write_json(folder / checkpoints.METRICS, metrics)
-            card = (folder / "card.md").read_text()
-            command = card.split("```\n", 2)[1].split("\n```")[0] if "```" in card else ""
+            command = cards.card_command(folder / "card.md")
             write_reasoner_card(folder, _preset(command.split()), metrics, command)
