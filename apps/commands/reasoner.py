@@ -94,7 +94,9 @@ def train(args: argparse.Namespace) -> None:
     fresh_seed = [tcfg.seed, 20_000]
     fresh = ga.sample(task, args.final_n, np.random.default_rng(fresh_seed))
     summary = evaluate(model, fresh, progress=True).summary()
-    repair = repair_rate(model, fresh[:256], seed=tcfg.seed)
+    # only the discrete bottleneck carries codes to corrupt; a continuous latent ignores them
+    repair = (repair_rate(model, fresh[:256], seed=tcfg.seed) if model.cfg.latent == "discrete"
+              else {"repair_rate": None, "corrupted": 0})
     metrics = {
         "headline": {"metric": "fully_solved", "value": summary["fully_solved"], "n_nodes": task.n_nodes},
         "evaluation": {**summary, **repair, "data": f"{args.final_n} fresh problems, {asdict(task)}",
@@ -105,14 +107,18 @@ def train(args: argparse.Namespace) -> None:
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
     write_reasoner_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(), tcfg.resume))
     print(f"fully solved {summary['fully_solved']:.3f} at N={task.n_nodes} on {args.final_n} fresh problems; "
-          f"repair rate {repair['repair_rate']:.3f}; wall {result['train_wall_s'] / 60:.1f} min")
+          f"repair rate {_repair(repair['repair_rate'])}; wall {result['train_wall_s'] / 60:.1f} min")
+
+
+def _repair(rate: float | None) -> str:
+    return "n/a (no codes)" if rate is None else f"{rate:.3f}"
 
 
 def write_reasoner_card(folder: str | Path, preset: str | None, metrics: dict, command: str) -> None:
     config = checkpoints.read_json(Path(folder) / checkpoints.CONFIG)["config"]
     ev, tr = metrics["evaluation"], metrics["train"]
     rows = [{"data": f"N={config['task']['n_nodes']} (training size)", "fully solved": ev["fully_solved"],
-             "node accuracy": ev["node_acc"], "steps": ev["max_steps"], "repair rate": ev["repair_rate"]}]
+             "node accuracy": ev["node_acc"], "steps": ev["max_steps"], "repair rate": _repair(ev["repair_rate"])}]
     for r in metrics.get("ood", []):
         rows.append({"data": f"N={r['n_nodes']}", "fully solved": r["fully_solved"], "node accuracy": r["node_acc"],
                      "steps": r["max_steps"], "repair rate": ""})
