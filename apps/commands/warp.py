@@ -52,7 +52,7 @@ PRESETS: dict[str, dict] = {
     "gru-lv": dict(args={**_DYN, **_AR, "task": "lv", "arch": "gru"},
                    what="GRU baseline on Lotka-Volterra, with about as many parameters as warp-lv."),
     "warp-digits": dict(args=dict(task="digits", arch="warp", init="learned", root_width=32, root_depth=1,
-                                  steps=3000, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=100,
+                                  cls_weight=4.0, steps=6000, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=100,
                                   forcing_min=1.0, eval_every=1000, checkpoint_every=500, time_limit_min=19.0),
                         what="WARP on scikit-learn's 8x8 digits read pixel by pixel: classification at the "
                              "last step and next-pixel prediction (completion) from the same root."),
