@@ -130,7 +130,8 @@ def write_reasoner_card(folder: str | Path, preset: str | None, metrics: dict, c
         title=f"Recursive latent reasoner: {Path(folder).name}",
         headline=f"reasoner ({config['latent']}, {config['supervision']}, error_prob={config['error_prob']}): "
                  f"fully solved {ev['fully_solved']:.3f} at N={config['task']['n_nodes']}",
-        what=what + "\n\nConfig: " + ", ".join(f"{k}={config[k]}" for k in keys),
+        what=what + "\n\nConfig: " + ", ".join(f"{k}={config[k]}" for k in keys)
+        + "\n\nTraining graphs: " + ", ".join(f"{k}={config['task'][k]}" for k in ("n_nodes", "max_depth", "modulus")),
         command=command,
         seed=tr["seed"],
         wall_s=tr["train_wall_s"],
