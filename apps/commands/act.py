@@ -125,7 +125,7 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_act_card(tcfg.out, args.preset, metrics, _command(args))
+    write_act_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, _command(args), tcfg.resume))
     print(f"error {summary['error']:.4f}, mean ponder {summary['mean_ponder']:.2f} on {args.final_n} fresh "
           f"{args.task} problems; wall {result['train_wall_s'] / 60:.1f} min")
 
@@ -259,8 +259,7 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
                 metrics["sweep"] = rows
                 metrics["sweep_seed"] = args.seed
                 checkpoints.write_json(folder / checkpoints.METRICS, metrics)
-                card = (folder / "card.md").read_text()
-                command = card.split("```\n", 2)[1].split("\n```")[0] if "```" in card else ""
+                command = cards.card_command(folder / "card.md")
                 write_act_card(folder, _preset(command.split()), metrics, command)
 
 

@@ -170,7 +170,7 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_warp_card(tcfg.out, args.preset, metrics, command_line())
+    write_warp_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(), tcfg.resume))
     print(f"{metrics['headline']['text']}; wall {result['train_wall_s'] / 60:.1f} min")
 
 
