@@ -1,19 +1,24 @@
 """Probing every (step, layer) site of the reasoner for variable values, with bounded memory.
 
 Collects the residual stream after every layer of every step (``steps.*.blocks.*.hook_resid_post``)
-at one defining position per problem, then fits a logistic-regression probe per site for the
+at one defining position per problem with ``probes.reasoner.collect`` (problems stop running
+once settled; later steps are copies), then fits a logistic-regression probe per site for the
 variable's value, with the control task. Reports the time of each phase, the peak memory of
 the process, and the memory a full ``run_with_cache`` of the same hooks would have needed.
+Side by side on the first ``--compare`` problems: the plain collection (``probes.collect`` over
+``probes.reasoner.batches``, every step of every problem, einsum attention) against this one,
+with the ratio of their times and the largest difference between their rows.
 
 Target: 10,000 problems at the training size in <= 2 minutes on the CPU, memory bounded.
 
-    python bench/probing.py [--model reasoner] [--n 10000] [--nodes 32] [--device cpu] [--out out/bench/probing.json]
+    python bench/probing.py [--model reasoner] [--n 10000] [--nodes 32] [--threads 2] [--out out/bench/probing.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -40,9 +45,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
     parser.add_argument("--per-problem", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the forward passes")
-    parser.add_argument("--fit-threads", type=int, default=1, help="BLAS threads while fitting probes")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the forward passes")
+    parser.add_argument("--fit-threads", type=int, default=1,
+                        help="BLAS threads while fitting probes (more are much slower for these small fits)")
+    parser.add_argument("--compare", type=int, default=512,
+                        help="problems collected both ways, side by side (0: skip)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/bench/probing.json")
@@ -58,10 +66,10 @@ def main() -> None:
     steps = model.cfg.steps_for_depth(task.max_depth)
     t_sample = time.perf_counter() - t0
 
+    sel = Sites("steps.*.blocks.*.hook_resid_post")
     t0 = time.perf_counter()
-    batches = pr.batches(model, problems, batch_size=args.batch_size, per_problem=args.per_problem, steps=steps)
-    acts = probes.collect(model, batches, Sites("steps.*.blocks.*.hook_resid_post"), device=args.device,
-                          progress=True, total=-(-args.n // args.batch_size))
+    acts = pr.collect(model, problems, sel, batch_size=args.batch_size, per_problem=args.per_problem, steps=steps,
+                      device=args.device, progress=True)
     t_collect = time.perf_counter() - t0
     rss1 = peak_rss_mb()
 
@@ -73,6 +81,7 @@ def main() -> None:
     tokens = float(np.mean([ga.n_tokens(p) for p in problems]))
     full_cache_mb = args.n * len(acts.data) * tokens * model.cfg.d_model * 4 / 2**20
     total = t_sample + t_collect + t_fit
+    side = compare(model, problems[: args.compare], sel, args, steps) if args.compare else None
     best = res.df.loc[res.df.accuracy.idxmax()]
     result = {
         "model": name, "n": args.n, "nodes": task.n_nodes, "steps": steps, "sites": len(acts.data),
@@ -82,20 +91,44 @@ def main() -> None:
         "activations_mb": acts.nbytes / 2**20, "full_cache_would_need_mb": full_cache_mb,
         "best_site": best.site, "best_accuracy": float(best.accuracy), "chance": float(best.chance),
         "mean_control": float(res.df.control.mean()),
+        "forward_steps": acts.meta["forward_steps"], "all_steps": args.n * steps, "reruns": acts.meta["reruns"],
+        "side_by_side": side,
     }
     print(f"reasoner ({name}), {args.n} problems N={task.n_nodes} (~{tokens:.0f} tokens), {steps} steps, "
           f"{len(acts.data)} sites, {acts.n} rows, device {args.device}, {torch.get_num_threads()} thread(s)")
     print(f"  sample problems   {t_sample:8.1f} s")
-    print(f"  collect           {t_collect:8.1f} s   (the model's forward passes)")
+    print(f"  collect           {t_collect:8.1f} s   (the model's forward passes: {acts.meta['forward_steps']} "
+          f"problem-steps of {args.n * steps}; {acts.meta['reruns']} problems run again unsettled)")
     print(f"  fit {len(acts.data)} probes x2  {t_fit:8.1f} s   (probe + control task per site)")
     print(f"  total             {total:8.1f} s   target <= 120 s")
     print(f"  peak memory {rss2:.0f} MB (start {rss0:.0f} MB); kept activations {acts.nbytes / 2**20:.0f} MB; "
           f"a full cache of these hooks would need {full_cache_mb:.0f} MB")
     print(f"  best site {best.site}: value accuracy {best.accuracy:.3f} (chance {best.chance:.3f}, "
           f"mean control {res.df.control.mean():.3f})")
+    if side:
+        print(f"  side by side on {side['problems']} problems: plain collection {side['plain_s']:.1f} s, "
+              f"this one {side['settled_s']:.1f} s = {side['ratio']:.2f}x; largest row difference "
+              f"{side['max_abs_diff']:.1e}, same rows: {side['same_rows']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
+
+
+def compare(model, problems, sel, args, steps) -> dict:
+    """The plain collection and ``probes.reasoner.collect`` on the same problems, one after the other."""
+    import probes
+    from probes import reasoner as pr
+
+    kw = {"per_problem": args.per_problem, "steps": steps}
+    t0 = time.perf_counter()
+    plain = probes.collect(model, pr.batches(model, problems, batch_size=args.batch_size, **kw), sel,
+                           device=args.device)
+    t1 = time.perf_counter()
+    fast = pr.collect(model, problems, sel, batch_size=args.batch_size, device=args.device, **kw)
+    t2 = time.perf_counter()
+    diff = max(float(np.abs(plain.data[k] - fast.data[k]).max()) for k in plain.data)
+    return {"problems": len(problems), "plain_s": t1 - t0, "settled_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1),
+            "max_abs_diff": diff, "same_rows": bool(plain.rows.equals(fast.rows))}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 >>> acts = probes.collect(model, batches, "steps.*.blocks.*.hook_resid_post")
 >>> res = probes.fit(acts, "value", types="variable", groups="problem")
 
+On the reasoner, ``probes.reasoner.collect(model, problems, sites)`` gives the same rows as
+``probes.collect`` over ``probes.reasoner.batches``, without running the steps after a problem settles.
+
 Studies: ``python -m probes.reasoner_values`` (what each (step, layer) of the reasoner
 knows about every variable's value, whether it is computed yet, and its depth).
 """

@@ -22,6 +22,7 @@ Two steps, so the expensive one (running the model) happens once:
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 from workbench.results import Result
 from workbench.sites import Site, SiteSelection, as_sites, names_filter, natural_key, resolve, site_axes
 
-__all__ = ["ProbeBatch", "Activations", "collect", "fit", "control_labels", "PROBES"]
+__all__ = ["ProbeBatch", "Activations", "RowKeeper", "collect", "fit", "control_labels", "PROBES"]
 
 PROBES = ("auto", "logistic", "ridge")
 
@@ -64,11 +65,13 @@ class ProbeBatch:
 
 @dataclass
 class Activations:
-    """Features per site (``data[site]`` is [n, d]) and one metadata row per sample."""
+    """Features per site (``data[site]`` is [n, d]), one metadata row per sample, and notes
+    on the collection (``meta``, e.g. how many loop steps the forwards ran)."""
 
     data: dict[str, np.ndarray]
     rows: pd.DataFrame
     sites: list[Site] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -91,47 +94,80 @@ def collect(model, batches: Iterable[ProbeBatch], sites: SiteSelection, *, dtype
     the batches pick positions; ``heads`` narrow attention hooks to one head). ``device``:
     where the inputs go (the model's device; kept rows always come back to the CPU).
     """
-    sel = as_sites(sites)
-    keep = names_filter(sel)
-    chunks: dict[str, list[np.ndarray]] = {}
-    metas: list[pd.DataFrame] = []
-    site_list: list[Site] | None = None
+    keeper = RowKeeper(model, sites, dtype=dtype, device=device)
     for batch in tqdm(batches, disable=not progress, desc="collect", total=total, leave=False):
+        keeper.add(batch, keeper.forward(batch)[1])
+    return keeper.activations()
+
+
+class RowKeeper:
+    """What ``collect`` does, one batch at a time, for collectors that look at each output.
+
+    ``forward(batch)`` runs the model with hooks that gather the batch's rows at every
+    selected hook and returns (output, {hook name: rows [r, ...]}); ``add(batch, rows, keep)``
+    keeps them (``keep`` [r] bool drops rows); ``activations()`` assembles everything kept.
+    """
+
+    def __init__(self, model, sites: SiteSelection, *, dtype=np.float32, device: str | torch.device | None = None):
+        self.model, self.dtype, self.device = model, dtype, device
+        self.sel = as_sites(sites)
+        self.keep = names_filter(self.sel)
+        self.sites: list[Site] | None = None
+        self.chunks: dict[str, list[np.ndarray]] = {}
+        self.metas: list[pd.DataFrame] = []
+
+    def forward(self, batch: ProbeBatch) -> tuple[Any, dict[str, torch.Tensor]]:
         got: dict[str, torch.Tensor] = {}
-        b_idx = torch.as_tensor(np.asarray(batch.batch_index), dtype=torch.long)
-        p_idx = None if batch.pos_index is None else torch.as_tensor(np.asarray(batch.pos_index), dtype=torch.long)
+        b_idx, p_idx = _indices(batch)
 
         def gather(act: torch.Tensor, hook) -> None:
             if torch.is_tensor(act):
                 got[hook.name] = _rows(act, hook.name, b_idx.to(act.device),
                                        None if p_idx is None else p_idx.to(act.device)).cpu()
 
-        args = tuple(a.to(device) if device is not None and torch.is_tensor(a) else a for a in batch.args)
+        dev = self.device
+        args = tuple(a.to(dev) if dev is not None and torch.is_tensor(a) else a for a in batch.args)
         with torch.no_grad():
-            model.run_with_hooks(*args, fwd_hooks=[(keep, gather)], **batch.kwargs)
-        if site_list is None:  # resolve once, on the first batch; the batches choose the positions
-            if isinstance(sel, list):
-                site_list = [Site(s.name, None, s.head) for s in sel]
+            out = self.model.run_with_hooks(*args, fwd_hooks=[(self.keep, gather)], **batch.kwargs)
+        return out, got
+
+    def add(self, batch: ProbeBatch, got: Mapping[str, torch.Tensor], keep: np.ndarray | None = None) -> None:
+        b_idx, p_idx = _indices(batch)
+        if self.sites is None:  # resolve once, on the first batch; the batches choose the positions
+            if isinstance(self.sel, list):
+                self.sites = [Site(s.name, None, s.head) for s in self.sel]
             else:
-                names_only = copy.copy(sel)
+                names_only = copy.copy(self.sel)
                 names_only.positions = None
-                site_list = resolve(names_only, _fake_shapes(got, p_idx), model)
-        for s in site_list:
+                self.sites = resolve(names_only, _fake_shapes(got, p_idx), self.model)
+        rows = slice(None) if keep is None else torch.from_numpy(np.flatnonzero(keep))
+        for s in self.sites:
             if s.name not in got:
                 raise ValueError(f"hook {s.name!r} did not fire on every batch; fix the number of loop steps")
             a = got[s.name]
             if s.head is not None:
                 a = a.select(_head_axis_after_rows(s.name, a.ndim, p_idx is not None), s.head)
+            a = a[rows]
             # a copy the kept rows own: a view would pin its batch's tensor, and with it heap pages
             # the next forwards cannot reuse (peak memory grew with every batch)
-            chunks.setdefault(s.label, []).append(a.reshape(len(b_idx), -1).float().numpy().astype(dtype, copy=True))
-        metas.append(pd.DataFrame({k: np.asarray(v) for k, v in batch.meta.items()}, index=range(len(b_idx))))
-    if site_list is None:
-        raise ValueError("no batches to collect from")
-    data = {}
-    for label in list(chunks):  # concatenate site by site, freeing each list as we go
-        data[label] = np.concatenate(chunks.pop(label))
-    return Activations(data, pd.concat(metas, ignore_index=True), site_list)
+            kept = a.reshape(len(a), math.prod(a.shape[1:])).float().numpy().astype(self.dtype, copy=True)
+            self.chunks.setdefault(s.label, []).append(kept)
+        meta = pd.DataFrame({k: np.asarray(v) for k, v in batch.meta.items()}, index=range(len(b_idx)))
+        self.metas.append(meta if keep is None else meta[np.asarray(keep, bool)])
+
+    def activations(self) -> Activations:
+        if self.sites is None:
+            raise ValueError("no batches to collect from")
+        data = {}
+        for label in list(self.chunks):  # concatenate site by site, freeing each list as we go
+            data[label] = np.concatenate(self.chunks.pop(label))
+        return Activations(data, pd.concat(self.metas, ignore_index=True), self.sites)
+
+
+def _indices(batch: ProbeBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    b_idx = torch.as_tensor(np.asarray(batch.batch_index), dtype=torch.long)
+    p_idx = None if batch.pos_index is None else torch.as_tensor(np.asarray(batch.pos_index), dtype=torch.long)
+    return b_idx, p_idx
 
 
 def _rows(act: torch.Tensor, name: str, b_idx: torch.Tensor, p_idx: torch.Tensor | None) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 * ``patching_setup``: a clean problem, a corrupted copy with one leaf value changed (so the
   deepest node's answer changes), and the logit-difference metric at that node.
-* ``batches`` / ``targets``: rows for ``probes.collect`` at each variable's defining
-  position, with the targets: ``value`` (its value), ``depth`` (its graph depth) and
-  ``computed`` (whether the exact algorithm has filled it after step t: site-dependent).
+* ``batches`` / ``collect``: rows for ``probes.collect`` at each variable's defining
+  position (``collect`` skips the steps after a problem settles), with the targets:
+  ``value`` (its value), ``depth`` (its graph depth) and ``computed`` (whether the exact
+  algorithm has filled it after step t: site-dependent).
 * ``codebook_report``: the codebook analysis of the value factor over a rollout, with the
   one-step repair rate (``models.reasoner_eval.repair_rate``).
 """
@@ -17,16 +18,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from models.reasoner import Reasoner, ReasonerOutput
 from models.reasoner_data import encode_batch
-from probes.core import ProbeBatch
+from probes.core import Activations, ProbeBatch, RowKeeper
 from workbench import codebook
 from workbench.results import Result
-from workbench.sites import Site
+from workbench.sites import Site, SiteSelection
 from workbench.tasks import graph_arith as ga
 
-__all__ = ["task_of", "PatchSetup", "patching_setup", "batches", "computed", "codebook_report", "value_labels"]
+__all__ = ["task_of", "PatchSetup", "patching_setup", "batches", "collect", "computed", "codebook_report", "value_labels"]
 
 
 def task_of(model: Reasoner, **overrides) -> ga.GraphArithConfig:
@@ -133,33 +135,109 @@ def batches(model: Reasoner, problems: list[ga.Problem], *, batch_size: int = 64
 
     Row metadata: problem, pos, equation, variable (name id), value, depth, fill_step,
     n_parents. Every batch runs the same number of steps (default: enough for the deepest
-    problem), so every site has a row for every sample.
+    problem), so every site has a row for every sample. ``collect`` gives the same rows faster.
+    """
+    T = steps or model.cfg.steps_for_depth(max(p.depth for p in problems))
+    positions = _defining_positions(model, problems, per_problem, seed)
+    for start in range(0, len(problems), batch_size):
+        ids = np.arange(start, min(start + batch_size, len(problems)))
+        yield _probe_batch(model, problems, ids, positions, T)
+
+
+def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *, batch_size: int = 256,
+            steps: int | None = None, per_problem: int | None = None, seed: int = 0, progress: bool = False,
+            device: str | torch.device | None = None) -> Activations:
+    """``probes.collect(model, batches(...), sites)``, the same rows, without running settled steps.
+
+    With the discrete bottleneck, a problem whose codes come back unchanged from step s
+    feeds step s + 1 exactly the input of step s, so every later step repeats step s. Each
+    problem therefore runs only until its graph should have settled (the exact algorithm's steps + 1,
+    problems of equal need batched together, shortest token lists together); its rows for
+    the later steps are copies of that last step's, and a problem that has not settled by
+    then is run again for all ``steps``. The forwards take the fused attention kernel unless
+    ``sites`` include attention scores or patterns (equal to the einsum path to ~1e-6).
+    Rows come back in ``batches``'s order (problem, then position).
     """
     cfg = model.cfg
     T = steps or cfg.steps_for_depth(max(p.depth for p in problems))
+    positions = _defining_positions(model, problems, per_problem, seed)
+    discrete = cfg.latent == "discrete"
+    need = np.array([min(T, ga.steps_needed(p.depth, cfg.scheme) + 1) if discrete else T for p in problems])
+    length = np.array([ga.n_tokens(p) for p in problems])
+    order = np.lexsort((length, -need))  # the longest runs first: the first batch fires every site
+    keeper = RowKeeper(model, sites, device=device)
+    rerun: list[np.ndarray] = []
+    with model.fused_attention(), tqdm(total=len(problems), disable=not progress, desc="collect", leave=False) as bar:
+        for s in sorted(set(need.tolist()), reverse=True):
+            group = order[need[order] == s]
+            for start in range(0, len(group), batch_size):
+                batch = _probe_batch(model, problems, group[start: start + batch_size], positions, s)
+                out, got = keeper.forward(batch)
+                if s < T:
+                    codes = out.codes  # [b, s, L, 4]
+                    settled = (codes[:, -1] == codes[:, -2]).flatten(1).all(1).cpu().numpy()
+                    rerun.append(group[start: start + batch_size][~settled])
+                    keeper.add(batch, _repeat_last_step(got, s, T), keep=settled[batch.batch_index])
+                else:
+                    keeper.add(batch, got)
+                bar.update(len(batch.args[0]))
+        left = np.sort(np.concatenate(rerun)) if rerun else np.zeros(0, int)
+        for start in range(0, len(left), batch_size):
+            batch = _probe_batch(model, problems, left[start: start + batch_size], positions, T)
+            keeper.add(batch, keeper.forward(batch)[1])
+    acts = keeper.activations()
+    back = np.lexsort((acts.rows["pos"].to_numpy(), acts.rows["problem"].to_numpy()))
+    for label in acts.data:
+        acts.data[label] = acts.data[label][back]
+    acts.rows = acts.rows.iloc[back].reset_index(drop=True)
+    acts.meta.update({"steps": T, "forward_steps": int(need.sum() + len(left) * T), "reruns": len(left)})
+    return acts
+
+
+def _repeat_last_step(got: dict[str, Tensor], s: int, T: int) -> dict[str, Tensor]:
+    """Rows of steps s..T-1 for a settled run of s steps: copies of step s - 1's."""
+    last = f"steps.{s - 1}."
+    out = dict(got)
+    for name, rows in got.items():
+        if name.startswith(last):
+            for t in range(s, T):
+                out[f"steps.{t}.{name[len(last):]}"] = rows
+    return out
+
+
+def _defining_positions(model: Reasoner, problems: list[ga.Problem], per_problem: int | None,
+                        seed: int) -> list[np.ndarray]:
+    """Per problem, the defining positions to keep (``per_problem`` of them at random, sorted)."""
     rng = np.random.default_rng(seed)
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start: start + batch_size]
-        encs = [ga.encode(p, cfg.scheme, cfg.name_pool) for p in chunk]
-        arr = encode_batch(chunk, cfg)
-        b_idx, p_idx = [], []
-        for b, e in enumerate(encs):
-            pos = np.flatnonzero(e.role == ga.ROLE_DEFINE)
-            if per_problem is not None and per_problem < len(pos):
-                pos = np.sort(rng.choice(pos, per_problem, replace=False))
-            b_idx += [b] * len(pos)
-            p_idx += list(pos)
-        b_idx, p_idx = np.asarray(b_idx), np.asarray(p_idx)
-        eq = arr["factors"][b_idx, p_idx]
-        meta = {
-            "problem": start + b_idx, "pos": p_idx, "variable": eq[:, 1],
-            "equation": np.array([encs[b].equation[p] for b, p in zip(b_idx, p_idx)]),
-            "value": arr["answer"][b_idx, p_idx], "depth": arr["depth"][b_idx, p_idx],
-            "fill_step": arr["fill_step"][b_idx, p_idx],
-            "n_parents": np.array([len(chunk[b].equations[encs[b].equation[p]].operands)
-                                   for b, p in zip(b_idx, p_idx)]),
-        }
-        yield ProbeBatch((torch.from_numpy(arr["factors"]),), {"steps": T}, b_idx, p_idx, meta)
+    out = []
+    for p in problems:
+        enc = ga.encode(p, model.cfg.scheme, model.cfg.name_pool)
+        pos = np.flatnonzero(enc.role == ga.ROLE_DEFINE)
+        if per_problem is not None and per_problem < len(pos):
+            pos = np.sort(rng.choice(pos, per_problem, replace=False))
+        out.append(pos)
+    return out
+
+
+def _probe_batch(model: Reasoner, problems: list[ga.Problem], ids: np.ndarray, positions: list[np.ndarray],
+                 steps: int) -> ProbeBatch:
+    """One forward over ``problems[ids]`` for ``steps`` steps, keeping ``positions[id]`` of each."""
+    cfg = model.cfg
+    chunk = [problems[i] for i in ids]
+    encs = [ga.encode(p, cfg.scheme, cfg.name_pool) for p in chunk]
+    arr = encode_batch(chunk, cfg)
+    b_idx = np.concatenate([np.full(len(positions[i]), b) for b, i in enumerate(ids)]).astype(int)
+    p_idx = np.concatenate([positions[i] for i in ids]).astype(int)
+    eq = arr["factors"][b_idx, p_idx]
+    meta = {
+        "problem": np.asarray(ids)[b_idx], "pos": p_idx, "variable": eq[:, 1],
+        "equation": np.array([encs[b].equation[p] for b, p in zip(b_idx, p_idx)]),
+        "value": arr["answer"][b_idx, p_idx], "depth": arr["depth"][b_idx, p_idx],
+        "fill_step": arr["fill_step"][b_idx, p_idx],
+        "n_parents": np.array([len(chunk[b].equations[encs[b].equation[p]].operands)
+                               for b, p in zip(b_idx, p_idx)]),
+    }
+    return ProbeBatch((torch.from_numpy(arr["factors"]),), {"steps": steps}, b_idx, p_idx, meta)
 
 
 def computed(rows) -> callable:

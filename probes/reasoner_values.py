@@ -39,10 +39,8 @@ def run(model, n: int = 2000, *, n_nodes: int | None = None, per_problem: int = 
     """Collect activations and fit every target; returns one tidy table (site x target)."""
     problems = ga.sample(pr.task_of(model, n_nodes=n_nodes), n, np.random.default_rng([seed, 1]))
     steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
-    acts = probes.collect(model, pr.batches(model, problems, batch_size=batch_size, per_problem=per_problem,
-                                            steps=steps, seed=seed),
-                          Sites("steps.*.blocks.*.hook_resid_post"), progress=progress,
-                          total=-(-n // batch_size))
+    acts = pr.collect(model, problems, Sites("steps.*.blocks.*.hook_resid_post"), batch_size=batch_size,
+                      per_problem=per_problem, steps=steps, seed=seed, progress=progress)
     tables = []
     for target in TARGETS:
         y = pr.computed(acts.rows) if target == "computed" else target

@@ -80,6 +80,47 @@ def test_collect_keeps_the_defining_positions_with_bounded_rows():
     assert heads.data["steps.0.blocks.0.attn.hook_z[head=1]"].shape == (heads.n, 8)
 
 
+def _same_rows(fast, plain, atol):
+    assert fast.rows.equals(plain.rows) and sorted(fast.data) == sorted(plain.data)
+    for label in plain.data:
+        np.testing.assert_allclose(fast.data[label], plain.data[label], atol=atol, rtol=0, err_msg=label)
+
+
+@pytest.mark.parametrize("latent", ["discrete", "continuous"])
+def test_reasoner_collect_gives_the_plain_collections_rows(latent):
+    torch.manual_seed(0)
+    model = Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=8, latent=latent,
+                                    task=asdict(TASK))).eval()
+    problems = ga.sample(TASK, 12, 2)
+    sel = Sites("steps.*.blocks.*.hook_resid_post")
+    plain = probes.collect(model, pr.batches(model, problems, batch_size=5, per_problem=2, steps=6), sel)
+    fast = pr.collect(model, problems, sel, batch_size=5, per_problem=2, steps=6)
+    _same_rows(fast, plain, atol=1e-5)
+    if latent == "continuous":  # no codes to settle on: every problem runs every step
+        assert fast.meta["forward_steps"] == 12 * 6 and fast.meta["reruns"] == 0
+    else:  # an untrained model does not settle when a trained one would: those problems ran again
+        assert fast.meta["reruns"] > 0
+
+
+def test_reasoner_collect_skips_settled_steps_of_the_shipped_model_and_copies_them_exactly():
+    import models
+
+    if "reasoner" not in models.zoo_names():
+        pytest.skip("no shipped reasoner")
+    model = models.load("reasoner")
+    task = pr.task_of(model)
+    problems = ga.sample(task, 24, np.random.default_rng(5))
+    T = model.cfg.steps_for_depth(task.max_depth)
+    sel = Sites("steps.*.blocks.*.hook_resid_post")
+    plain = probes.collect(model, pr.batches(model, problems, batch_size=24, per_problem=1, steps=T), sel)
+    fast = pr.collect(model, problems, sel, per_problem=1, steps=T)
+    assert fast.meta["forward_steps"] < 0.8 * 24 * T  # the settled steps were not run
+    _same_rows(fast, plain, atol=1e-4)
+    # a problem's last steps are copies, and they are what the full rollout computes there
+    last = fast.data[f"steps.{T - 1}.blocks.1.hook_resid_post"]
+    np.testing.assert_array_equal(last, fast.data[f"steps.{T - 2}.blocks.1.hook_resid_post"])
+
+
 def test_site_dependent_target_and_figure():
     model = small()
     problems = ga.sample(TASK, 40, 1)

@@ -188,8 +188,7 @@ def collect(model, family: str, n: int, seed: int, patterns: str = "steps.*.bloc
         raise ValueError("no sites: enter hook names or glob patterns such as 'steps.*.blocks.*.hook_resid_post'")
     problems = ga.sample(pr.task_of(model, n_nodes=n_nodes), n, np.random.default_rng(int(seed)))
     steps = min(model.cfg.steps_for_depth(max(p.depth for p in problems)), model.cfg.max_steps)
-    batches = pr.batches(model, problems, per_problem=per_problem, steps=steps, seed=int(seed))
-    return probes.collect(model, batches, Sites(names))
+    return pr.collect(model, problems, Sites(names), per_problem=per_problem, steps=steps, seed=int(seed))
 
 
 def fit_probe(model, family: str, acts: probes.Activations, target: str, control_types: str = "none",

@@ -179,9 +179,8 @@ def _activations(model, args):
 
     problems = ga.sample(pr.task_of(model, n_nodes=args.nodes), args.n, np.random.default_rng(args.seed))
     steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
-    batches = pr.batches(model, problems, batch_size=args.batch_size, per_problem=args.per_problem, steps=steps,
-                         seed=args.seed)
-    acts = probes.collect(model, batches, Sites(args.sites), progress=True, total=-(-len(problems) // args.batch_size))
+    acts = pr.collect(model, problems, Sites(args.sites), batch_size=args.batch_size, per_problem=args.per_problem,
+                      steps=steps, seed=args.seed, progress=True)
     types = None if args.control_types == "none" else "variable"
     targets = {"value": "value", "computed": pr.computed(acts.rows), "depth": "depth"}
     return acts, targets, {"types": types, "groups": "problem"}
