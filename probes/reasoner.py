@@ -144,7 +144,7 @@ def batches(model: Reasoner, problems: list[ga.Problem], *, batch_size: int = 64
         yield _probe_batch(model, problems, ids, positions, T)
 
 
-def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *, batch_size: int = 256,
+def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *, batch_size: int = 64,
             steps: int | None = None, per_problem: int | None = None, seed: int = 0, progress: bool = False,
             device: str | torch.device | None = None) -> Activations:
     """``probes.collect(model, batches(...), sites)``, the same rows, without running settled steps.
@@ -158,6 +158,8 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
     ``sites`` include attention scores or patterns (equal to the einsum path to ~1e-6).
     Rows come back in ``batches``'s order (problem, then position).
     """
+    if not problems:
+        raise ValueError("no problems to collect from")
     cfg = model.cfg
     T = steps or cfg.steps_for_depth(max(p.depth for p in problems))
     positions = _defining_positions(model, problems, per_problem, seed)
