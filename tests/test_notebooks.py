@@ -6,7 +6,6 @@ in the same virtual env), with the working directory ``notebooks/`` as in Jupyte
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 

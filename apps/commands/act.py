@@ -7,7 +7,6 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 

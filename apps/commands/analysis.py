@@ -160,8 +160,6 @@ def add_probe_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
 
 def _activations(model, args):
     """(activations, {target name: target or (target, fit kwargs)}, fit kwargs) for the model's family."""
-    import probes
-
     family = type(model).__name__
     if family == "ACT":
         from probes import act

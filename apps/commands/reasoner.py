@@ -13,7 +13,7 @@ import torch
 from apps.options import add_dataclass_args, command_line, from_args
 from workbench import cards, checkpoints
 from workbench.tasks import graph_arith as ga
-from workbench.train import TrainConfig, TrainSpec, hardware, train as run_training
+from workbench.train import TrainConfig, TrainSpec, train as run_training
 
 # Every shipped variant trains with the same scheme and helpers as the full method
 # (one-hop write-back, random states, mixed sizes); only the switch under study differs.
