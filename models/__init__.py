@@ -9,11 +9,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib
+
 import torch
 
 from workbench import checkpoints
 
 ZOO = Path(__file__).parent / "zoo"
+
+# The only classes a checkpoint may name: class path -> (module, attribute) of this package.
+# A module is imported only when a checkpoint of its class is opened.
+CLASSES: dict[str, tuple[str, str]] = {
+    "models.reasoner.Reasoner": ("models.reasoner", "Reasoner"),
+    "models.act.ACT": ("models.act", "ACT"),
+    "models.warp.Warp": ("models.warp", "Warp"),
+    "models.gru.GRU": ("models.gru", "GRU"),
+    "models.gain.GainCircuit": ("models.gain", "GainCircuit"),
+}
+
+
+def _importer(module: str, name: str):
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+def allowed_classes(extra: dict | None = None) -> dict:
+    """The allow-list ``workbench.checkpoints.load`` takes (``extra``: more, e.g. a test's toy class)."""
+    return {**{path: _importer(*where) for path, where in CLASSES.items()}, **(extra or {})}
 
 
 def zoo_names() -> list[str]:
@@ -50,7 +71,7 @@ def resolve(name_or_path: str | Path) -> Path:
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The hooked model of a zoo entry or checkpoint folder, in eval mode."""
-    return checkpoints.load(resolve(name_or_path), device=device)
+    return checkpoints.load(resolve(name_or_path), allowed_classes(), device=device)
 
 
 def metrics(name_or_path: str | Path) -> dict:

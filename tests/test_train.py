@@ -8,12 +8,13 @@ import torch
 
 from tests.toy import ToyLoop, toy_batch
 from workbench import checkpoints
-from workbench.train import TRAIN_STATE, TrainConfig, TrainingError, TrainSpec, train
+from workbench.train import TrainConfig, TrainingError, TrainSpec, saved_step, train
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY = checkpoints.allow(ToyLoop)
 
 
-def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_min=None, crash_at=None):
+def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_min=None, crash_at=None, overwrite=False):
     torch.manual_seed(0)
     model = ToyLoop()
 
@@ -25,13 +26,14 @@ def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_mi
     spec = TrainSpec(model, batch,
                      evaluate=lambda m: {"w_norm": m.lin.weight.norm().item()})
     cfg = TrainConfig(steps=steps, lr=1e-2, warmup=2, out=str(out), resume=resume, progress=False,
-                      checkpoint_every=checkpoint_every, eval_every=5, time_limit_min=time_limit_min)
+                      checkpoint_every=checkpoint_every, eval_every=5, time_limit_min=time_limit_min,
+                      overwrite=overwrite)
     return model, train(spec, cfg)
 
 
 def test_checkpoint_round_trip_and_metrics(tmp_path):
     model, result = run(tmp_path / "a", 10)
-    loaded = checkpoints.load(tmp_path / "a")
+    loaded = checkpoints.load(tmp_path / "a", TOY)
     assert not loaded.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
@@ -46,8 +48,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         run(tmp_path / "part", 12, checkpoint_every=7, crash_at=9)  # killed after the step-7 checkpoint
     resumed, _ = run(tmp_path / "part", 12, resume=True)
     for k, v in full.state_dict().items():
-        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-6)
-    assert torch.load(tmp_path / "part" / TRAIN_STATE, weights_only=False)["step"] == 12
+        assert torch.equal(v, resumed.state_dict()[k])
+    assert saved_step(tmp_path / "part") == 12
 
 
 def test_same_seed_same_weights(tmp_path):
@@ -59,9 +61,9 @@ def test_same_seed_same_weights(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match=r"non-finite loss .* at step 7.*step 5"):
         run(tmp_path / "n", 20, nan_at=7)
-    kept = checkpoints.load(tmp_path / "n")
+    kept = checkpoints.load(tmp_path / "n", TOY)
     assert all(torch.isfinite(p).all() for p in kept.parameters())
-    assert torch.load(tmp_path / "n" / TRAIN_STATE, weights_only=False)["step"] == 5
+    assert saved_step(tmp_path / "n") == 5
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -80,18 +82,18 @@ def test_corrupt_or_mismatched_checkpoints_name_the_file(tmp_path):
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])
     with pytest.raises(checkpoints.CheckpointError, match=r"model.safetensors: corrupt"):
-        checkpoints.load(folder)
+        checkpoints.load(folder, TOY)
     weights.write_bytes(good)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["config"]["d"] = 6
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(checkpoints.CheckpointError, match=r"model.safetensors: does not match .*shape mismatch"):
-        checkpoints.load(folder)
+        checkpoints.load(folder, TOY)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(checkpoints.CheckpointError, match=r"config.json: corrupt JSON"):
-        checkpoints.load(folder)
+        checkpoints.load(folder, TOY)
     with pytest.raises(checkpoints.CheckpointError, match="not found"):
-        checkpoints.load(tmp_path / "missing")
+        checkpoints.load(tmp_path / "missing", TOY)
 
 
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):

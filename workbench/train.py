@@ -4,13 +4,14 @@ A model brings a ``TrainSpec``: the model (with ``loss(batch) -> (loss, stats)``
 ``config_dict()`` and ``from_config``; build it after ``torch.manual_seed(seed)`` so every
 rank starts from the same weights), a batch maker ``make_batch(rng, step)`` and an
 optional ``evaluate(model) -> dict``. The trainer adds AdamW with warm-up and cosine
-decay, a progress bar, periodic evaluation, atomic checkpoints (``workbench.checkpoints``
-plus ``train_state.pt`` for the optimizer), resume after interruption, and a clear stop on
-a non-finite loss that keeps the last good checkpoint.
+decay, a progress bar, periodic evaluation, checkpoints written as one unit (weights,
+config, metrics and the training state: ``train_state.safetensors`` for the optimizer's
+tensors and the RNG, ``train_state.json`` for the rest; no pickle), resume after
+interruption, and a clear stop on a non-finite loss that keeps the last good checkpoint.
 
 Determinism: the batch of step s on rank r is drawn from
-``numpy.random.default_rng([seed, r, s])``, so a resumed run sees exactly the batches an
-uninterrupted run would have seen.
+``numpy.random.default_rng([seed, r, s])`` and torch's RNG is saved with the optimizer, so a
+resumed run takes exactly the steps an uninterrupted run would have taken.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same code trains with DistributedDataParallel
 (gloo on CPU, nccl on GPU); rank 0 evaluates and writes checkpoints.
@@ -31,11 +32,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import checkpoints
 
-TRAIN_STATE = "train_state.pt"
+TRAIN_STATE, TRAIN_TENSORS = "train_state.json", "train_state.safetensors"
 
 
 class TrainingError(RuntimeError):
@@ -55,12 +57,43 @@ class TrainConfig:
     eval_every: int = 500
     checkpoint_every: int = 500
     out: str = "runs/model"
-    resume: bool = False
+    resume: bool = False  # continue the run in `out` (a fresh start when it has no training state yet)
+    overwrite: bool = False  # replace a finished or unfinished run in `out`
     time_limit_min: Optional[float] = None  # stop (and checkpoint) after this much wall time
     threads: Optional[int] = None
     progress: bool = True
     device: str = "cpu"  # "cuda" trains on a GPU; checkpoints are always written from CPU copies
     data_workers: int = 0  # >0: batches are made ahead in this many forked processes (same batches)
+
+    def __post_init__(self):
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every,
+                    "checkpoint_every": self.checkpoint_every}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a whole number >= 1")
+        ranges = {"lr": (self.lr, 0.0, 1.0), "weight_decay": (self.weight_decay, 0.0, 10.0),
+                  "min_lr_frac": (self.min_lr_frac, 0.0, 1.0), "grad_clip": (self.grad_clip, 0.0, 1e6)}
+        for name, (value, lo, hi) in ranges.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                raise ValueError(f"{name}={value!r} must be a number in [{lo:g}, {hi:g}]")
+        if self.lr == 0:
+            raise ValueError("lr=0 would not train; it must be in (0, 1]")
+        if self.warmup < 0 or self.data_workers < 0:
+            raise ValueError(f"warmup={self.warmup} and data_workers={self.data_workers} must be >= 0")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ValueError(f"threads={self.threads} must be >= 1 (or unset for torch's default)")
+        if self.time_limit_min is not None and not (math.isfinite(self.time_limit_min) and self.time_limit_min > 0):
+            raise ValueError(f"time_limit_min={self.time_limit_min} must be a positive number of minutes")
+        if not str(self.out).strip():
+            raise ValueError("out='' names no folder; give the run's output folder")
+        try:
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"device={self.device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but no CUDA GPU is available here; use 'cpu'")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
 
 
 @dataclass
@@ -119,11 +152,12 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     rank, world = _dist_info()
     out = Path(cfg.out)
+    _check_out(out, cfg)
     model = spec.model.to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, wall_before, history = 0, 0.0, []
-    if cfg.resume and (out / TRAIN_STATE).is_file():
-        start, wall_before, history = _resume(model, optimizer, out, spec)
+    if cfg.resume and has_state(out):
+        start, wall_before, history = _resume(model, optimizer, out)
     objective = _Objective(model)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
@@ -132,11 +166,12 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
     def checkpoint(step: int, metrics: dict) -> None:
         if rank != 0:
             return
-        checkpoints.save(out, model, extra=extra)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "wall_s": wall_before + time.time() - t0,
-                 "history": history}
-        checkpoints.atomic_write(out / TRAIN_STATE, lambda tmp: torch.save(state, tmp))
-        checkpoints.write_json(out / checkpoints.METRICS, metrics)
+        tensors, info = _state_parts(optimizer)
+        info.update(step=step, wall_s=wall_before + time.time() - t0, history=history)
+        checkpoints.save(out, model, metrics=metrics, extra=extra, more={
+            TRAIN_TENSORS: lambda p: save_file(tensors, p),
+            TRAIN_STATE: lambda p: checkpoints.dump_json(p, info),
+        })
 
     def metrics_now(step: int, evaluation: dict) -> dict:
         return {
@@ -166,7 +201,7 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
             dist.all_reduce(bad)
         if bad > 0:
             bar.close()
-            kept = f"the last good checkpoint (step {_saved_step(out)}) is kept in {out}" if (out / TRAIN_STATE).is_file() \
+            kept = f"the last good checkpoint (step {saved_step(out)}) is kept in {out}" if has_state(out) \
                 else "no checkpoint had been written yet"
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; training stopped; {kept}. "
                                 "Try a lower --lr or a stronger --grad-clip.")
@@ -240,12 +275,59 @@ class _Batches:
             self.pool = None
 
 
-def _saved_step(out: Path) -> int:
-    return int(torch.load(out / TRAIN_STATE, weights_only=False)["step"])
+def has_state(out: str | Path) -> bool:
+    checkpoints.recover(out) if Path(out).is_dir() else None
+    return (Path(out) / TRAIN_STATE).is_file()
 
 
-def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, spec: TrainSpec):
-    saved = checkpoints.read_json(out / checkpoints.CONFIG).get("config", {})
+def saved_step(out: str | Path) -> int:
+    """The step of the training state saved in ``out``."""
+    return int(checkpoints.read_json_object(Path(out) / TRAIN_STATE)["step"])
+
+
+def _check_out(out: Path, cfg: TrainConfig) -> None:
+    """Never replace a run by accident: an existing checkpoint needs ``resume`` or ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file, not a folder")
+    if cfg.resume or cfg.overwrite or not out.is_dir():
+        return
+    found = [n for n in (checkpoints.CONFIG, checkpoints.WEIGHTS, TRAIN_STATE) if (out / n).exists()]
+    if found or (out / checkpoints.PENDING).exists():
+        raise FileExistsError(f"{out} already holds a run ({', '.join(found) or 'an unfinished checkpoint'}); "
+                              "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+
+
+def _state_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as safetensors tensors + JSON, and torch's RNG (no pickle)."""
+    sd = optimizer.state_dict()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    state: dict[str, dict] = {}
+    for idx, entry in sd["state"].items():
+        state[str(idx)] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{idx}.{key}"] = value.detach().cpu().contiguous()
+                state[str(idx)][key] = {"tensor": f"optimizer.{idx}.{key}"}
+            else:
+                state[str(idx)][key] = value
+    return tensors, {"optimizer": {"param_groups": sd["param_groups"], "state": state}}
+
+
+def _read_state(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    info = checkpoints.read_json_object(out / TRAIN_STATE)
+    tensors = checkpoints.read_safetensors(out / TRAIN_TENSORS)
+    try:
+        state = {int(idx): {k: tensors[v["tensor"]] if isinstance(v, dict) else v for k, v in entry.items()}
+                 for idx, entry in info["optimizer"]["state"].items()}
+        sd = {"param_groups": info["optimizer"]["param_groups"], "state": state}
+        int(info["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise checkpoints.CheckpointError(f"{out / TRAIN_STATE}: not a training state of this trainer ({e!r})") from e
+    return {**info, "optimizer": sd}, tensors
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, out: Path):
+    saved = checkpoints.read_config(out)["config"]
     current = checkpoints.as_saved(model.config_dict())
     if saved != current:
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -253,6 +335,11 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, spec:
             f"{out / checkpoints.CONFIG}: cannot resume, the model config differs in {diff}; "
             "use a new --out folder or the same options")
     checkpoints.load_weights(model, out / checkpoints.WEIGHTS)
-    state = torch.load(out / TRAIN_STATE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), float(state.get("wall_s", 0.0)), list(state.get("history", []))
+    info, tensors = _read_state(out)
+    try:
+        optimizer.load_state_dict(info["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise checkpoints.CheckpointError(f"{out / TRAIN_STATE}: does not match the model's optimizer ({e})") from e
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    return int(info["step"]), float(info.get("wall_s", 0.0)), list(info.get("history", []))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import models
 from apps.options import add_dataclass_args, command_line, from_args
 from workbench import cards, checkpoints
 from workbench.tasks import addition as add
@@ -110,7 +111,7 @@ def train(args: argparse.Namespace) -> None:
     )
     result = run_training(spec, tcfg)
     # The card's numbers come from the saved checkpoint on fresh problems, not from training logs.
-    model = checkpoints.load(tcfg.out)
+    model = models.load(tcfg.out)
     fresh_seed = [tcfg.seed, 20_000]
     ev = evaluate(model, fresh_problems(model, args.final_n, fresh_seed))
     summary = ev.summary()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+import models
 from apps.options import add_dataclass_args, command_line, from_args
 from workbench import cards, checkpoints
 from workbench.tasks import orientation as ori
@@ -62,7 +63,7 @@ def train(args: argparse.Namespace) -> None:
     checkpoints.save(args.out, model)
     wall = time.time() - t0
     # Everything below is measured on the saved checkpoint.
-    model = checkpoints.load(args.out)
+    model = models.load(args.out)
     result = run(model)
     sampled = sampled_correlations(model, result, args.n_samples, args.seed)
     metrics = {

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import models
 from apps.options import add_dataclass_args, command_line, from_args
 from workbench import cards, checkpoints
 from workbench.tasks import graph_arith as ga
@@ -90,7 +91,7 @@ def train(args: argparse.Namespace) -> None:
     )
     result = run_training(spec, tcfg)
     # The card's numbers come from the saved checkpoint on fresh problems, not from training logs.
-    model = checkpoints.load(tcfg.out)
+    model = models.load(tcfg.out)
     fresh_seed = [tcfg.seed, 20_000]
     fresh = ga.sample(task, args.final_n, np.random.default_rng(fresh_seed))
     summary = evaluate(model, fresh, progress=True).summary()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import models
 from apps.options import add_dataclass_args, command_line, from_args
 from workbench import cards, checkpoints
 from workbench.tasks import digits as dg
@@ -158,7 +159,7 @@ def train(args: argparse.Namespace) -> None:
     )
     result = run_training(spec, tcfg)
     # The card's numbers come from the saved checkpoint on fresh data, not from training logs.
-    model = checkpoints.load(tcfg.out)
+    model = models.load(tcfg.out)
     fresh_seed = [tcfg.seed, 20_000]
     final = evaluate(model, task, args.final_n, fresh_seed)
     metrics = {
