@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .text import show
+
 BLANK = 10  # output class for places beyond the sum's length
 N_CLASSES = 11
 
@@ -106,30 +108,61 @@ def format_problem(problem: AdditionProblem) -> str:
     return " + ".join(str(x) for x in problem.numbers)
 
 
+# Token kinds; ``bad`` takes any other single character, so the matches tile the text and
+# reading is linear (no backtracking).
+_TOKEN = re.compile(r"(?P<space>[ \t\r\n]+)|(?P<num>[0-9]+)|(?P<plus>\+)|(?P<bad>.)", re.DOTALL)
+_FORMAT = "numbers are written with 0-9 and separated by '+'"
+
+
+
+def _not_a_digit(ch: str, pos: int) -> ValueError:
+    what = "is a non-ASCII digit" if ch.isdigit() else "is not a digit"
+    return ValueError(f"character {pos}: {ch!r} {what}; {_FORMAT}")
+
+
+def _number(tok: str, pos: int, config: AdditionConfig) -> int:
+    """A number token's value; the length check comes first (no huge conversions)."""
+    if len(tok) > 1 and tok[0] == "0":
+        raise ValueError(f"character {pos}: {show(tok)} has a leading zero; write numbers without one")
+    if len(tok) > config.max_digits:
+        raise ValueError(f"character {pos}: {show(tok)} has {len(tok)} digits; at most {config.max_digits} allowed")
+    return int(tok)
+
+
 def parse(text: str, config: AdditionConfig | None = None) -> AdditionProblem:
-    """Parse ``"512 + 7 + 86"``; ``config`` (default ``AdditionConfig()``) bounds the input."""
+    """Parse ``"512 + 7 + 86"``; ``config`` (default ``AdditionConfig()``) bounds the input.
+
+    Rules: numbers separated by ``+``; a number is 1..max_digits ASCII digits 0-9 with no
+    leading zero (``0`` itself is fine); spaces, tabs and newlines around numbers are
+    ignored but not inside one; min_numbers..max_numbers numbers. A broken rule raises
+    ``ValueError`` naming the character offset, the rule and what is allowed. Linear time:
+    reading stops at the first broken rule.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
     config = config or AdditionConfig()
     numbers: list[int] = []
-    pos = 0
-    for part in text.split("+"):
-        m = re.fullmatch(r"(\s*)(\S*)(\s*)", part)
-        token, start = m.group(2), pos + len(m.group(1))
-        if not token:
-            raise ValueError(f"character {start}: missing number; expected digits like '512 + 7'")
-        bad = re.search(r"[^0-9]", token)
-        if bad:
-            raise ValueError(f"character {start + bad.start()}: {bad.group()!r} is not a digit; "
-                             "numbers are written with 0-9 and separated by '+'")
-        if len(token) > 1 and token[0] == "0":
-            raise ValueError(f"character {start}: {token!r} has a leading zero; write numbers without one")
-        if len(token) > config.max_digits:
-            raise ValueError(f"character {start}: {token!r} has {len(token)} digits; "
-                             f"at most {config.max_digits} allowed")
-        numbers.append(int(token))
-        if len(numbers) > config.max_numbers:
-            raise ValueError(f"character {start}: more than {config.max_numbers} numbers; "
-                             f"allowed {config.min_numbers}..{config.max_numbers}")
-        pos += len(part) + 1
+    want_number = True  # else a '+' or the end is due
+    for m in _TOKEN.finditer(text):
+        kind, pos = m.lastgroup, m.start()
+        if kind == "space":
+            continue
+        if kind == "bad":
+            raise _not_a_digit(m.group(), pos)
+        if kind == "plus" and want_number:
+            raise ValueError(f"character {pos}: missing number before '+'; expected digits like '512 + 7'")
+        if kind == "num" and not want_number:
+            raise ValueError(f"character {pos}: whitespace inside a number (or a missing '+' before "
+                             f"{show(m.group())}); {_FORMAT}")
+        if kind == "num":
+            numbers.append(_number(m.group(), pos, config))
+            if len(numbers) > config.max_numbers:
+                raise ValueError(f"character {pos}: more than {config.max_numbers} numbers; "
+                                 f"allowed {config.min_numbers}..{config.max_numbers}")
+        want_number = kind == "plus"
+    if want_number:
+        where = " at the end" if numbers else ""
+        raise ValueError(f"character {len(text)}: missing number{where}; expected digits like '512 + 7'")
     if len(numbers) < config.min_numbers:
         raise ValueError(f"character {len(text)}: {len(numbers)} numbers; at least {config.min_numbers} needed")
     return make_problem(numbers)

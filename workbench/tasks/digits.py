@@ -32,6 +32,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .text import show, trim
+
 SIDE, N_PIXELS, N_CLASSES, MAX_VALUE = 8, 64, 10, 16
 SPLITS = ("train", "test")
 
@@ -136,32 +138,80 @@ def format_digit(digit: Digit) -> str:
     return f"digit {digit.label} index {digit.index}\n" + "\n".join(rows) + "\n"
 
 
-def parse_digit(text: str) -> Digit:
-    """Parse the text format; ``ValueError`` names the line, column and the rule broken."""
-    lines = text.split("\n")
-    while lines and lines[-1].strip() == "":
-        lines.pop()
-    if not lines:
-        raise ValueError("line 1, column 1: empty text; expected 'digit <0-9> index <n>' and 8 rows of pixels")
-    head = lines[0].split(" ")
+MAX_INDEX = 10**9 - 1  # far above the rows of load_digits; bounds the number a header may carry
+_HEADER_SHAPE = "expected 'digit <0-9> index <n>' (single spaces)"
+
+
+
+def _small_int(s: str, limit: int) -> int | None:
+    """``int(s)`` for ASCII digits 0-9 (leading zeros allowed) if it is at most ``limit``,
+    else None; never converts a huge string."""
+    if not (s.isascii() and s.isdigit()):
+        return None
+    s = s.lstrip("0") or "0"
+    return int(s) if len(s) <= len(str(limit)) and int(s) <= limit else None
+
+
+def _why(s: str) -> str:
+    """A hint for a rejected number: non-ASCII digits look fine but are not allowed."""
+    c = next((c for c in s[:64] if c.isdigit() and not c.isascii()), None)
+    return f" (non-ASCII digit {c!r}; use 0-9)" if c else ""
+
+
+
+def _header(line: str) -> tuple[int, int]:
+    """``digit <label> index <n>`` -> (label, index)."""
+    head = line.split(" ", 4)  # 5 parts at most: the rest of a long line is never split
     if len(head) != 4 or head[0] != "digit" or head[2] != "index":
-        raise ValueError(f"line 1, column 1: header {lines[0]!r}; expected 'digit <0-9> index <n>'")
-    if not head[1].isdigit() or int(head[1]) >= N_CLASSES:
-        raise ValueError(f"line 1, column 7: label {head[1]!r}; allowed 0..{N_CLASSES - 1}")
-    if not head[3].isdigit():
-        raise ValueError(f"line 1, column {len(head[0]) + len(head[1]) + len(head[2]) + 4}: "
-                         f"index {head[3]!r} is not a non-negative integer")
+        raise ValueError(f"line 1, column 1: header {show(line)}; {_HEADER_SHAPE}")
+    label = _small_int(head[1], N_CLASSES - 1)
+    if label is None:
+        raise ValueError(f"line 1, column 7: label {show(head[1])}{_why(head[1])}; allowed 0..{N_CLASSES - 1}")
+    index = _small_int(head[3], MAX_INDEX)
+    if index is None:
+        rule = "is too large" if head[3].isascii() and head[3].isdigit() else \
+            f"is not a non-negative integer{_why(head[3])}"
+        raise ValueError(f"line 1, column {len(head[1]) + 14}: index {show(head[3])} {rule}; "
+                         f"allowed 0..{MAX_INDEX} written with 0-9")
+    return label, index
+
+
+def _row(line: str, i: int) -> list[int]:
+    """A pixel row (line ``i``): ``SIDE`` integers 0..MAX_VALUE separated by single spaces."""
+    parts = line.split(" ", SIDE)  # SIDE + 1 parts at most: the rest is never split
+    if len(parts) != SIDE:
+        n = line.count(" ") + 1
+        raise ValueError(f"line {i}, column 1: {n} pixels; expected {SIDE} separated by single spaces")
+    out, col = [], 1
+    for part in parts:
+        value = _small_int(part, MAX_VALUE)
+        if value is None:
+            raise ValueError(f"line {i}, column {col}: pixel {show(part)}{_why(part)}; "
+                             f"allowed integers 0..{MAX_VALUE} written with 0-9")
+        out.append(value)
+        col += len(part) + 1
+    return out
+
+
+def parse_digit(text: str) -> Digit:
+    """Parse the text format; ``ValueError`` names the line, column and the rule broken.
+
+    Rules: lines end with ``\\n`` (or ``\\r\\n``); trailing blank lines are ignored. Line 1
+    is ``digit <label> index <n>`` with single spaces, label 0..9 and n 0..MAX_INDEX; then
+    exactly ``SIDE`` rows of ``SIDE`` pixels 0..MAX_VALUE separated by single spaces.
+    Numbers are written with the ASCII digits 0-9 (leading zeros allowed); anything else
+    (signs, non-ASCII digits, control characters) is rejected. Linear time in the text.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
+    # CRLF line ends: dropping the CR leaves every line number and column unchanged
+    body = trim(text.replace("\r\n", "\n"))
+    if not body:
+        raise ValueError("line 1, column 1: empty text; expected 'digit <0-9> index <n>' and 8 rows of pixels")
+    lines = body.split("\n", SIDE + 1)  # header, SIDE rows, and whatever follows them
+    label, index = _header(lines[0])
     if len(lines) != SIDE + 1:
-        raise ValueError(f"line {min(len(lines), SIDE + 1) + 1}, column 1: {len(lines) - 1} pixel rows; "
-                         f"expected {SIDE}")
-    pixels = []
-    for i, line in enumerate(lines[1:], start=2):
-        parts, col = line.split(" "), 1
-        if len(parts) != SIDE:
-            raise ValueError(f"line {i}, column 1: {len(parts)} pixels; expected {SIDE} separated by single spaces")
-        for part in parts:
-            if not part.isdigit() or int(part) > MAX_VALUE:
-                raise ValueError(f"line {i}, column {col}: pixel {part!r}; allowed integers 0..{MAX_VALUE}")
-            pixels.append(int(part))
-            col += len(part) + 1
-    return Digit(int(head[3]), int(head[1]), tuple(pixels))
+        rows = body.count("\n")
+        raise ValueError(f"line {min(rows, SIDE) + 2}, column 1: {rows} pixel rows; expected {SIDE}")
+    pixels = [v for i, line in enumerate(lines[1:], start=2) for v in _row(line, i)]
+    return Digit(index, label, tuple(pixels))

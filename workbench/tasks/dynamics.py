@@ -46,6 +46,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .text import show, trim
+
 
 # ------------------------------------------------------------------- systems
 @dataclass(frozen=True)
@@ -281,67 +283,128 @@ def format_trajectory(traj: Trajectory) -> str:
 
 
 _HEADER = ("system", "dt", "params", "states")
+# a finite decimal number as ``repr`` writes it: ASCII digits only, no nan/inf spellings
+_NUM = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_FLOAT = re.compile(_NUM)
+# a state row of d values; a number has no space, so matching is linear (no backtracking
+# across values)
+_ROW = {d: re.compile(rf"{_NUM}(?: {_NUM}){{{d - 1}}}") for d in {len(s.state_names) for s in SYSTEMS.values()}}
+_RULE = "allowed: a finite decimal number written with 0-9, e.g. -1.25 or 3e-05 (no nan or inf)"
+
+
+
+def _not_finite(text: str, line: int, col: int) -> ValueError:
+    note = next((f" (non-ASCII digit {c!r})" for c in text[:64] if c.isdigit() and not c.isascii()), "")
+    if _FLOAT.fullmatch(text):
+        note = " (it overflows to infinity)"
+    return ValueError(f"line {line}, column {col}: {show(text)} is not a finite number{note}; {_RULE}")
+
+
+def _number(text: str, line: int, col: int) -> float:
+    if not _FLOAT.fullmatch(text):
+        raise _not_finite(text, line, col)
+    value = float(text)
+    if not math.isfinite(value):
+        raise _not_finite(text, line, col)
+    return value
+
+
+
+def _value(line: str, key: str) -> tuple[str, int]:
+    """The value of a header line ``key value`` without surrounding whitespace, and its column."""
+    rest = line[len(key) + 1:]
+    return rest.strip(), len(key) + 2 + len(rest) - len(rest.lstrip())
+
+
+def _floats(parts: list[str]) -> tuple[np.ndarray, int | None]:
+    """Well-formed numbers -> (floats, index of the first that overflows or None)."""
+    values = np.fromiter(map(float, parts), dtype=np.float64, count=len(parts))
+    bad = np.flatnonzero(~np.isfinite(values))
+    return values, (int(bad[0]) if len(bad) else None)
+
+
+def _row_error(row: str, line: int, names: list[str]) -> ValueError:
+    """Why a state row is malformed: a bad value among its first d, else its count."""
+    d = len(names)
+    parts, col = row.split(" ", d), 1  # d + 1 parts at most: the rest is never read
+    for part in parts[:d]:
+        _number(part, line, col)
+        col += len(part) + 1
+    return ValueError(f"line {line}, column 1: {row.count(' ') + 1} values; expected {d} ({' '.join(names)}) "
+                      "separated by single spaces")
+
+
+def _states(block: str, names: list[str]) -> np.ndarray:
+    """The state rows (line 5 on, trailing blank lines removed) -> [T, d]; errors in text order."""
+    d = len(names)
+    rows = block.split("\n")
+    bad = next((i for i, m in enumerate(map(_ROW[d].fullmatch, rows)) if m is None), None)
+    values, k = _floats((block if bad is None else "\n".join(rows[:bad])).split())
+    if k is not None:  # a well-formed value that overflows, e.g. 1e999: its row names it
+        raise _row_error(rows[k // d], 5 + k // d, names)
+    if bad is not None:
+        raise _row_error(rows[bad], 5 + bad, names)
+    return values.reshape(-1, d)
 
 
 def parse_trajectory(text: str, max_length: int | None = None) -> Trajectory:
-    """Parse the text format; ``ValueError`` names the line, column and the rule broken."""
-    lines = text.split("\n")
-    while lines and lines[-1].strip() == "":
-        lines.pop()
+    """Parse the text format; ``ValueError`` names the line, column and the rule broken.
+
+    Rules: lines end with ``\\n`` (or ``\\r\\n``); trailing blank lines are ignored. Lines 1-4 are
+    ``system <name>`` (one of ``SYSTEMS``), ``dt <number>`` (positive), ``params
+    name=value ...`` (every parameter of the system once, separated by spaces) and
+    ``states <names>`` (the system's state names in order); whitespace around a header
+    value is ignored. Then at least one state row (at most ``max_length`` when given):
+    exactly one value per state name, separated by single spaces. Every number is a
+    finite decimal written with the ASCII digits 0-9 (``nan``, ``inf``, non-ASCII digits
+    and values that overflow, such as ``1e999``, are rejected). Linear time in the text.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
+    # CRLF line ends: dropping the CR leaves every line number and column unchanged
+    body = trim(text.replace("\r\n", "\n"))
+    lines = body.split("\n", 4) if body else []
     if len(lines) < 5:
         raise ValueError(f"line {len(lines) + 1}, column 1: too short; expected the header lines "
                          f"{', '.join(_HEADER)} and at least one state row")
     for i, key in enumerate(_HEADER):
         word = lines[i].split(" ", 1)[0]
         if word != key:
-            raise ValueError(f"line {i + 1}, column 1: expected '{key} ...', found {word!r}")
-    system = lines[0][len("system "):].strip()
+            raise ValueError(f"line {i + 1}, column 1: expected '{key} ...', found {show(word)}")
+    system, col = _value(lines[0], "system")
     if system not in SYSTEMS:
-        raise ValueError(f"line 1, column 8: unknown system {system!r}; allowed: {', '.join(SYSTEMS)}")
+        raise ValueError(f"line 1, column {col}: unknown system {show(system)}; allowed: {', '.join(SYSTEMS)}")
     spec = SYSTEMS[system]
-    dt = _number(lines[1][3:].strip(), 2, 4)
+    dt_text, dt_col = _value(lines[1], "dt")
+    dt = _number(dt_text, 2, dt_col)
     if not dt > 0:
-        raise ValueError(f"line 2, column 4: dt={dt} must be positive")
-    params = {}
-    col = len("params ") + 1
-    for item in lines[2][len("params "):].split(" "):
-        if not item:
-            col += 1
-            continue
+        raise ValueError(f"line 2, column {dt_col}: dt={dt} must be positive")
+    params = _params(lines[2], spec)
+    names = lines[3].split()[1:]
+    if tuple(names) != spec.state_names:
+        raise ValueError(f"line 4, column 8: state columns {show(' '.join(names))}; "
+                         f"{system} has {' '.join(spec.state_names)}")
+    states = _states(lines[4], names)
+    if max_length is not None and len(states) > max_length:
+        raise ValueError(f"line {4 + max_length + 1}, column 1: {len(states)} states; at most {max_length} allowed")
+    return Trajectory(system, {k: params[k] for k in spec.param_names}, dt, states)
+
+
+def _params(line: str, spec: System) -> dict[str, float]:
+    """``params name=value ...`` (line 3): every parameter of ``spec`` exactly once."""
+    params: dict[str, float] = {}
+    for m in re.finditer(r"[^ ]+", line[len("params "):]):
+        item, col = m.group(), m.start() + len("params ") + 1
         name, eq, value = item.partition("=")
         if not eq:
-            raise ValueError(f"line 3, column {col}: expected name=value, found {item!r}")
+            raise ValueError(f"line 3, column {col}: expected name=value, found {show(item)}")
         if name not in spec.param_names:
-            raise ValueError(f"line 3, column {col}: unknown parameter {name!r} for {system}; "
+            raise ValueError(f"line 3, column {col}: unknown parameter {show(name)} for {spec.name}; "
                              f"allowed: {', '.join(spec.param_names)}")
         if name in params:
             raise ValueError(f"line 3, column {col}: parameter {name!r} given twice")
         params[name] = _number(value, 3, col + len(name) + 1)
-        col += len(item) + 1
     missing = [k for k in spec.param_names if k not in params]
     if missing:
-        raise ValueError(f"line 3, column {len(lines[2]) + 1}: missing parameters {missing} for {system}")
-    names = lines[3].split()[1:]
-    if tuple(names) != spec.state_names:
-        raise ValueError(f"line 4, column 8: state columns {names}; {system} has {list(spec.state_names)}")
-    rows = []
-    for i, line in enumerate(lines[4:], start=5):
-        parts, col, row = line.split(" "), 1, []
-        for part in parts:
-            row.append(_number(part, i, col))
-            col += len(part) + 1
-        if len(row) != len(names):
-            raise ValueError(f"line {i}, column 1: {len(row)} values; expected {len(names)} ({' '.join(names)})")
-        rows.append(row)
-    if max_length is not None and len(rows) > max_length:
-        raise ValueError(f"line {4 + max_length + 1}, column 1: {len(rows)} states; at most {max_length} allowed")
-    return Trajectory(system, {k: params[k] for k in spec.param_names}, dt, np.array(rows, dtype=np.float64))
-
-
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)$")
-
-
-def _number(text: str, line: int, col: int) -> float:
-    if not _FLOAT.match(text):
-        raise ValueError(f"line {line}, column {col}: {text!r} is not a finite number")
-    return float(text)
+        raise ValueError(f"line 3, column {len(line) + 1}: missing parameters {missing} for {spec.name}")
+    return params

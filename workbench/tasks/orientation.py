@@ -36,6 +36,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .text import show
+
 KINDS = ("uniform", "biased")
 PERIOD = 180.0  # orientation is periodic with 180 degrees
 MIN_WIDTH = 0.01  # degrees; narrower bumps are point masses (width=0)
@@ -165,33 +167,56 @@ def format_distribution(dist: OrientationDistribution) -> str:
 
 
 _TOKEN = re.compile(r"\S+")
-_PAIR = re.compile(r"^(?P<key>[A-Za-z_]+)=(?P<value>.*)$")
-_FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_PAIR = re.compile(r"(?P<key>[A-Za-z_]+)=(?P<value>.*)", re.DOTALL)
+# a decimal number written with ASCII digits (``\d`` would let other scripts' digits in)
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NUMBER = "write a finite decimal number with 0-9, e.g. -12.5 or 0.25 (no nan or inf)"
+
+
+
+def _value(key: str, value: str, at: int) -> float:
+    """The number of ``key=value`` (the value starts at character ``at``)."""
+    if not _FLOAT.fullmatch(value):
+        raise ValueError(f"character {at}: {key}={show(value)} is not a number; {_NUMBER}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"character {at}: {key}={show(value)} overflows to infinity; {_NUMBER}")
+    return x
 
 
 def parse(text: str) -> OrientationDistribution:
-    """Parse the text format; ``ValueError`` names the character position and the rule broken."""
-    tokens = [(m.group(0), m.start()) for m in _TOKEN.finditer(text)]
-    if not tokens:
+    """Parse the text format; ``ValueError`` names the character position and the rule broken.
+
+    Rules: tokens are separated by whitespace; the first is the kind (``uniform`` or
+    ``biased``), each further one is ``key=value`` with a key of that kind, given at most
+    once, and a finite decimal value written with the ASCII digits 0-9; the values must
+    satisfy ``OrientationDistribution`` (missing keys take its defaults, weight 0.5 for
+    ``biased``). Linear time: reading stops at the first broken rule.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
+    tokens = _TOKEN.finditer(text)  # lazy: a long text is read only up to its first error
+    first = next(tokens, None)
+    if first is None:
         raise ValueError("character 0: empty distribution; expected 'uniform' or 'biased adapter=0 weight=0.5 width=0'")
-    kind, at = tokens[0]
+    kind, at = first.group(), first.start()
     if kind not in KINDS:
-        raise ValueError(f"character {at}: unknown distribution kind {kind!r}; allowed: {', '.join(KINDS)}")
+        raise ValueError(f"character {at}: unknown distribution kind {show(kind)}; allowed: {', '.join(KINDS)}")
     values: dict[str, float] = {}
     where: dict[str, int] = {}
-    for tok, at in tokens[1:]:
-        m = _PAIR.match(tok)
+    for t in tokens:
+        tok, at = t.group(), t.start()
+        m = _PAIR.fullmatch(tok)
         if not m:
-            raise ValueError(f"character {at}: expected key=value, got {tok!r}")
+            allowed = ", ".join(_KEYS[kind]) or "none"
+            raise ValueError(f"character {at}: expected key=value, got {show(tok)}; allowed keys: {allowed}")
         key, value = m.group("key"), m.group("value")
         if key not in _KEYS[kind]:
             allowed = ", ".join(_KEYS[kind]) or "none"
-            raise ValueError(f"character {at}: unknown key {key!r} for {kind!r}; allowed keys: {allowed}")
+            raise ValueError(f"character {at}: unknown key {show(key)} for {kind!r}; allowed keys: {allowed}")
         if key in values:
             raise ValueError(f"character {at}: key {key!r} given twice (first at character {where[key]})")
-        if not _FLOAT.match(value):
-            raise ValueError(f"character {at + len(key) + 1}: {key}={value!r} is not a number")
-        values[key], where[key] = float(value), at
+        values[key], where[key] = _value(key, value, at + len(key) + 1), at
     if kind == "biased":
         values.setdefault("weight", 0.5)
     try:

@@ -18,6 +18,7 @@ model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -123,12 +124,23 @@ def format_vector(vector: Sequence[int]) -> str:
     return "".join(inverse[int(v)] for v in vector)
 
 
+_NON_BLANK = re.compile(r"[^ \t\r\n]")  # entries and anything else; blanks are skipped in C
+
+
 def parse(text: str, size: int = 16) -> ParityProblem:
-    """Parse ``"+0-0..."`` (exactly ``size`` entries; spaces are ignored) into a problem."""
+    """Parse ``"+0-0..."`` (exactly ``size`` entries) into a problem.
+
+    Rules: one character per entry, ``+`` (+1), ``-`` (-1) or ``0`` (0); spaces, tabs,
+    carriage returns and newlines between entries are ignored; exactly ``size`` entries. Any other
+    character (letters, non-ASCII digits, control characters) is rejected. A broken rule
+    raises ``ValueError`` naming the character offset, the rule and what is allowed.
+    Linear time: reading stops at the first broken rule or after ``size + 1`` entries.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
     entries: list[int] = []
-    for pos, ch in enumerate(text):
-        if ch in " \t\n":
-            continue
+    for m in _NON_BLANK.finditer(text):
+        ch, pos = m.group(), m.start()
         if ch not in SYMBOLS:
             raise ValueError(f"character {pos}: {ch!r} is not an entry; allowed '+' (+1), '-' (-1), '0' (0)")
         entries.append(SYMBOLS[ch])
