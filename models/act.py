@@ -66,6 +66,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, bool_field, check_budget, check_tensor,
+                              choice_field, float_field, int_field, type_field)
 
 CELLS = ("rnn", "gru", "lstm")
 OUTPUTS = ("binary", "classes")
@@ -91,10 +93,18 @@ class ACTConfig:
     task: dict = field(default_factory=dict)  # the task config trained on
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"cell={self.cell!r}; allowed: {CELLS}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output={self.output!r}; allowed: {OUTPUTS}")
+        for name in ("input_size", "output_size", "n_classes", "hidden"):
+            int_field(self, name, 1)
+        for name in ("fixed_steps", "max_ponder", "max_time"):
+            int_field(self, name, 1, MAX_STEPS)
+        float_field(self, "eps", 0.0, 1.0, lo_open=True, hi_open=True)
+        float_field(self, "tau", 0.0)
+        float_field(self, "halt_bias_init")
+        bool_field(self, "act")
+        type_field(self, "task_name", str, "a task name such as 'parity' or 'addition'")
+        type_field(self, "task", dict, "a dict (the task config trained on)")
+        choice_field(self, "cell", CELLS)
+        choice_field(self, "output", OUTPUTS)
         if self.output == "binary" and self.output_size != 1:
             raise ValueError(f"output='binary' needs output_size=1; got {self.output_size}")
         if self.output == "classes" and (self.n_classes < 2 or self.output_size % self.n_classes):
@@ -108,6 +118,13 @@ class ACTConfig:
             raise ValueError(f"fixed_steps={self.fixed_steps} must be in 1..max_ponder={self.max_ponder}")
         if self.tau < 0:
             raise ValueError(f"tau={self.tau} must be >= 0")
+        gates = {"rnn": 1, "gru": 3, "lstm": 4}[self.cell]
+        h = self.hidden
+        params = gates * h * (self.input_size + 1 + h + 2) + (h + 1) * (self.output_size + 1)
+        check_budget(self, "parameters of the cell, readout and halting unit", params, MAX_ELEMENTS,
+                     "hidden, input_size or output_size")
+        check_budget(self, "hook points (max_time * (7 * max_ponder + 5))", self.max_time * (7 * self.max_ponder + 5),
+                     MAX_HOOKS, "max_time or max_ponder")
 
     @property
     def state_size(self) -> int:
@@ -277,11 +294,15 @@ class ACT(HookedRecurrentModule):
         """Run over a batch of input sequences.
 
         Args:
-            inputs: [batch, T, input_size] float, T <= max_time.
+            inputs: [batch, T, input_size] float, 1 <= T <= max_time, batch >= 1, finite; any
+                floating dtype is accepted and cast to the model's (float32 unless converted).
             mask: [batch, T] bool, True at real steps (default: all). A sequence's real
                 steps must come first; masked steps are skipped (no pondering).
+
+        Bad inputs raise a ``ValueError`` naming the argument and what is allowed (a wrong type
+        or dtype: ``workbench.inputs.InputTypeError``, also a ``TypeError``).
         """
-        self._check_inputs(inputs, mask)
+        inputs = self._check_inputs(inputs, mask)
         B, T, _ = inputs.shape
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool, device=inputs.device)
@@ -294,15 +315,17 @@ class ACT(HookedRecurrentModule):
             Rs.append(R)
         return ACTOutput(torch.stack(outputs, 1), torch.stack(Ns, 1), torch.stack(Rs, 1), s)
 
-    def _check_inputs(self, inputs: Tensor, mask: Optional[Tensor]) -> None:
-        cfg = self.cfg
-        if not torch.is_tensor(inputs) or not inputs.is_floating_point() or inputs.ndim != 3 \
-                or inputs.shape[-1] != cfg.input_size:
-            got = f"{list(inputs.shape)} {inputs.dtype}" if torch.is_tensor(inputs) else type(inputs).__name__
-            raise ValueError(f"inputs must be a float tensor [batch, T, {cfg.input_size}]; got {got}")
+    def _check_inputs(self, inputs: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """Refuse bad inputs and return them in the model's dtype (see ``workbench.inputs``): a
+        floating tensor [batch, T, input_size] (any float dtype, cast to the parameters'), finite,
+        1 <= T <= max_time, batch >= 1; ``mask`` a bool tensor [batch, T]."""
+        n = self.cfg.input_size
+        inputs = check_tensor(inputs, "inputs", ("batch", "T", (str(n), n)), dtype=self.readout.weight.dtype)
         self.check_steps(inputs.shape[1], loop="time", param="T (input steps)")
-        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(inputs.shape[:2])):
-            raise ValueError(f"mask must be a bool tensor {list(inputs.shape[:2])}; got {list(mask.shape)} {mask.dtype}")
+        if mask is not None:
+            B, T = inputs.shape[:2]
+            check_tensor(mask, "mask", (("batch", B), ("T", T)), kind="bool", note=f" = {[B, T]}")
+        return inputs
 
     # --- loss ----------------------------------------------------------------------
     def task_loss(self, out: ACTOutput, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -88,14 +88,18 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.inputs import (MAX_ELEMENTS, MAX_STEPS, MAX_WIDTH, InputTypeError, check_budget, check_tensor,
+                              describe, float_field, int_field, type_field)
 from workbench.tasks import orientation as ori
 
 GAIN_SETS = ("uniform", "biased")
 DTYPE = torch.float64  # a tiny circuit: exact linear algebra is cheap, and the solvers compare to 1e-6
+MAX_NEURONS = 1024  # every forward computes the eigenvalues of G W (n^3): ~2 s at this size
 
 
 class UnstableCircuitError(ValueError):
@@ -126,18 +130,19 @@ class GainConfig:
     biased: str = "biased adapter=0 weight=0.5 width=0"  # distribution of the gain set 'biased'
 
     def __post_init__(self):
-        if self.n_neurons < 3:
-            raise ValueError(f"n_neurons={self.n_neurons}; needs at least 3")
+        int_field(self, "n_neurons", 3, MAX_NEURONS)
+        int_field(self, "max_steps", 1, MAX_STEPS)
+        int_field(self, "grid", 8, MAX_WIDTH)
         for name in ("kappa", "w_exc_kappa", "tau", "dt", "alpha", "amplitude"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+            float_field(self, name, 0.0, lo_open=True)
         for name in ("baseline", "w_exc", "w_inh", "energy"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+            float_field(self, name, 0.0)
+        for name in GAIN_SETS:
+            type_field(self, name, str, "a distribution such as 'uniform' or 'biased adapter=0 weight=0.5 width=0'")
         if self.dt > self.tau:
             raise ValueError(f"dt={self.dt} > tau={self.tau}: forward Euler needs dt/tau <= 1")
-        if self.max_steps < 1 or self.grid < 8:
-            raise ValueError(f"max_steps={self.max_steps} must be >= 1 and grid={self.grid} >= 8")
+        check_budget(self, "elements of W and of the expectation grid (n_neurons^2 + grid * n_neurons)",
+                     self.n_neurons ** 2 + self.grid * self.n_neurons, MAX_ELEMENTS, "grid or n_neurons")
         self.distribution("uniform"), self.distribution("biased")  # parse errors surface here
 
     def distribution(self, name: str) -> ori.OrientationDistribution:
@@ -163,6 +168,18 @@ class TimeHooks(nn.Module):
 
 
 Gains = Union[None, str, Tensor]
+
+
+def _as_tensor(value, name: str, dims: str) -> Tensor:
+    """A tensor as is; an array or list of reals as a tensor (floating values in float64, so no precision is lost)."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        arr = np.asarray(value)
+        return torch.as_tensor(arr, dtype=DTYPE) if arr.dtype.kind == "f" else torch.as_tensor(arr)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputTypeError(f"{name} must be a float tensor {dims} (or an array of real numbers); "
+                             f"got {describe(value)}") from None
 
 
 # ----------------------------------------------------------------------- model
@@ -202,10 +219,14 @@ class GainCircuit(HookedRecurrentModule):
         return self.cfg.n_neurons
 
     def feedforward(self, orientations: Tensor) -> Tensor:
-        """Von Mises feedforward drive f(s): [batch] degrees -> [batch, n]."""
-        s = torch.as_tensor(orientations, dtype=DTYPE, device=self.W.device)
-        if s.ndim != 1:
-            raise ValueError(f"orientations must be a 1-d tensor of degrees [batch]; got shape {tuple(s.shape)}")
+        """Von Mises feedforward drive f(s): [batch] degrees -> [batch, n].
+
+        ``orientations``: a floating tensor (or array / list of real numbers) [batch], batch >= 1,
+        finite; any float dtype is cast to float64, the circuit's dtype. Integers, NaN / inf and
+        other shapes raise a ``ValueError`` (``InputTypeError`` for a wrong type or dtype).
+        """
+        s = _as_tensor(orientations, "orientations", "[batch] of degrees").to(self.W.device)
+        s = check_tensor(s, "orientations", ("batch",), dtype=DTYPE, note=" of degrees")
         c = self.cfg
         delta = torch.deg2rad(2.0 * (s[:, None] - self.preferred[None, :]))
         return c.baseline + c.amplitude * torch.exp(c.kappa * (torch.cos(delta) - 1.0))
@@ -267,20 +288,29 @@ class GainCircuit(HookedRecurrentModule):
             orientations: [batch] stimulus orientations in degrees.
             gains: ``None`` (the active set), ``'uniform'``, ``'biased'``, or a tensor [n] / [batch, n].
             steps: ``None`` for the steady state r*; else the number of Euler steps of
-                tau dr/dt = -r + G (f + W r) from ``r0`` (default zeros), at most max_steps.
+                tau dr/dt = -r + G (f + W r) from ``r0`` (default zeros), 1..max_steps.
+            r0: start rates [n] or [batch, n] (finite; only with ``steps``).
         Returns:
             [batch, n] rates (steady state, or after ``steps`` steps).
         """
+        if steps is not None:
+            self.check_steps(steps, loop="time", param="steps")
+        elif r0 is not None:
+            raise ValueError("r0 is the start of the Euler dynamics: give steps too (the steady state has no start)")
         f = self.hook_feedforward(self.feedforward(orientations))
         B = f.shape[0]
         g = self.gain_set(gains)
         if g.ndim == 2 and g.shape[0] not in (1, B):
             raise ValueError(f"gains of shape {tuple(g.shape)} do not match {B} stimuli; give [n], [1, n] or [{B}, n]")
+        if r0 is not None:
+            r0 = _as_tensor(r0, "r0", "[n] or [batch, n]").to(self.W.device)
+            rows = {1: (), 2: (("batch", B if r0.shape[0] != 1 else 1),)}.get(r0.ndim, ("batch",))
+            r0 = check_tensor(r0, "r0", (*rows, ("n", self.n)), dtype=DTYPE,
+                              note=f" = [{self.n}], [1, {self.n}] or [{B}, {self.n}] (start rates)")
         g = self.hook_gains(g.expand(B, self.n).clone())  # a copy: patching it never edits a stored set
         self.check_stable(g)
         if steps is None:
             return self._steady(f, g)
-        self.check_steps(steps, loop="time", param="steps")
         return self._integrate(f, g, steps, r0)
 
     def _steady(self, f: Tensor, g: Tensor) -> Tensor:

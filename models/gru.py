@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.inputs import MAX_ELEMENTS, MAX_STEPS, bool_field, check_budget, check_int, int_field, type_field
 
 from .warp import MODES, WarpOutput, check_sequence, rollout_plan, sequence_loss
 
@@ -41,10 +42,17 @@ class GRUConfig:
     n_classes: int = 0
 
     def __post_init__(self):
-        if self.d_in < 1 or self.hidden < 1 or self.seq_len < 2:
-            raise ValueError(f"d_in={self.d_in}, hidden={self.hidden} must be >= 1 and seq_len={self.seq_len} >= 2")
+        int_field(self, "d_in", 1)
+        int_field(self, "hidden", 1)
+        int_field(self, "seq_len", 2, MAX_STEPS)
+        int_field(self, "n_classes", 0)
+        bool_field(self, "regress")
+        type_field(self, "task", dict, "a dict (the task trained on)")
         if not self.regress or self.n_classes:
             raise ValueError("the GRU baseline is a forecaster: regress=True, n_classes=0")
+        h = self.hidden
+        check_budget(self, "parameters (3 * hidden * (d_in + hidden + 2) + readout)",
+                     3 * h * (self.d_in + h + 2) + (h + 1) * self.d_in, MAX_ELEMENTS, "hidden or d_in")
 
 
 class StepHooks(nn.Module):
@@ -66,10 +74,12 @@ class GRU(HookedRecurrentModule):
                 horizon: Optional[int] = None, feed: Optional[Tensor] = None) -> WarpOutput:
         """Same arguments as ``Warp.forward``; a GRU has only the recurrent mode
         (``mode="parallel"`` is accepted for teacher-forced runs and steps through time too).
-        ``out.thetas`` holds the hidden states [batch, n, hidden]."""
-        if mode not in MODES:
+        ``out.thetas`` holds the hidden states [batch, n, hidden]. Inputs are checked as
+        WARP's are (``check_sequence``): floating [batch, T, d_in], cast to the model's dtype."""
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
-        check_sequence(x, self.cfg.d_in, self.cfg.seq_len if context is None else 10**9)
+        x = check_sequence(x, self.cfg.d_in, self.cfg.seq_len if context is None else 10**9,
+                           dtype=self.readout.weight.dtype)
         x, feed = rollout_plan(x, context, horizon, feed, self.cfg.seq_len)
         h = x.new_zeros(x.shape[0], self.cfg.hidden)
         hiddens, inputs, means = [], [], []
@@ -87,6 +97,9 @@ class GRU(HookedRecurrentModule):
 
     @torch.no_grad()
     def generate(self, prefix: Tensor, horizon: int) -> Tensor:
+        """Forecast ``horizon`` values after ``prefix`` [batch, C, d_in]: [batch, horizon, d_in]."""
+        prefix = check_sequence(prefix, self.cfg.d_in, self.cfg.seq_len, "prefix", dtype=self.readout.weight.dtype)
+        check_int(horizon, "horizon", 1, None, " (values to generate after the prefix)")
         out = self(prefix, context=prefix.shape[1], horizon=horizon)
         return out.mean[:, prefix.shape[1] - 1:]
 

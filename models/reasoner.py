@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget,
+                              check_tensor, choice_field, float_field, int_field, type_field)
 from workbench.patching import LoopState
 from workbench.tasks import graph_arith as ga
 
@@ -103,22 +105,42 @@ class ReasonerConfig:
     task: dict = field(default_factory=dict)  # the GraphArithConfig trained on
 
     def __post_init__(self):
-        if self.latent not in LATENTS:
-            raise ValueError(f"latent={self.latent!r}; allowed: {LATENTS}")
-        if self.supervision not in SUPERVISIONS:
-            raise ValueError(f"supervision={self.supervision!r}; allowed: {SUPERVISIONS}")
-        if self.mlp not in ("gelu", "bilinear"):
-            raise ValueError(f"mlp={self.mlp!r}; allowed: gelu, bilinear")
-        if self.value_init not in ("random", "fourier"):
-            raise ValueError(f"value_init={self.value_init!r}; allowed: random, fourier")
-        if self.rel_init not in ("zero", "alibi", "offset"):
-            raise ValueError(f"rel_init={self.rel_init!r}; allowed: zero, alibi, offset")
-        if self.scheme not in ga.SCHEMES:
-            raise ValueError(f"scheme={self.scheme!r}; allowed: {ga.SCHEMES}")
+        # types and ranges first (workbench.inputs): a wrong type or a size that would exhaust
+        # memory stops here with the field's name, before anything is built
+        int_field(self, "modulus", 2)
+        int_field(self, "name_pool", 1)
+        for name in ("d_model", "n_heads", "d_mlp", "max_tokens"):
+            int_field(self, name, 1)
+        for name in ("rel_window", "segment_window"):
+            int_field(self, name, 0)
+        for name in ("n_layers", "max_steps", "bptt_steps"):
+            int_field(self, name, 1, MAX_STEPS)
+        int_field(self, "extra_steps", 0, MAX_STEPS)
+        int_field(self, "fixed_steps", 1, self.max_steps, optional=True)
+        for name in ("error_prob", "error_frac", "random_states"):
+            float_field(self, name, 0.0, 1.0)
+        float_field(self, "new_slot_weight", 0.0)
+        bool_field(self, "causal")
+        type_field(self, "task", dict, "a dict (the GraphArithConfig trained on)")
+        choice_field(self, "latent", LATENTS)
+        choice_field(self, "supervision", SUPERVISIONS)
+        choice_field(self, "mlp", ("gelu", "bilinear"))
+        choice_field(self, "value_init", ("random", "fourier"))
+        choice_field(self, "rel_init", ("zero", "alibi", "offset"))
+        choice_field(self, "scheme", ga.SCHEMES)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.supervision == "final" and not self.fixed_steps:
             raise ValueError("supervision='final' needs fixed_steps (the end-to-end baselines)")
+        d, m, h = self.d_model, self.d_mlp, self.n_heads
+        per_layer = 4 * (d * d + d) + (3 if self.mlp == "bilinear" else 2) * d * m + m + d + 4 * d \
+            + h * (2 * self.rel_window + 1) + h * (2 * self.segment_window + 1)
+        vocab = sum(ga.factor_sizes(self.modulus, self.name_pool).values())
+        check_budget(self, "parameters (n_layers * per-layer weights + embeddings and heads)",
+                     self.n_layers * per_layer + 2 * vocab * d + vocab + 2 * d, MAX_ELEMENTS,
+                     "d_model, d_mlp, n_layers, rel_window, segment_window, modulus or name_pool")
+        check_budget(self, "hook points (max_steps * (8 + 14 * n_layers))", self.max_steps * (8 + 14 * self.n_layers),
+                     MAX_HOOKS, "max_steps or n_layers")
 
     @property
     def d_head(self) -> int:
@@ -408,10 +430,17 @@ class Reasoner(HookedRecurrentModule):
         """Roll out the recurrence.
 
         Args:
-            tokens: [batch, pos, 4] long factored tokens (``workbench.tasks.graph_arith``).
-            steps: number of steps; ``None`` runs ``fixed_steps`` for end-to-end models and
-                otherwise until the codes stop changing (a fixed point), at most max_steps.
+            tokens: [batch, pos, 4] int64 factored tokens (``workbench.tasks.graph_arith``):
+                batch >= 1, 1 <= pos <= max_tokens, each factor's codes inside its vocabulary
+                (``cfg.factor_sizes``), at least one non-padding token per sequence. Other
+                integer dtypes are refused, not cast (convert with ``tokens.long()``).
+            steps: number of steps, an integer in 1..max_steps; ``None`` runs ``fixed_steps``
+                for end-to-end models and otherwise until the codes stop changing (a fixed
+                point), at most max_steps.
             start: continue a recorded run of the same tokens from ``resume_state(cache, t)``.
+
+        Bad inputs raise a ``ValueError`` naming the argument and what is allowed (a wrong type
+        or dtype: ``workbench.inputs.InputTypeError``, also a ``TypeError``).
         """
         self._check_tokens(tokens)
         if steps is None:
@@ -420,6 +449,10 @@ class Reasoner(HookedRecurrentModule):
         else:
             until_fixed = False
         self.check_steps(steps)
+        if start is not None and not isinstance(start, LoopState):
+            raise InputTypeError(f"start must be a LoopState from resume_state(cache, t); got {type(start).__name__}")
+        if start is not None and start.t < 0:
+            raise ValueError(f"start.t={start.t} is negative; allowed 0..steps={steps}")
         layout = self.layout(tokens)
         x = self.embed(tokens)
         value_logits, codes_per_step, codes = [], [], tokens
@@ -482,18 +515,44 @@ class Reasoner(HookedRecurrentModule):
                   "logits": [bn(t - 1, h) for h in last]}
         return LoopState(t, {"x": cache[f"steps.{t - 1}.{feed}"], "codes": codes[-1]}, record)
 
-    def _check_tokens(self, tokens: Tensor) -> None:
-        if tokens.dtype != torch.long or tokens.ndim != 3 or tokens.shape[-1] != 4:
-            raise ValueError(
-                f"tokens must be a long tensor [batch, pos, 4] (syntax, variable, op, value); "
-                f"got {tuple(tokens.shape)} {tokens.dtype}"
-            )
+    def _check_tokens(self, tokens: Tensor, name: str = "tokens") -> None:
+        """Refuse anything but int64 codes [batch, pos, 4] inside each factor's vocabulary, at most
+        ``max_tokens`` long, with at least one non-padding token per sequence.
+
+        int64 only (no cast): the task encoders produce int64, and the codes are compared with
+        the model's argmax codes (int64) to detect a fixed point. A few reductions, one sync.
+        """
+        sizes = self.cfg.factor_sizes
+        values = ", ".join(f"{f} 0..{n - 1}" for f, n in sizes.items())
+        check_tensor(tokens, name, ("batch", "pos", ("4", 4)), kind="int64",
+                     note=f" (syntax, variable, op, value) with codes in {values}")
         if tokens.shape[1] > self.cfg.max_tokens:
-            raise ValueError(f"{tokens.shape[1]} tokens; this model supports at most max_tokens={self.cfg.max_tokens}")
-        for i, (name, n) in enumerate(self.cfg.factor_sizes.items()):
-            lo, hi = int(tokens[..., i].min()), int(tokens[..., i].max())
-            if lo < 0 or hi >= n:
-                raise ValueError(f"factor '{name}' has codes in {lo}..{hi}; allowed 0..{n - 1}")
+            raise ValueError(f"{name}: {tokens.shape[1]} tokens; this model supports at most "
+                             f"max_tokens={self.cfg.max_tokens}")
+        lo, hi = torch.aminmax(tokens.reshape(-1, 4), dim=0)
+        empty = (tokens[..., 0] == ga.PAD).all(dim=1)
+        stats = torch.cat([lo, hi, empty.sum().reshape(1)]).tolist()  # one transfer from a device
+        lo, hi, n_empty = stats[:4], stats[4:8], stats[8]
+        for i, (factor, n) in enumerate(sizes.items()):
+            if lo[i] < 0 or hi[i] >= n:
+                raise ValueError(f"{name}: factor '{factor}' has codes in {lo[i]}..{hi[i]}; allowed 0..{n - 1}")
+        if n_empty:
+            row = int(empty.nonzero()[0, 0])
+            raise ValueError(f"{name}: {n_empty} sequence(s) are all padding (first: batch {row}); "
+                             "each needs at least one token whose syntax is not PAD")
+
+    def _check_batch(self, batch: dict, rollout: bool) -> None:
+        """A training batch: checked ``inputs``, int64 ``targets`` and a float ``weight`` of matching shapes."""
+        if not isinstance(batch, dict) or not {"inputs", "targets", "weight"} <= set(batch):
+            got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise InputTypeError(f"batch must be a dict with 'inputs', 'targets' and 'weight'; got {got}")
+        self._check_tokens(batch["inputs"], "batch['inputs']")
+        B, L, _ = batch["inputs"].shape
+        lead = [("batch", B), "step", ("pos", L)] if rollout else [("batch", B), ("pos", L)]
+        targets = check_tensor(batch["targets"], "batch['targets']", (*lead, ("4", 4)), kind="int64")
+        if rollout:
+            lead[1] = ("step", targets.shape[1])
+        check_tensor(batch["weight"], "batch['weight']", tuple(lead), kind="float")
 
     # --- losses -----------------------------------------------------------------
     def transition_loss(self, batch: dict) -> tuple[Tensor, dict]:
@@ -501,6 +560,7 @@ class Reasoner(HookedRecurrentModule):
 
         batch: ``inputs`` [B, L, 4], ``targets`` [B, L, 4], ``weight`` [B, L] (value factor).
         """
+        self._check_batch(batch, rollout=False)
         tokens = batch["inputs"]
         _, logits = self.step(self.embed(tokens), 0, self.layout(tokens))
         loss, stats = self._factor_loss(logits, batch["targets"], batch["weight"])
@@ -516,7 +576,9 @@ class Reasoner(HookedRecurrentModule):
         batch: ``inputs`` [B, L, 4], ``targets`` [B, K, L, 4], ``weight`` [B, K, L]; the
         model runs K steps and each step with any nonzero weight is supervised.
         """
+        self._check_batch(batch, rollout=True)
         tokens, targets, weight = batch["inputs"], batch["targets"], batch["weight"]
+        self.check_steps(targets.shape[1], param="targets.shape[1] (supervised steps)")
         layout = self.layout(tokens)
         x = self.embed(tokens)
         total, stats = 0.0, {}
@@ -548,6 +610,8 @@ class Reasoner(HookedRecurrentModule):
 
     def loss(self, batch: dict) -> tuple[Tensor, dict]:
         """The training loss for this configuration (used by ``workbench.train``)."""
+        if not isinstance(batch, dict) or not isinstance(batch.get("targets"), Tensor):
+            self._check_batch(batch, rollout=False)  # raises, naming what a batch needs
         if batch["targets"].ndim == 3:
             return self.transition_loss(batch)
         return self.rollout_loss(batch)

@@ -63,6 +63,7 @@ decoded from the patched steps, since the trajectory was already computed: the
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -71,6 +72,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget, check_int,
+                              check_tensor, choice_field, describe, float_field, int_field, type_field)
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 PHYSICS = ("none", "sine", "msd")
@@ -109,19 +112,27 @@ class WarpConfig:
     task: dict = field(default_factory=dict)  # the task trained on
 
     def __post_init__(self):
+        for name in ("d_in", "root_width"):
+            int_field(self, name, 1)
+        for name in ("n_classes", "tau_freqs", "hyper_hidden"):
+            int_field(self, name, 0)
+        int_field(self, "root_depth", 0, MAX_STEPS)
+        int_field(self, "seq_len", 2, MAX_STEPS)
+        for name in ("regress", "gaussian", "root_takes_x", "a_stable"):
+            bool_field(self, name)
+        for name in ("dt", "phys_bound", "a_scale", "std_min"):
+            float_field(self, name, 0.0, lo_open=True)
+        float_field(self, "cls_weight", 0.0)
+        type_field(self, "task", dict, "a dict (the task trained on)")
+        if isinstance(self.phys_scales, (str, bytes)) or not isinstance(self.phys_scales, (tuple, list)) or not all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.phys_scales):
+            raise InputTypeError(f"WarpConfig.phys_scales={self.phys_scales!r}; allowed: a list of positive finite "
+                                 "numbers (msd: m, c, k)")
         self.phys_scales = tuple(float(s) for s in self.phys_scales)
-        if self.root_act not in ACTIVATIONS:
-            raise ValueError(f"root_act={self.root_act!r}; allowed: {tuple(ACTIVATIONS)}")
-        if self.physics not in PHYSICS:
-            raise ValueError(f"physics={self.physics!r}; allowed: {PHYSICS}")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}; allowed: {INITS}")
-        if self.d_in < 1 or self.root_width < 1 or self.root_depth < 0 or self.tau_freqs < 0 or self.n_classes < 0:
-            raise ValueError("d_in and root_width must be >= 1; root_depth, tau_freqs, n_classes >= 0")
-        if not self.a_scale > 0 or not self.phys_bound > 0:
-            raise ValueError(f"a_scale={self.a_scale} and phys_bound={self.phys_bound} must be positive")
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len={self.seq_len} must be >= 2")
+        choice_field(self, "root_act", tuple(ACTIVATIONS))
+        choice_field(self, "physics", PHYSICS)
+        choice_field(self, "init", INITS)
         if not (self.regress or self.n_classes):
             raise ValueError("the model needs a head: regress=True and/or n_classes > 0")
         if self.physics != "none":
@@ -135,8 +146,13 @@ class WarpConfig:
                 self.phys_scales = (1.0, 1.0, 1.0)
             if len(self.phys_scales) != 3 or min(self.phys_scales) <= 0:
                 raise ValueError(f"phys_scales={self.phys_scales}: physics='msd' needs 3 positive scales (m, c, k)")
-            if not self.dt > 0:
-                raise ValueError(f"dt={self.dt} must be positive")
+        # the transition A is D x D (and its largest singular value is computed on every forward)
+        D, n_feat = self.d_theta, self.hyper_hidden or self.d_in
+        params = 2 * D * D + D * (self.d_in + n_feat + 1) + self.hyper_hidden * (self.d_in + 1)
+        check_budget(self, f"parameters (2 * D^2 + ... with D = d_theta = {D:,}, the root's weights)", params,
+                     MAX_ELEMENTS, "root_width, root_depth, tau_freqs, d_in or n_classes")
+        check_budget(self, "hook points ((seq_len + 1) * (2 * root_depth + 9))",
+                     (self.seq_len + 1) * (2 * self.root_depth + 9), MAX_HOOKS, "seq_len or root_depth")
 
     @property
     def n_root_in(self) -> int:
@@ -271,19 +287,16 @@ def head(cfg: WarpConfig, raw: Tensor, tau: Tensor, u: Tensor, hooks: Optional[S
     return out
 
 
-def check_sequence(x: Tensor, d_in: int, seq_len: int, name: str = "x") -> None:
-    """Clear errors for the wrong shape or dtype, NaN / inf, or a sequence that is too long."""
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != d_in:
-        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a float tensor [batch, time, d_in={d_in}]; got {got}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+def check_sequence(x: Tensor, d_in: int, seq_len: int, name: str = "x", dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Refuse a bad sequence batch and return it in ``dtype`` (``workbench.inputs.check_tensor``).
+
+    Allowed: a floating tensor [batch, time, d_in] (any float dtype, cast to ``dtype``: the
+    model's), batch >= 1, 1 <= time <= seq_len, no NaN / inf.
+    """
+    x = check_tensor(x, name, ("batch", "time", (f"d_in={d_in}", d_in)), dtype=dtype)
     if x.shape[1] > seq_len:
         raise ValueError(f"{name} has {x.shape[1]} time steps; this model supports at most seq_len={seq_len}")
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        b, t, _ = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} has {int(bad.sum())} non-finite values (NaN or inf), first at batch {b}, time {t}")
+    return x
 
 
 def rollout_plan(x: Tensor, context: Optional[int], horizon: Optional[int], feed: Optional[Tensor],
@@ -300,14 +313,12 @@ def rollout_plan(x: Tensor, context: Optional[int], horizon: Optional[int], feed
         if horizon is not None:
             raise ValueError("horizon needs a context")
         if feed is not None:
-            if feed.dtype != torch.bool or tuple(feed.shape) != tuple(x.shape[:2]):
-                raise ValueError(f"feed must be a bool tensor [batch, time] = {tuple(x.shape[:2])}; "
-                                 f"got {tuple(feed.shape)} {feed.dtype}")
+            B, T = x.shape[:2]
+            check_tensor(feed, "feed", (("batch", B), ("time", T)), kind="bool", note=f" = {(B, T)}")
         return x, feed
-    C = int(context)
-    if not 1 <= C <= x.shape[1]:
-        raise ValueError(f"context={C} must be in 1..{x.shape[1]} (the time steps of x)")
-    H = x.shape[1] - C if horizon is None else int(horizon)
+    C = check_int(context, "context", 1, x.shape[1], " (the time steps of x)")
+    H = x.shape[1] - C if horizon is None else check_int(horizon, "horizon", 1, None,
+                                                          " (values to generate after the context)")
     if H < 1:
         raise ValueError(f"horizon={H} must be >= 1 (values to generate after the context)")
     n = C + H - 1
@@ -344,8 +355,9 @@ class RootNetwork(nn.Module):
 
     def __init__(self, cfg: WarpConfig, theta: Tensor):
         super().__init__()
-        if theta.shape != (cfg.d_theta,):
-            raise ValueError(f"theta must have shape ({cfg.d_theta},); got {tuple(theta.shape)}")
+        if not isinstance(theta, Tensor) or theta.shape != (cfg.d_theta,):
+            raise ValueError(f"theta must have shape ({cfg.d_theta},); got {describe(theta)}")
+        check_tensor(theta, "theta", ((str(cfg.d_theta), cfg.d_theta),))
         self.cfg = cfg
         self.layers = nn.ModuleList()
         at = 0
@@ -523,7 +535,10 @@ class Warp(HookedRecurrentModule):
 
         Args:
             x: [batch, T, d_in] inputs (all of them when teacher-forced; with ``context``
-                only the first ``context`` are read).
+                only the first ``context`` are read). Floating, finite, batch >= 1,
+                1 <= T <= seq_len; any float dtype is accepted and cast to the model's
+                (float32 unless converted). Bad inputs raise a ``ValueError`` naming the
+                argument (a wrong type or dtype: ``workbench.inputs.InputTypeError``).
             mode: ``"recurrent"`` (step by step, per-step hooks) or ``"parallel"``
                 (convolution + batched decoding, ``parallel.*`` hooks; teacher-forced only).
             context, horizon: generate ``horizon`` values after the first ``context``
@@ -532,13 +547,14 @@ class Warp(HookedRecurrentModule):
             feed: [batch, T] bool, True = feed the truth, False = the previous prediction
                 (scheduled teacher forcing; recurrent mode).
         """
-        if mode not in MODES:
+        if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
-        check_sequence(x, self.cfg.d_in, self.cfg.seq_len if context is None else 10**9)
+        x = check_sequence(x, self.cfg.d_in, self.cfg.seq_len if context is None else 10**9, dtype=self.B.dtype)
+        planned, planned_feed = rollout_plan(x, context, horizon, feed, self.cfg.seq_len)  # checks context / feed
         generating = context is not None or (feed is not None and not bool(feed.all()))
         if generating and not self.cfg.regress:
             raise ValueError("feeding predictions back needs a regression head (regress=True)")
-        x, feed = rollout_plan(x, context, horizon, feed, self.cfg.seq_len)
+        x, feed = planned, planned_feed
         if mode == "parallel":
             if feed is not None and not bool(feed.all()):
                 raise ValueError("mode='parallel' is teacher-forced; generation (context / feed) needs mode='recurrent'")
@@ -548,6 +564,8 @@ class Warp(HookedRecurrentModule):
     @torch.no_grad()
     def generate(self, prefix: Tensor, horizon: int) -> Tensor:
         """Forecast ``horizon`` values after ``prefix`` [batch, C, d_in]: [batch, horizon, d_in]."""
+        prefix = check_sequence(prefix, self.cfg.d_in, self.cfg.seq_len, "prefix", dtype=self.B.dtype)
+        check_int(horizon, "horizon", 1, None, " (values to generate after the prefix)")
         out = self(prefix, context=prefix.shape[1], horizon=horizon)
         return out.mean[:, prefix.shape[1] - 1:]
 
@@ -563,6 +581,8 @@ class Warp(HookedRecurrentModule):
         values query the same weights elsewhere in time (the paper's gradient-free
         test-time adaptation).
         """
+        check_int(t, "t", 0)
+        check_int(sample, "sample", 0)
         out = self(x, mode="recurrent", **run)
         if not 0 <= t < out.steps:
             raise ValueError(f"t={t} is out of range: the run has steps 0..{out.steps - 1}")
