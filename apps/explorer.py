@@ -2,7 +2,13 @@
 
 One page per model family and one per analysis (``apps/pages/``); every figure comes from a
 pure builder in ``apps/views/``, every model computation from ``apps/adapters/``. A page's
-``?model=`` query parameter opens it on a zoo name or a checkpoint folder.
+``?model=`` query parameter opens it on a zoo name or a checkpoint folder, and its number
+fields take query parameters too (``/reasoner?model=reasoner&steps=4``); values out of range
+are refused with a message.
+
+Checkpoint folders outside the zoo open only under the folder named by the environment
+variable ``WORKBENCH_MODELS_ROOT`` (``WORKBENCH_MODELS_ROOT=runs streamlit run
+apps/explorer.py``); without it, pages open zoo models only.
 """
 
 from __future__ import annotations

@@ -1,16 +1,27 @@
-"""Streamlit helpers shared by the explorer's pages: the model picker, the model cache,
-error messages instead of tracebacks, and CSV downloads.
+"""Streamlit helpers shared by the explorer's pages: the model picker, the model cache, checked
+input fields, error messages instead of tracebacks, and CSV downloads.
 
 Models load once per process (``st.cache_resource``), keyed by the checkpoint folder and
 the time its weights were written, so a checkpoint saved again at the same path reloads.
+
+Which folders a page may open: the zoo's models always; a checkpoint folder elsewhere only
+under the root named by the environment variable ``WORKBENCH_MODELS_ROOT`` when the app
+starts (``WORKBENCH_MODELS_ROOT=runs streamlit run apps/explorer.py``; several roots are
+separated by ``os.pathsep``). Without it, only zoo names are accepted.
+
+Every number field and text field is checked here, not clamped or cut by the widget: a value
+out of its range (typed, or arriving by a deep link such as ``?model=reasoner&steps=4``) is
+refused with a message naming the field and its allowed range.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -24,6 +35,9 @@ from workbench import checkpoints
 FOLDER = "a checkpoint folder…"
 # the model each family's pages open on when the zoo has it
 FLAGSHIPS = {"reasoner": "reasoner", "act": "act-parity", "warp": "warp-phys-msd", "gain": "gain-v1"}
+ROOT_ENV = "WORKBENCH_MODELS_ROOT"
+MAX_PATH_CHARS = 4096
+SEED_MAX = 2**32 - 1  # seeds: 0..SEED_MAX (what numpy's and torch's generators take everywhere)
 
 
 _THREADS_SET = False
@@ -44,81 +58,12 @@ def setup_threads() -> None:
     _THREADS_SET = True
 
 
-@dataclass
-class Picked:
-    """A model chosen on a page: its zoo name or folder, a cache key, its family and the model."""
-
-    name: str
-    key: str
-    family: str
-    model: torch.nn.Module
+# ------------------------------------------------------------ messages, not tracebacks
+class Refused(Exception):
+    """An input was refused; its message is already on the page."""
 
 
-def stamp(folder: Path) -> int:
-    weights = folder / checkpoints.WEIGHTS
-    return weights.stat().st_mtime_ns if weights.is_file() else 0
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=24)
-def _load(folder: str, mtime: int) -> torch.nn.Module:
-    setup_threads()
-    return models.load(folder)
-
-
-def load(name_or_path: str) -> tuple[torch.nn.Module, str]:
-    """(model, cache key) for a zoo name or checkpoint folder, loaded once per process."""
-    folder = models.resolve(name_or_path).resolve()
-    mtime = stamp(folder)
-    return _load(str(folder), mtime), f"{folder}@{mtime}"
-
-
-def _ordered(names: list[str], families: tuple[str, ...], prefer: list[str] | None) -> list[str]:
-    first = [n for n in (prefer or []) + [FLAGSHIPS.get(f, "") for f in families] if n in names]
-    return list(dict.fromkeys(first + names))
-
-
-def pick_model(families: tuple[str, ...], key: str, label: str = "Model",
-               prefer: list[str] | None = None) -> Picked | None:
-    """A model of one of ``families``: a zoo entry or a typed checkpoint folder.
-
-    The page's ``?model=`` query parameter (a zoo name or a folder) chooses the first
-    selection. Returns None (after a message on the page) when nothing usable is chosen.
-    """
-    names = _ordered(zoo.names_of(*families), families, prefer)
-    kinds = " or ".join(zoo.LABELS[f] for f in families)
-    choice_key, path_key = f"{key}_choice", f"{key}_path"
-    query = st.query_params.get("model")
-    if choice_key not in st.session_state and query:
-        if query in names:
-            st.session_state[choice_key] = query
-        else:
-            st.session_state[choice_key], st.session_state[path_key] = FOLDER, query
-    options = names + [FOLDER]
-    if st.session_state.get(choice_key) not in options:
-        st.session_state.pop(choice_key, None)
-    choice = st.selectbox(label, options, key=choice_key,
-                          help=f"a shipped {kinds} model, or a checkpoint folder written by "
-                               "`workbench.checkpoints.save` or `workbench train`")
-    if not names:
-        st.info(f"No {kinds} model in the zoo yet (`models/zoo/`). Train one (see the README) or type a "
-                "checkpoint folder below.")
-    if choice != FOLDER:
-        name = choice
-    else:
-        name = st.text_input("Checkpoint folder", key=path_key, placeholder="runs/my-model").strip()
-        if not name:
-            st.info("Type the path of a checkpoint folder (with config.json and model.safetensors).")
-            return None
-    try:
-        family = zoo.family_of(name)
-        if family not in families:
-            raise ValueError(f"{name!r} holds a model of the family {zoo.LABELS.get(family, family)} "
-                             f"({zoo.class_of(models.resolve(name))}); this page shows {kinds} models")
-        model, cache_key = load(name)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        st.error(f"Cannot open the model: {e}")
-        return None
-    return Picked(name, cache_key, family, model)
+_STATE = threading.local()  # each Streamlit session runs its script in a thread of its own
 
 
 def error_text(e: Exception) -> str:
@@ -134,12 +79,274 @@ def guard(what: str = ""):
 
     The rest of the block is skipped; the page continues after it.
     """
+    _STATE.depth = getattr(_STATE, "depth", 0) + 1
     try:
         yield
+    except Refused:
+        pass  # the refused field already says why
     except Exception as e:  # noqa: BLE001 - Streamlit's stop / rerun are BaseExceptions and pass through
         st.error(f"{what}: {error_text(e)}" if what else error_text(e))
+    finally:
+        _STATE.depth -= 1
 
 
+def need(*values) -> None:
+    """Go no further when a field was refused (``None``): inside ``guard`` only its block is
+    skipped, elsewhere the page stops. The field's message is already on the page."""
+    if any(v is None for v in values):
+        if getattr(_STATE, "depth", 0):
+            raise Refused()
+        st.stop()
+
+
+# ------------------------------------------------------------------ checked fields
+def _as_int(value) -> int | None:
+    """A whole number from an int, an integral float or a short decimal string; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and len(value.strip()) <= 40:
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                f = float(value)
+            except ValueError:
+                return None
+            return int(f) if f.is_integer() else None
+    return None
+
+
+def check_int(value, name: str, lo: int, hi: int) -> int:
+    """``value`` as an int in ``lo..hi``; ``ValueError`` names the field and the range otherwise."""
+    number = _as_int(value)
+    if number is None:
+        shown = repr(value) if len(repr(value)) <= 42 else repr(value)[:40] + "…"
+        raise ValueError(f"{name}: {shown} is not a whole number; allowed {lo}..{hi}")
+    if not lo <= number <= hi:
+        raise ValueError(f"{name}: {number} is out of range; allowed {lo}..{hi}")
+    return number
+
+
+def check_length(text: str, name: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters; ``ValueError`` names the field otherwise."""
+    if len(text) > limit:
+        raise ValueError(f"{name}: the text has {len(text):,} characters; at most {limit:,} are accepted")
+    return text
+
+
+def _query_int(key: str, query: str | None, name: str, lo: int, hi: int, where) -> None:
+    """Seed a number field from the page's ``?query=`` parameter (first run only), refusing bad values."""
+    if query is None or key in st.session_state or query not in st.query_params:
+        return
+    raw = st.query_params[query]
+    try:
+        st.session_state[key] = check_int(raw, name, lo, hi)
+    except ValueError as e:
+        where.error(f"The link's ?{query}={raw[:40]} is refused, so the field shows its default. {e}")
+        del st.query_params[query]
+
+
+def _to_link(key: str, query: str) -> None:
+    st.query_params[query] = str(st.session_state[key])
+
+
+def number(label: str, *, key: str, lo: int, hi: int, value: int, where=None, query: str | None = None,
+           help: str | None = None, step: int = 1) -> int | None:
+    """An integer field allowed ``lo..hi``: its value, or ``None`` after a message under it.
+
+    The widget itself has no bounds (it would silently keep the old value); the range is
+    checked here and shown in the help. ``query`` names the page's deep-link parameter that
+    sets the field's first value (``?steps=4``) and follows its later edits.
+    """
+    where = where or st
+    _query_int(key, query, label, lo, hi, where)
+    bounds = f"allowed {lo}..{hi}"
+    x = where.number_input(label, value=int(value), step=step, key=key, help=f"{help}; {bounds}" if help else bounds,
+                           on_change=_to_link if query else None, args=(key, query) if query else None)
+    try:
+        return check_int(x, label, lo, hi)
+    except ValueError as e:
+        where.error(str(e))
+        return None
+
+
+def text(label: str, *, limit: int, where=None, area: bool = False, **kwargs) -> str | None:
+    """A text field of at most ``limit`` characters: its text, or ``None`` after a message under it.
+
+    The box holds one character more than the limit, so a paste that is too long is refused
+    with a message instead of being cut silently at the limit.
+    """
+    where = where or st
+    widget = where.text_area if area else where.text_input
+    value = widget(label, max_chars=limit + 1, **kwargs) or ""
+    try:
+        return check_length(value, label, limit)
+    except ValueError as e:
+        where.error(f"{e}: shorten it")
+        return None
+
+
+def query_names(*names: str) -> None:
+    """Warn about deep-link parameters the page does not take (a misspelt ``?step=`` is not ignored silently)."""
+    allowed = ("model",) + names
+    unknown = [q for q in st.query_params if q not in allowed]
+    if unknown:
+        st.warning(f"This page ignores the link's {', '.join(f'?{q}=' for q in unknown)}: it takes "
+                   f"{', '.join(f'?{q}=' for q in allowed)}")
+
+
+# --------------------------------------------------------------------- the model
+@dataclass
+class Picked:
+    """A model chosen on a page: its zoo name or folder, a cache key, its family and the model."""
+
+    name: str
+    key: str
+    family: str
+    model: torch.nn.Module
+
+
+def allowed_roots() -> list[Path]:
+    """The folders named by ``WORKBENCH_MODELS_ROOT`` (symlinks and ``..`` resolved); none when unset."""
+    raw = os.environ.get(ROOT_ENV, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def checked_folder(name_or_path: str) -> Path:
+    """The checkpoint folder of a zoo name, or of a path under an allowed root; ``ValueError`` otherwise.
+
+    A path is resolved (symlinks, ``..``, relative to the working directory) before it is
+    compared with the roots, so no spelling reaches outside them.
+    """
+    text = str(name_or_path).strip()
+    check_length(text, "Checkpoint folder", MAX_PATH_CHARS)
+    if not text:
+        raise ValueError("no model named: choose a zoo model or type a checkpoint folder")
+    if "\x00" in text:
+        raise ValueError("Checkpoint folder: the path contains a NUL character")
+    if text in models.zoo_names():
+        return models.ZOO / text
+    path = Path(text).expanduser().resolve()
+    roots = allowed_roots()
+    if _inside(path, models.ZOO.resolve()) or any(_inside(path, r) for r in roots):
+        return models.resolve(path)  # CheckpointError when it holds no checkpoint
+    zoo_list = ", ".join(models.zoo_names()) or "(none)"
+    if not roots:
+        raise ValueError(f"{text!r} is not a zoo model ({zoo_list}), and checkpoint folders outside the zoo are "
+                         f"off: start the app with {ROOT_ENV}=<folder> to open checkpoints under that folder")
+    where = " or ".join(str(r) for r in roots)
+    raise ValueError(f"{text!r} ({path}) is outside the allowed root {where}: only zoo models and checkpoint "
+                     f"folders under it open here ({ROOT_ENV}, set when the app starts, names the root)")
+
+
+def stamp(folder: Path) -> int:
+    weights = folder / checkpoints.WEIGHTS
+    return weights.stat().st_mtime_ns if weights.is_file() else 0
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=24)
+def _load(folder: str, mtime: int) -> torch.nn.Module:
+    setup_threads()
+    return models.load(folder)
+
+
+def load(name_or_path: str) -> tuple[torch.nn.Module, str]:
+    """(model, cache key) for a zoo name or checkpoint folder under an allowed root, loaded once per process."""
+    folder = checked_folder(name_or_path).resolve()
+    mtime = stamp(folder)
+    return _load(str(folder), mtime), f"{folder}@{mtime}"
+
+
+def _check(model, family: str) -> None:
+    """What the family's pages read from the config, read once here: a bad config is a message."""
+    if family == "reasoner":
+        from apps.adapters import reasoner
+        reasoner.check_model(model)
+    elif family == "act":
+        from apps.adapters import act
+        act.check_model(model)
+    elif family in ("warp", "gru"):
+        from apps.adapters import warp
+        warp.check_model(model)
+
+
+def _ordered(names: list[str], families: tuple[str, ...], prefer: list[str] | None) -> list[str]:
+    first = [n for n in (prefer or []) + [FLAGSHIPS.get(f, "") for f in families] if n in names]
+    return list(dict.fromkeys(first + names))
+
+
+def _open(name: str, families: tuple[str, ...], kinds: str) -> Picked:
+    folder = checked_folder(name)
+    cls = zoo.class_of(folder)
+    if cls not in models.CLASSES:
+        raise checkpoints.CheckpointError(f"{name!r}: model class {cls!r} is not allowed; allowed: "
+                                          f"{', '.join(sorted(models.CLASSES))}")
+    family = zoo.family_of(folder)
+    if family not in families:
+        raise ValueError(f"{name!r} holds a model of the family {zoo.LABELS.get(family, family)} ({cls}); "
+                         f"this page shows {kinds} models")
+    model, cache_key = load(name)
+    _check(model, family)
+    return Picked(name, cache_key, family, model)
+
+
+def pick_model(families: tuple[str, ...], key: str, label: str = "Model",
+               prefer: list[str] | None = None) -> Picked | None:
+    """A model of one of ``families``: a zoo entry or a typed checkpoint folder.
+
+    The page's ``?model=`` query parameter (a zoo name or a folder) chooses the first
+    selection. Returns None (after a message on the page) when nothing usable is chosen;
+    a checkpoint that cannot be read or built is such a message, never a traceback.
+    """
+    names = _ordered(zoo.names_of(*families), families, prefer)
+    kinds = " or ".join(zoo.LABELS[f] for f in families)
+    choice_key, path_key = f"{key}_choice", f"{key}_path"
+    query = st.query_params.get("model")
+    if choice_key not in st.session_state and query:
+        if query in names:
+            st.session_state[choice_key] = query
+        elif len(query) > MAX_PATH_CHARS:
+            st.error(f"The link's ?model= has {len(query):,} characters; at most {MAX_PATH_CHARS:,} are accepted")
+        else:
+            st.session_state[choice_key], st.session_state[path_key] = FOLDER, query
+    options = names + [FOLDER]
+    if st.session_state.get(choice_key) not in options:
+        st.session_state.pop(choice_key, None)
+    choice = st.selectbox(label, options, key=choice_key,
+                          help=f"a shipped {kinds} model, or a checkpoint folder written by "
+                               "`workbench.checkpoints.save` or `workbench train`")
+    if not names:
+        st.info(f"No {kinds} model in the zoo yet (`models/zoo/`). Train one (see the README) or type a "
+                "checkpoint folder below.")
+    if choice != FOLDER:
+        name = choice
+    else:
+        roots = allowed_roots()
+        where = (f"under {' or '.join(str(r) for r in roots)} ({ROOT_ENV})" if roots else
+                 f"none outside the zoo: start the app with {ROOT_ENV}=<folder> to allow one")
+        name = text("Checkpoint folder", limit=MAX_PATH_CHARS, key=path_key, placeholder="runs/my-model",
+                    help=f"a folder with config.json and model.safetensors; allowed: {where}")
+        need(name)
+        name = name.strip()
+        if not name:
+            st.info("Type the path of a checkpoint folder (with config.json and model.safetensors).")
+            return None
+    try:
+        return _open(name, families, kinds)
+    except Exception as e:  # noqa: BLE001 - whatever a checkpoint holds, the page shows a message
+        st.error(f"Cannot open the model: {error_text(e)}")
+        return None
+
+
+# ------------------------------------------------------------------------- misc
 def download_csv(df: pd.DataFrame, filename: str, key: str, label: str = "Download CSV") -> None:
     st.download_button(label, df.to_csv(index=False).encode(), file_name=filename, mime="text/csv", key=key)
 

@@ -2,6 +2,8 @@
 
 A model's family is read from the ``class`` field of its ``config.json``, so listing the
 zoo never loads a model. Pure functions (no Streamlit): the pages and the tests share them.
+An unreadable zoo entry never breaks a listing: ``zoo_table`` shows it as a row saying what is
+wrong, ``names_of`` and ``ood_table`` leave it out.
 
 >>> family_of("models/zoo/act-parity")        # 'act'
 >>> names_of("warp")                          # ['warp-msd', 'warp-phys-msd']
@@ -10,6 +12,7 @@ zoo never loads a model. Pure functions (no Streamlit): the pages and the tests 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -31,16 +34,13 @@ ANALYSIS_FAMILIES = ("reasoner", "act", "warp")
 
 
 def class_of(folder: str | Path) -> str:
-    """The ``class`` field of a checkpoint's config.json (raises ``CheckpointError`` if unreadable)."""
-    config = checkpoints.read_json(Path(folder) / checkpoints.CONFIG)
-    if "class" not in config:
-        raise checkpoints.CheckpointError(f"{Path(folder) / checkpoints.CONFIG}: no 'class' field")
-    return str(config["class"])
+    """The ``class`` field of a checkpoint's config.json (``CheckpointError`` if unreadable or malformed)."""
+    return checkpoints.read_config(folder)["class"]
 
 
 def config_of(name_or_path: str | Path) -> dict:
     """The constructor arguments stored in a checkpoint's config.json (without loading the model)."""
-    return checkpoints.read_json(models.resolve(name_or_path) / checkpoints.CONFIG).get("config", {})
+    return checkpoints.read_config(models.resolve(name_or_path))["config"]
 
 
 def family_of(name_or_path: str | Path) -> str:
@@ -59,8 +59,8 @@ def names_of(*families: str) -> list[str]:
         try:
             if family_of(name) in families:
                 out.append(name)
-        except checkpoints.CheckpointError:
-            continue  # a checkpoint being written: list it once its config is readable
+        except Exception:  # noqa: BLE001 - unreadable (or being written): the home page's table says why
+            continue
     return out
 
 
@@ -74,16 +74,24 @@ def headline(name_or_path: str | Path) -> dict:
     line = ""
     card = folder / "card.md"
     if card.is_file():
-        line = next((ln[2:].strip() for ln in card.read_text().splitlines() if ln.startswith("> ")), "")
+        try:
+            line = next((ln[2:].strip() for ln in card.read_text().splitlines() if ln.startswith("> ")), "")
+        except (OSError, UnicodeDecodeError) as e:
+            raise checkpoints.CheckpointError(f"{card}: unreadable ({e})") from e
     head = checkpoints.load_metrics(folder).get("headline", {})
     metric, value = "", None
     if isinstance(head, dict) and "metric" in head and "value" in head:
-        metric, value = str(head["metric"]), float(head["value"])
+        if _is_number(head["value"]):
+            metric, value = str(head["metric"]), float(head["value"])
     elif isinstance(head, dict):  # several headline numbers (the gain circuit): show the first
-        numbers = [(k, v) for k, v in head.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numbers = [(k, v) for k, v in head.items() if _is_number(v)]
         if numbers:
             metric, value = str(numbers[0][0]), float(numbers[0][1])
     return {"headline": line, "metric": metric, "value": value}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def zoo_table() -> pd.DataFrame:
@@ -91,9 +99,12 @@ def zoo_table() -> pd.DataFrame:
     rows = []
     for name in models.zoo_names():
         try:
+            cls = class_of(models.resolve(name))
+            if cls not in models.CLASSES:
+                raise checkpoints.CheckpointError(f"model class {cls!r} is not one the workbench opens")
             fam = family_of(name)
             rows.append({"model": name, "family": LABELS.get(fam, fam), **headline(name)})
-        except checkpoints.CheckpointError as e:
+        except Exception as e:  # noqa: BLE001 - one bad entry is one row saying what is wrong
             rows.append({"model": name, "family": "?", "headline": f"unreadable: {e}", "metric": "", "value": None})
     return pd.DataFrame(rows, columns=["model", "family", "headline", "metric", "value"])
 
@@ -106,9 +117,15 @@ def ood_table(names: list[str] | None = None) -> pd.DataFrame:
     """
     frames = []
     for name in names if names is not None else names_of("reasoner"):
-        ood = checkpoints.load_metrics(models.resolve(name)).get("ood")
-        if ood:
-            frames.append(pd.DataFrame(ood).assign(model=name))
+        try:
+            ood = checkpoints.load_metrics(models.resolve(name)).get("ood")
+            frame = pd.DataFrame(ood) if ood else None
+            if frame is not None and not {"n_nodes", "fully_solved"} <= set(frame.columns):
+                frame = None
+        except Exception:  # noqa: BLE001 - a malformed table is left out, as a missing one
+            frame = None
+        if frame is not None:
+            frames.append(frame.assign(model=name))
     if not frames:
         return pd.DataFrame(columns=["model", "n_nodes", "fully_solved"])
     return pd.concat(frames, ignore_index=True)
@@ -117,7 +134,10 @@ def ood_table(names: list[str] | None = None) -> pd.DataFrame:
 def training_size(names: list[str]) -> int | None:
     """The training graph size of the first reasoner in ``names`` (for the OOD figure's marker)."""
     for name in names:
-        n = config_of(name).get("task", {}).get("n_nodes")
+        try:
+            n = int(config_of(name).get("task", {}).get("n_nodes") or 0)
+        except Exception:  # noqa: BLE001 - no usable size in this config: try the next
+            continue
         if n:
-            return int(n)
+            return n
     return None

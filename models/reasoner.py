@@ -259,9 +259,8 @@ class Layout:
 
     mask: Tensor  # [batch, 1, query|1, key] bool, True = may attend (not padding; causal)
     segment_rel: Optional[Tensor] = None  # [batch, query, key] clipped equation distance + window
-    # True when no hook is attached anywhere (or, inside ``Reasoner.fused_attention()``, none on
-    # attention scores or patterns); hooked runs (caching, patching) take the einsum path, so a
-    # patched run and its clean reference agree exactly
+    # True inside ``Reasoner.fused_attention()`` when no hook watches attention scores or patterns;
+    # otherwise every run takes the einsum path, so plain, cached and patched runs agree exactly
     fused: bool = False
     _biases: dict = field(default_factory=dict, repr=False)
 
@@ -353,7 +352,7 @@ class Reasoner(HookedRecurrentModule):
         self.steps = hook_list(cfg.max_steps, lambda: StepHooks(cfg.n_layers))
         self._score_hooks = [h for step in self.steps for b in step.blocks
                              for h in (b.attn.hook_attn_scores, b.attn.hook_pattern)]
-        self._fused_when_hooked = False
+        self._fused = False  # see fused_attention()
         if cfg.value_init == "fourier":
             self._fourier_values()
         self.setup()
@@ -388,20 +387,22 @@ class Reasoner(HookedRecurrentModule):
             ws = self.cfg.segment_window
             segment = (tokens[..., 0] == ga.SEP).long().cumsum(dim=1)  # equation index of each token
             segment_rel = (segment[:, None, :] - segment[:, :, None]).clamp(-ws, ws) + ws
-        watched = self._score_hooks if self._fused_when_hooked else self.hook_dict.values()
-        fused = not any(_watched(hook) for hook in watched)
+        fused = self._fused and not any(_watched(hook) for hook in self._score_hooks)
         return Layout(mask, segment_rel, fused)
 
     @contextmanager
     def fused_attention(self) -> Iterator[None]:
-        """Hooked runs inside this block take the fused attention kernel too, unless they watch
-        attention scores or patterns: ~1.3x faster for collecting residuals, equal to the einsum
-        path to ~1e-6 but not bit for bit (so patching, which compares runs exactly, stays out)."""
-        before, self._fused_when_hooked = self._fused_when_hooked, True
+        """Runs inside this block take the fused attention kernel unless they watch attention
+        scores or patterns: ~1.3x faster, equal to the default path to ~1e-6 but not bit for bit.
+
+        Outside it every run, plain or hooked, takes the same path, so ``model(x)`` and
+        ``run_with_hooks(x, ...)`` agree bit for bit. Training, evaluation and probing collection
+        use it; patching, which compares runs exactly, does not."""
+        before, self._fused = self._fused, True
         try:
             yield
         finally:
-            self._fused_when_hooked = before
+            self._fused = before
 
     def step(self, x: Tensor, t: int, layout: Layout, first_block: int = 0) -> tuple[Tensor, list[Tensor]]:
         """One application of the shared block stack: returns (final residual, factor logits).
@@ -612,9 +613,10 @@ class Reasoner(HookedRecurrentModule):
         """The training loss for this configuration (used by ``workbench.train``)."""
         if not isinstance(batch, dict) or not isinstance(batch.get("targets"), Tensor):
             self._check_batch(batch, rollout=False)  # raises, naming what a batch needs
-        if batch["targets"].ndim == 3:
-            return self.transition_loss(batch)
-        return self.rollout_loss(batch)
+        with self.fused_attention():  # training compares no runs: the faster kernel
+            if batch["targets"].ndim == 3:
+                return self.transition_loss(batch)
+            return self.rollout_loss(batch)
 
     # --- config round trip ----------------------------------------------------
     def config_dict(self) -> dict:

@@ -2,7 +2,8 @@
 ones included, never raise; bad input shows a message on the page.
 
 Model pages are pointed at tiny checkpoints (``?model=<folder>``) so each run takes a fraction
-of a second; the defaults run on whatever the zoo holds.
+of a second; the defaults run on whatever the zoo holds. The tiny checkpoints lie under a
+temporary folder that ``WORKBENCH_MODELS_ROOT`` allows, as whoever starts the app would.
 """
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from apps import zoo
+from apps import ui, zoo
 from tests import app_models
 from tests.app_models import shipped
 
@@ -23,7 +24,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return {k: str(v) for k, v in app_models.all_families(tmp_path_factory.mktemp("app_pages")).items()}
+    root = tmp_path_factory.mktemp("app_pages")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ui.ROOT_ENV, str(root))
+        yield {k: str(v) for k, v in app_models.all_families(root).items()}
 
 
 def open_page(page: str, model: str | None = None) -> AppTest:
@@ -85,8 +89,10 @@ def test_pages_open_on_a_checkpoint_folder(tiny, page, family):
 
 # ------------------------------------------------------------ model picker
 def test_model_picker_rejects_missing_and_wrong_models(tiny):
-    at = open_page("reasoner", "/no/such/folder")
+    at = open_page("reasoner", str(Path(tiny["act"]).parent / "no-such-folder"))
     shows_error(at, "Cannot open the model", "neither a checkpoint folder nor a zoo model")
+    at.text_input(key="reasoner_model_path").set_value("/no/such/folder").run()
+    shows_error(at, "Cannot open the model", "outside the allowed root", ui.ROOT_ENV)
     at.text_input(key="reasoner_model_path").set_value(tiny["act"]).run()
     shows_error(at, "ACT", "this page shows Reasoner models")
     at.text_input(key="reasoner_model_path").set_value("").run()

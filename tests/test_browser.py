@@ -4,6 +4,9 @@ rendered and no error box on each; screenshots go to ``test-output/screenshots/`
 
 ``.ci/run`` installs the browser. Where none is installed this test is skipped, except under CI
 (``CI`` set), where a missing browser is a failure.
+
+Every wait is a wait for a condition (the server's health check, a page settled, an error box)
+with limits of minutes, so a busy machine is slow, not a failure.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -26,7 +28,9 @@ from tests.app_models import shipped
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-PAGE_TIMEOUT_S = 120
+PAGE_TIMEOUT_S = 300  # a page settles (its script done, a plot drawn) within this
+START_TIMEOUT_S = 300  # the server answers its health check within this
+POLL_S = 0.5
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +71,7 @@ def browser():
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)
+    driver.set_script_timeout(PAGE_TIMEOUT_S)
     yield driver
     driver.quit()
 
@@ -77,27 +82,30 @@ def server(tmp_path_factory):
     if _browser() is None:  # the browser fixture reports why; don't start a server for nothing
         yield None, {}
         return
-    tiny = {k: str(v) for k, v in app_models.all_families(tmp_path_factory.mktemp("browser_models")).items()}
+    root = tmp_path_factory.mktemp("browser_models")
+    tiny = {k: str(v) for k, v in app_models.all_families(root).items()}
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, "WORKBENCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # the tiny checkpoints lie outside the zoo: allow their folder, as whoever starts the app would
+    env = {**os.environ, "WORKBENCH_THREADS": "1", "PYTHONUNBUFFERED": "1", "WORKBENCH_MODELS_ROOT": str(root)}
     cmd = [sys.executable, "-m", "streamlit", "run", "apps/explorer.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited ({proc.poll()}):\n{log.read_text()[-3000:]}")
+        try:
+            return urllib.request.urlopen(f"{base}/_stcore/health", timeout=10).read() == b"ok"
+        except OSError:
+            return False
+
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        if not _wait_for(up, START_TIMEOUT_S):
+            raise RuntimeError(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
         yield base, tiny
     finally:
         proc.terminate()
@@ -105,6 +113,20 @@ def server(tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _wait_for(condition, timeout_s: float) -> bool:
+    """Poll ``condition()`` until it is true (True) or ``timeout_s`` passes (False)."""
+    from selenium.common.exceptions import JavascriptException, StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    try:  # a page replaced while we look is not there yet: look again
+        WebDriverWait(None, timeout_s, poll_frequency=POLL_S,
+                      ignored_exceptions=(JavascriptException, StaleElementReferenceException)).until(
+            lambda _: condition())
+        return True
+    except TimeoutException:
+        return False
 
 
 def _count(driver, css: str) -> int:
@@ -144,15 +166,15 @@ def _settled(driver, want_plot: bool) -> bool:
     return plots > 0 if want_plot else plots > 0 or _count(driver, '[data-testid="stAlertContentInfo"]') > 0
 
 
+# every Plotly figure on the page has been laid out and drawn (plotly sets _fullLayout when done)
+PLOTS_DRAWN = ("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+               ".every(p => p._fullLayout && p.querySelector('.main-svg'));")
+
+
 def visit(driver, url: str, shot: str, want_plot: bool = True) -> None:
     """Open ``url``, wait for the page, check a plot (or, where allowed, an info box) and no error box."""
     driver.get(url)
-    deadline = time.time() + PAGE_TIMEOUT_S
-    while not _settled(driver, want_plot):
-        if time.time() > deadline:
-            break
-        time.sleep(0.5)
-    time.sleep(1.0)  # let plotly finish drawing before the screenshot
+    _wait_for(lambda: _settled(driver, want_plot) and driver.execute_script(PLOTS_DRAWN), PAGE_TIMEOUT_S)
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / f"{shot}.png"))
     errors = _texts(driver, '[data-testid="stAlertContentError"]')
@@ -196,12 +218,14 @@ def test_bad_input_shows_a_message_in_the_browser(browser, server):
 
     base, tiny = server
     visit(browser, f"{base}/act?model={urllib.parse.quote(tiny['act'])}", "act_tiny")
-    box = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Input (parity)"]')
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    box = WebDriverWait(browser, PAGE_TIMEOUT_S, poll_frequency=POLL_S).until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, 'input[aria-label="Input (parity)"]')))
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("+0x", Keys.ENTER)
-    deadline = time.time() + PAGE_TIMEOUT_S
-    while not _count(browser, '[data-testid="stAlertContentError"]') and time.time() < deadline:
-        time.sleep(0.5)
+    _wait_for(lambda: _count(browser, '[data-testid="stAlertContentError"]') > 0, PAGE_TIMEOUT_S)
     browser.save_screenshot(str(SHOTS / "act_malformed.png"))
     errors = _texts(browser, '[data-testid="stAlertContentError"]')
     assert any("not an entry" in e for e in errors), errors

@@ -161,7 +161,10 @@ def test_analytic_optimum_needs_positive_net_drive():
 def test_analytic_and_gradient_gains_agree(model, name):
     dist = model.cfg.distribution(name)
     exact = analytic_gains(model, dist)
-    res = gradient_gains(model, dist)  # starts from constant gains, not from the closed form
+    # starts from constant gains, not from the closed form; stops at max |dL/dlog g| < 1e-6, ten times
+    # the float64 floor of this loss (about 1e-7, where the descent can stall), which leaves the
+    # gains within about 1e-6 of the closed form
+    res = gradient_gains(model, dist, tol=1e-6)
     assert res.converged and res.iterations > 5
     assert torch.allclose(res.gains, exact, rtol=1e-5)
     # the optimum equalises the mean responses at 1/alpha (homeostasis)

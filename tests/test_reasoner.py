@@ -127,17 +127,31 @@ def test_encode_batch_pads_with_pad_tokens(problems):
 
 
 @pytest.mark.parametrize("segment_window", [0, 2])
-def test_unhooked_runs_take_the_fused_attention_and_match_hooked_runs(problems, segment_window):
+def test_plain_and_hooked_runs_agree_bit_for_bit(problems, segment_window):
     model = small(segment_window=segment_window)
     x = tokens(problems, model.cfg)
     plain = model(x, steps=4)
-    assert model.layout(x).fused
-    hooked, cache = model.run_with_cache(x, steps=4, names_filter=lambda n: n.endswith("hook_pattern"))
-    assert torch.allclose(plain.value_logits, hooked.value_logits, atol=1e-5)
-    assert torch.equal(plain.codes, hooked.codes)
-    # the pattern the hooked run exposes is a distribution over allowed keys
-    pattern = cache["steps.2.blocks.0.attn.hook_pattern"]
+    assert not model.layout(x).fused
+    cached, cache = model.run_with_cache(x, steps=4)
+    noop = model.run_with_hooks(x, steps=4, fwd_hooks=[("steps.1.blocks.0.hook_resid_pre", lambda a, hook: a)])
+    for other in (cached, noop):
+        assert torch.equal(plain.value_logits, other.value_logits)
+        assert torch.equal(plain.codes, other.codes)
+    pattern = cache["steps.2.blocks.0.attn.hook_pattern"]  # a distribution over allowed keys
     assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-5)
+
+
+@pytest.mark.parametrize("segment_window", [0, 2])
+def test_the_fused_kernel_is_opt_in_and_close(problems, segment_window):
+    model = small(segment_window=segment_window)
+    x = tokens(problems, model.cfg)
+    plain = model(x, steps=4)
+    with model.fused_attention():
+        assert model.layout(x).fused
+        fused = model(x, steps=4)
+        _, cache = model.run_with_cache(x, steps=4, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert torch.allclose(plain.value_logits, fused.value_logits, atol=1e-4)
+    assert "steps.2.blocks.0.attn.hook_pattern" in cache
 
 
 def test_a_problem_over_another_modulus_is_refused_by_name():

@@ -21,6 +21,18 @@ from workbench.tasks import addition as add
 from workbench.tasks import parity as par
 
 
+MAX_INPUT_CHARS = 2_000  # far above any input of the ACT tasks
+
+
+def check_model(model) -> None:
+    """Read what the pages need from the model's config; ``ValueError`` says what is unusable."""
+    try:
+        input_format(model)
+        difficulties(model)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise ValueError(f"the checkpoint's task config is unusable: {e}") from e
+
+
 @dataclass
 class ACTInput:
     """One sequence for the model: inputs [1, T, input_size], mask [1, T], and its ground truth."""
@@ -54,7 +66,12 @@ def sample_text(model, seed: int) -> str:
 
 
 def parse_input(model, text: str) -> ACTInput:
-    """The input in ``text``; ``ValueError`` names the position and the rule broken."""
+    """The input in ``text``; ``ValueError`` names the position and the rule broken.
+
+    Texts longer than ``MAX_INPUT_CHARS`` are refused before they are read.
+    """
+    if len(text) > MAX_INPUT_CHARS:
+        raise ValueError(f"the input has {len(text):,} characters; at most {MAX_INPUT_CHARS:,} are accepted")
     task = task_of(model)
     if task_name(model) == "parity":
         problem = par.parse(text, size=task.size)

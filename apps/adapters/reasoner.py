@@ -24,11 +24,25 @@ from workbench.tasks import graph_arith as ga
 
 STATUSES = ("not yet computed", "correct", "wrong")
 WHERE = ("definition", "every occurrence")
+MAX_PROBLEM_CHARS = 20_000  # far above any problem a reasoner takes (its name pool caps the equations)
+
+
+def check_model(model) -> None:
+    """Read what the pages need from the model's config; ``ValueError`` says what is unusable."""
+    try:
+        task_of(model)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"the checkpoint's task config is unusable: {e}") from e
 
 
 # ------------------------------------------------------------------ problems
 def parse_problem(model, text: str) -> ga.Problem:
-    """The problem in ``text`` (the task's format); ``ValueError`` names the position and rule."""
+    """The problem in ``text`` (the task's format); ``ValueError`` names the position and rule.
+
+    Texts longer than ``MAX_PROBLEM_CHARS`` are refused before they are read.
+    """
+    if len(text) > MAX_PROBLEM_CHARS:
+        raise ValueError(f"the problem text has {len(text):,} characters; at most {MAX_PROBLEM_CHARS:,} are accepted")
     cfg, task = model.cfg, task_of(model)
     problem = ga.parse(text, modulus=cfg.modulus, name_pool=cfg.name_pool, max_fan_in=task.max_fan_in,
                        max_tokens=cfg.max_tokens)

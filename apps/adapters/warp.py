@@ -31,6 +31,20 @@ def task_of(model) -> dy.DynamicsConfig | dg.DigitsConfig:
     return task_from_dict(dict(model.cfg.task))
 
 
+def check_model(model) -> None:
+    """Read what the pages need from the model's config; ``ValueError`` says what is unusable.
+
+    A model without a task passes (the page explains that it cannot sample inputs)."""
+    if not getattr(model.cfg, "task", None):
+        return
+    try:
+        task = task_of(model)
+        if isinstance(task, dy.DynamicsConfig):
+            task.spec  # noqa: B018 - an unknown system raises here
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise ValueError(f"the checkpoint's task config is unusable: {e}") from e
+
+
 def is_digits(model) -> bool:
     return isinstance(task_of(model), dg.DigitsConfig)
 

@@ -13,6 +13,7 @@ st.caption("At every input step the RNN updates its state a variable number of t
            "cumulative halting probability reaches 1 - eps. Edit an input, watch it halt, and patch the "
            "halting logit.")
 
+ui.query_names("seed", "problems")
 picked = ui.pick_model(("act",), key="act_model")
 if picked is None:
     st.stop()
@@ -23,22 +24,30 @@ text_key = f"act_text::{picked.key}"
 
 
 def _sample() -> None:
-    st.session_state[text_key] = aa.sample_text(model, st.session_state["act_seed"])
+    try:
+        seed = ui.check_int(st.session_state["act_seed"], "Seed", 0, ui.SEED_MAX)
+        st.session_state[text_key] = aa.sample_text(model, seed)
+    except ValueError as e:
+        st.session_state["act_sample_error"] = str(e)
 
 
 left, right = st.columns([3, 1])
 with right:
-    st.number_input("Seed", min_value=0, value=0, step=1, key="act_seed")
+    ui.number("Seed", lo=0, hi=ui.SEED_MAX, value=0, key="act_seed", query="seed")
     st.button("Sample an input", on_click=_sample, key="act_sample")
 if text_key not in st.session_state:
-    st.session_state[text_key] = aa.sample_text(model, 0)
+    with ui.guard("Sampling the default input"):
+        st.session_state[text_key] = aa.sample_text(model, 0)
 with left:
-    text = st.text_input(f"Input ({cfg.task_name})", key=text_key, help=aa.input_format(model))
+    text = ui.text(f"Input ({cfg.task_name})", limit=aa.MAX_INPUT_CHARS, key=text_key, help=aa.input_format(model))
     st.caption(f"Format: {aa.input_format(model)}. ACT {'on, tau = ' + format(cfg.tau, 'g') if cfg.act else 'off'}; "
                f"{cfg.cell} cell, {cfg.hidden} units, at most {cfg.max_ponder} ponder steps.")
+if err := st.session_state.pop("act_sample_error", None):
+    st.error(f"Sampling: {err}")
+ui.need(text)
 
 try:
-    x = aa.parse_input(model, text or "")
+    x = aa.parse_input(model, text)
 except ValueError as e:
     st.error(f"The input is malformed: {e}")
     st.stop()
@@ -63,9 +72,11 @@ with ui.guard("Running the model"):
 
     with batch_tab, ui.guard("Ponder time vs difficulty"):
         b1, b2, b3 = st.columns(3)
-        n = b1.number_input("Fresh problems", min_value=1, max_value=5000, value=200, step=50, key="act_batch_n")
+        n = ui.number("Fresh problems", where=b1, lo=1, hi=5000, value=200, step=50, key="act_batch_n",
+                      query="problems")
         by = b2.selectbox("Difficulty", aa.difficulties(model), key="act_batch_by")
-        seed = b3.number_input("Seed", min_value=0, value=1, key="act_batch_seed")
+        seed = ui.number("Seed", where=b3, lo=0, hi=ui.SEED_MAX, value=1, key="act_batch_seed")
+        ui.need(n, seed)
         with st.spinner("Evaluating fresh problems…"):
             table = aa.ponder_vs_difficulty(model, int(n), int(seed), by)
         st.plotly_chart(views.ponder_difficulty_figure(table.assign(model=picked.name), by), key="difficulty")

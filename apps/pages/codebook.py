@@ -13,6 +13,7 @@ st.caption("Per loop step: codes used, perplexity, dead codes, accuracy of the d
            "algorithm, the embeddings' geometry and the distance of the latents from the codebook. ACT and WARP "
            "have no discrete bottleneck: they get a k-means codebook of their states.")
 
+ui.query_names("samples", "seed", "nodes", "k")
 picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="codebook_model", prefer=zoo.names_of("reasoner"))
 if picked is None:
     st.stop()
@@ -30,16 +31,19 @@ def _report(key, family, n, seed, k, nodes, _model):
 
 c1, c2, c3 = st.columns(3)
 lo, hi = an.CODEBOOK_N[family]
-n = int(c1.number_input("Samples", min_value=lo, max_value=hi, value=DEFAULT_N[family], key=f"codebook_n_{family}"))
-seed = int(c2.number_input("Seed", min_value=0, value=0, key="codebook_seed"))
+n = ui.number("Samples", where=c1, lo=lo, hi=hi, value=DEFAULT_N[family], key=f"codebook_n_{family}",
+              query="samples")
+seed = ui.number("Seed", where=c2, lo=0, hi=ui.SEED_MAX, value=0, key="codebook_seed", query="seed")
 k, nodes = 8, None
 if family == "reasoner":
     train_n = int(model.cfg.task.get("n_nodes", 16)) if model.cfg.task else 16
-    nodes = int(c3.number_input("Nodes", min_value=2, max_value=model.cfg.name_pool, value=min(train_n, 16),
-                                key="codebook_nodes"))
+    nodes = ui.number("Nodes", where=c3, lo=2, hi=model.cfg.name_pool, value=min(train_n, 16), key="codebook_nodes",
+                      query="nodes")
+    ui.need(nodes)
 else:
-    k = int(c3.number_input("Clusters k", min_value=2, max_value=256, value=8 if family == "act" else 16,
-                            key=f"codebook_k_{family}"))
+    k = ui.number("Clusters k", where=c3, lo=2, hi=256, value=8 if family == "act" else 16,
+                  key=f"codebook_k_{family}", query="k")
+ui.need(n, seed, k)
 
 with ui.guard("Codebook analysis"):
     with st.spinner("Rolling out and analysing the codes…"):

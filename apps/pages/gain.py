@@ -13,6 +13,7 @@ st.title("Gain-controlled recurrent circuit")
 st.caption("36 orientation-tuned neurons with fixed recurrent weights adapt only their gains to the stimulus "
            "distribution; the gain changes, propagated through the recurrence, reproduce V1's adaptation effects.")
 
+ui.query_names()
 picked = ui.pick_model(("gain",), key="gain_model")
 if picked is None:
     st.stop()
@@ -25,9 +26,10 @@ def _experiment(key: str, distribution: str, solver: str, _model):
 
 
 default = model.cfg.biased
-text = st.text_input("Adapting distribution", value=default, key="gain_dist",
-                     help="e.g. 'biased adapter=30 weight=0.3 width=5'; the shipped gains were optimised for "
-                          f"'{default}'")
+text = ui.text("Adapting distribution", limit=500, value=default, key="gain_dist",
+               help="e.g. 'biased adapter=30 weight=0.3 width=5'; the shipped gains were optimised for "
+                    f"'{default}'")
+ui.need(text)
 try:
     dist = ori.parse(text)
 except ValueError as e:

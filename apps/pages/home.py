@@ -13,6 +13,7 @@ st.title("Loop workbench")
 st.caption("Hooked, trained looped models and the tools to look inside every step. Pick a page on the left: "
            "one per model family, one per analysis.")
 
+ui.query_names()
 with ui.guard("The zoo"):
     table = zoo.zoo_table()
     st.subheader("The zoo")
@@ -40,6 +41,6 @@ with ui.guard("The OOD table"):
 with ui.guard("The model cards"):
     st.subheader("Model cards")
     for name in models.zoo_names():
-        card = models.resolve(name) / "card.md"
-        with st.expander(name):
+        with st.expander(name), ui.guard(f"The card of {name}"):  # one unreadable card is one message
+            card = models.resolve(name) / "card.md"
             st.markdown(card.read_text() if card.is_file() else "(no card yet: the model is still being trained)")

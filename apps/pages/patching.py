@@ -14,6 +14,7 @@ st.caption("Run a corrupted input, write the clean activation into one site, and
            "behaviour comes back: score 0 = as corrupted, 1 = as clean. Attribution patching estimates the same "
            "from one backward pass.")
 
+ui.query_names("inputs", "seed", "nodes", "stride")
 picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="patching_model", prefer=zoo.names_of("reasoner"))
 if picked is None:
     st.stop()
@@ -29,14 +30,15 @@ def _patch(key, family, n, seed, nodes, metric, patterns, positions, heads, stri
 
 c1, c2, c3, c4 = st.columns(4)
 lo, hi = an.N_RANGE[family]
-n = c1.number_input("Inputs", min_value=lo, max_value=hi, value=an.DEFAULT_N[family], key=f"patch_n_{family}",
-                    help="clean / corrupted pairs in the batch (scores use the batch mean)")
-seed = c2.number_input("Seed", min_value=0, value=0, key="patch_seed")
+n = ui.number("Inputs", where=c1, lo=lo, hi=hi, value=an.DEFAULT_N[family], key=f"patch_n_{family}", query="inputs",
+              help="clean / corrupted pairs in the batch (scores use the batch mean)")
+seed = ui.number("Seed", where=c2, lo=0, hi=ui.SEED_MAX, value=0, key="patch_seed", query="seed")
 nodes = None
 if family == "reasoner":
     train_n = int(model.cfg.task.get("n_nodes", 16)) if model.cfg.task else 16
-    nodes = int(c3.number_input("Nodes", min_value=2, max_value=model.cfg.name_pool, value=min(train_n, 16),
-                                key="patch_nodes", help=f"graph size (trained on N = {train_n})"))
+    nodes = ui.number("Nodes", where=c3, lo=2, hi=model.cfg.name_pool, value=min(train_n, 16), key="patch_nodes",
+                      query="nodes", help=f"graph size (trained on N = {train_n})")
+    ui.need(nodes)
 metric = c4.selectbox("Metric", an.METRICS[family], key=f"patch_metric_{family}")
 
 d1, d2 = st.columns(2)
@@ -45,12 +47,16 @@ ablation = d2.selectbox("Ablation", [None, "zero", "mean", "resample"], key="pat
                         format_func=lambda a: "none (patch clean into corrupted)" if a is None else a)
 default_sites, default_pos = an.DEFAULT_SITES[family]
 s1, s2, s3, s4 = st.columns([3, 1, 1, 1])
-patterns = s1.text_input("Sites (hook names or globs)", value=default_sites, key=f"patch_sites_{family}",
-                         help="e.g. steps.*.blocks.*.hook_resid_pre, steps.*.blocks.1.attn.hook_z, time.*.hook_theta")
-positions = s2.text_input("Positions", value=default_pos, key=f"patch_pos_{family}", help="each, none or 0,3,7")
-heads = s3.text_input("Heads", value="none", key=f"patch_heads_{family}", help="each, none or 0,1 (attention hooks)")
-stride = int(s4.number_input("Every k-th time step", min_value=1, value=8, key="patch_stride")) \
-    if family == "warp" else None
+patterns = ui.text("Sites (hook names or globs)", where=s1, limit=2000, value=default_sites,
+                   key=f"patch_sites_{family}",
+                   help="e.g. steps.*.blocks.*.hook_resid_pre, steps.*.blocks.1.attn.hook_z, time.*.hook_theta")
+positions = ui.text("Positions", where=s2, limit=1000, value=default_pos, key=f"patch_pos_{family}",
+                    help="each, none or 0,3,7")
+heads = ui.text("Heads", where=s3, limit=1000, value="none", key=f"patch_heads_{family}",
+                help="each, none or 0,1 (attention hooks)")
+stride = ui.number("Every k-th time step", where=s4, lo=1, hi=max(1, int(getattr(model.cfg, "seq_len", 1024))),
+                   value=8, key="patch_stride", query="stride") if family == "warp" else None
+ui.need(n, seed, patterns, positions, heads, stride if family == "warp" else 0)
 
 with ui.guard("Patching"):
     with st.spinner("Patching every site…"):

@@ -13,6 +13,7 @@ st.title("Linear probes")
 st.caption("Cache activations at every loop step, fit one linear probe per site on a held-out split, and compare "
            "with a control task of random labels: high selectivity means the feature is readable there.")
 
+ui.query_names("samples", "seed", "nodes", "per_problem", "stride")
 picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="probing_model", prefer=zoo.names_of("reasoner"))
 if picked is None:
     st.stop()
@@ -33,9 +34,9 @@ def _fit(key, family, n, seed, patterns, nodes, per_problem, stride, target, con
 
 c1, c2, c3, c4 = st.columns(4)
 lo, hi = an.PROBE_N[family]
-n = int(c1.number_input("Samples", min_value=lo, max_value=hi, value=DEFAULT_N[family], key=f"probe_n_{family}",
-                        help="problems (reasoner) or sequences"))
-seed = int(c2.number_input("Seed", min_value=0, value=0, key="probe_seed"))
+n = ui.number("Samples", where=c1, lo=lo, hi=hi, value=DEFAULT_N[family], key=f"probe_n_{family}", query="samples",
+              help="problems (reasoner) or sequences")
+seed = ui.number("Seed", where=c2, lo=0, hi=ui.SEED_MAX, value=0, key="probe_seed", query="seed")
 try:
     targets = an.probe_targets(model, family)
 except ValueError as e:
@@ -50,15 +51,17 @@ if family == "reasoner":
                            help="none: relabel each row at random; variable: one random label per variable name "
                                 "(Hewitt & Liang)")
     r1, r2, r3 = st.columns([3, 1, 1])
-    patterns = r1.text_input("Sites (hook names or globs)", value="steps.*.blocks.*.hook_resid_post",
-                             key="probe_sites")
+    patterns = ui.text("Sites (hook names or globs)", where=r1, limit=2000, value="steps.*.blocks.*.hook_resid_post",
+                       key="probe_sites")
     train_n = int(model.cfg.task.get("n_nodes", 16)) if model.cfg.task else 16
-    nodes = int(r2.number_input("Nodes", min_value=2, max_value=model.cfg.name_pool, value=min(train_n, 16),
-                                key="probe_nodes"))
-    per_problem = int(r3.number_input("Variables per problem", min_value=1, max_value=64, value=4,
-                                      key="probe_per_problem"))
+    nodes = ui.number("Nodes", where=r2, lo=2, hi=model.cfg.name_pool, value=min(train_n, 16), key="probe_nodes",
+                      query="nodes")
+    per_problem = ui.number("Variables per problem", where=r3, lo=1, hi=64, value=4, key="probe_per_problem",
+                            query="per_problem")
 elif family == "warp":
-    stride = int(c4.number_input("Every k-th time step", min_value=1, value=8, key="probe_stride"))
+    stride = ui.number("Every k-th time step", where=c4, lo=1, hi=max(1, int(getattr(model.cfg, "seq_len", 1024))),
+                       value=8, key="probe_stride", query="stride")
+ui.need(n, seed, patterns, nodes if family == "reasoner" else 0, per_problem, stride)
 
 with ui.guard("Probing"):
     with st.spinner("Collecting activations…"):

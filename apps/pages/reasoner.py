@@ -13,6 +13,7 @@ st.caption("One shared transformer block applied step after step; after every st
            "decodes each token's value and feeds it back. Type or sample a graph-arithmetic problem and watch "
            "the variables fill in.")
 
+ui.query_names("nodes", "seed", "steps")
 picked = ui.pick_model(("reasoner",), key="reasoner_model")
 if picked is None:
     st.stop()
@@ -36,27 +37,30 @@ text_key = f"reasoner_text::{picked.key}"
 
 def _sample() -> None:
     try:
-        st.session_state[text_key] = ar.sample_text(model, st.session_state["reasoner_nodes"],
-                                                     st.session_state["reasoner_seed"])
+        nodes = ui.check_int(st.session_state["reasoner_nodes"], "Nodes", 2, cfg.name_pool)
+        seed = ui.check_int(st.session_state["reasoner_seed"], "Seed", 0, ui.SEED_MAX)
+        st.session_state[text_key] = ar.sample_text(model, nodes, seed)
     except ValueError as e:
         st.session_state["reasoner_sample_error"] = str(e)
 
 
 left, right = st.columns([3, 1])
 with right:
-    st.number_input("Nodes", min_value=2, max_value=cfg.name_pool, value=train_n, key="reasoner_nodes",
-                    help=f"graph size of a sampled problem (trained on N = {train_n})")
-    st.number_input("Seed", min_value=0, value=0, step=1, key="reasoner_seed")
+    ui.number("Nodes", lo=2, hi=cfg.name_pool, value=min(max(train_n, 2), cfg.name_pool), key="reasoner_nodes",
+              query="nodes", help=f"graph size of a sampled problem (trained on N = {train_n})")
+    ui.number("Seed", lo=0, hi=ui.SEED_MAX, value=0, key="reasoner_seed", query="seed")
     st.button("Sample a problem", on_click=_sample, key="reasoner_sample")
 if text_key not in st.session_state:
     with ui.guard("Sampling the default problem"):
         st.session_state[text_key] = ar.sample_text(model, train_n, 0)
 with left:
-    text = st.text_area("Problem", key=text_key, height=110,
-                        help="equations separated by ';': '20 = x_7; 3 = x_1; x_7 + x_1 = x_23'; values in "
-                             f"Z_{cfg.modulus}, names x_0..x_{cfg.name_pool - 1}, operands defined before use")
+    text = ui.text("Problem", area=True, limit=ar.MAX_PROBLEM_CHARS, key=text_key, height=110,
+                   help="equations separated by ';': '20 = x_7; 3 = x_1; x_7 + x_1 = x_23'; values in "
+                        f"Z_{cfg.modulus}, names x_0..x_{cfg.name_pool - 1}, operands defined before use; "
+                        f"at most {ar.MAX_PROBLEM_CHARS:,} characters")
 if err := st.session_state.pop("reasoner_sample_error", None):
     st.error(f"Sampling: {err}")
+ui.need(text)
 
 try:
     problem = ar.parse_problem(model, text or "")
@@ -65,9 +69,10 @@ except ValueError as e:
     st.stop()
 
 default_steps = ar.default_steps(model, problem)
-steps = st.number_input("Steps", min_value=0, max_value=cfg.max_steps, value=0, key="reasoner_steps",
-                        help=f"0 = the model's own choice for depth {problem.depth}: {default_steps} steps")
-steps = int(steps) or default_steps
+steps = ui.number("Steps", lo=0, hi=cfg.max_steps, value=0, key="reasoner_steps", query="steps",
+                  help=f"0 = the model's own choice for depth {problem.depth}: {default_steps} steps")
+ui.need(steps)
+steps = steps or default_steps
 
 with ui.guard("Running the model"):
     with st.spinner("Running the model…"):
@@ -124,12 +129,12 @@ with ui.guard("Running the model"):
         variables = [e.target for e in problem.equations]
         e1, e2, e3, e4 = st.columns(4)
         var = e1.selectbox("Variable", variables, format_func=lambda v: f"x_{v}", key="reasoner_edit_var")
-        value = e2.number_input("Value", min_value=0, max_value=cfg.modulus - 1, value=0, key="reasoner_edit_value")
-        at = e3.number_input("At step t", min_value=0, max_value=max(0, ro.steps - 1), value=0,
-                             key="reasoner_edit_step",
-                             help="written into the codes step t outputs (steps.{t}.bottleneck.hook_codes): "
-                                  "the table's column t + 1")
+        value = ui.number("Value", where=e2, lo=0, hi=cfg.modulus - 1, value=0, key="reasoner_edit_value")
+        at = ui.number("At step t", where=e3, lo=0, hi=max(0, ro.steps - 1), value=0, key="reasoner_edit_step",
+                       help="written into the codes step t outputs (steps.{t}.bottleneck.hook_codes): "
+                            "the table's column t + 1")
         where = e4.radio("Write at", ar.WHERE, key="reasoner_edit_where")
+        ui.need(value, at)
         with st.spinner("Running with the intervention…"):
             edited = ar.intervene(model, problem, ro.steps, int(var), int(value), int(at), where)
         before, after = ar.state_table(ro), ar.state_table(edited)

@@ -15,6 +15,7 @@ st.caption("The hidden state theta_t is the weight vector of a small root networ
            "differences: theta_t = A theta_{t-1} + B (u_t - u_{t-1}). Sample a trajectory, forecast it from its "
            "context, and look at theta_t and the root network it encodes.")
 
+ui.query_names("digit", "seed", "context")
 picked = ui.pick_model(("warp",), key="warp_model")
 if picked is None:
     st.stop()
@@ -36,12 +37,18 @@ length = 64 if digits else task.length
 
 c1, c2 = st.columns(2)
 if digits:
-    sample = c1.number_input("Test digit (index)", min_value=0, max_value=aw.n_test_digits(model) - 1, value=0,
-                             key="warp_digit")
+    try:
+        n_digits = aw.n_test_digits(model)
+    except (ValueError, OSError) as e:
+        st.error(f"The test digits: {e}")
+        st.stop()
+    sample = ui.number("Test digit (index)", where=c1, lo=0, hi=n_digits - 1, value=0, key="warp_digit",
+                       query="digit")
 else:
-    sample = c1.number_input("Trajectory (seed)", min_value=0, value=0, step=1, key="warp_seed")
-context = c2.number_input("Context (values given)", min_value=1, max_value=length - 1, value=task.context,
-                          key="warp_context", help=f"the protocol gives {task.context} of {length} values")
+    sample = ui.number("Trajectory (seed)", where=c1, lo=0, hi=ui.SEED_MAX, value=0, key="warp_seed", query="seed")
+context = ui.number("Context (values given)", where=c2, lo=1, hi=length - 1, value=task.context, key="warp_context",
+                    query="context", help=f"the protocol gives {task.context} of {length} values")
+ui.need(sample, context)
 
 with ui.guard("Forecasting"):
     with st.spinner("Forecasting…"):
@@ -91,8 +98,9 @@ with ui.guard("Forecasting"):
     with tabs[2], ui.guard("Root function"):
         T = len(run.thetas)
         default = ", ".join(str(s) for s in sorted({0, int(context) - 1, T // 2, T - 1}))
-        chosen = st.text_input("Steps (comma-separated)", value=default, key="warp_root_steps",
-                               help=f"steps 0..{T - 1}; each step's root network is queried over tau in [0, 1]")
+        chosen = ui.text("Steps (comma-separated)", limit=1000, value=default, key="warp_root_steps",
+                         help=f"steps 0..{T - 1}; each step's root network is queried over tau in [0, 1]")
+        ui.need(chosen)
         curves, marks = aw.root_curves(model, run, ui.int_list(chosen, "Steps"))
         st.plotly_chart(views.root_functions_figure(curves, marks), key="root")
 
