@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Stage a run's state for a commit only when its files all belong to one step.
+# Stage a run's state for a commit only when its files all belong to one step: no unfinished
+# checkpoint, the same step in train_state.json and metrics.json, and no file changed while staging.
 set -euo pipefail
 run="${1:?usage: training/snapshot.sh training/<run>}"
-for _ in $(seq 60); do
+stamp() { stat -c '%n %Y %s' "$run"/* 2>/dev/null; }
+for _ in $(seq 120); do
+    before="$(stamp)"
     if [ ! -e "$run/.pending" ] && python3 - "$run" <<'PY'
 import json, sys
 run = sys.argv[1]
@@ -12,11 +15,13 @@ sys.exit(0 if a == b else 1)
 PY
     then
         git add "$run"
-        [ -e "$run/.pending" ] && { git reset -q "$run"; sleep 1; continue; }
-        echo "staged $run at step $(python3 -c "import json; print(json.load(open('$run/train_state.json'))['step'])")"
-        exit 0
+        if [ ! -e "$run/.pending" ] && [ "$before" = "$(stamp)" ]; then
+            echo "staged $run at step $(python3 -c "import json; print(json.load(open('$run/train_state.json'))['step'])")"
+            exit 0
+        fi
+        git reset -q "$run"
     fi
     sleep 1
 done
-echo "no consistent state found in 60 s" >&2
+echo "no consistent state found in 120 s" >&2
 exit 1
