@@ -1,9 +1,12 @@
-"""``workbench train act`` and ``workbench eval act``."""
+"""``workbench train act`` and ``workbench eval act``.
+
+    workbench train act --preset parity                   # writes runs/act-parity
+    workbench eval act --models act-parity,act-parity-tau1e-2 --out out/act_eval
+"""
 
 from __future__ import annotations
 
 import argparse
-import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,11 +14,13 @@ import pandas as pd
 import torch
 
 import models
-from apps.options import add_dataclass_args, command_line, from_args
+from apps.options import (add_dataclass_args, add_train_args as add_trainer_args, check_writable, command_line,
+                          folder, from_args, name_list, non_negative_float, non_negative_int, positive_int, preset_of,
+                          real, seed, threads, train_config)
 from workbench import cards, checkpoints
 from workbench.tasks import addition as add
 from workbench.tasks import parity as par
-from workbench.train import TrainConfig, TrainSpec, train as run_training
+from workbench.train import TrainSpec, train as run_training
 
 _PARITY = dict(task="parity", size=16, cell="gru", hidden=128, max_ponder=20, halt_bias_init=-2.0, tau=1e-3,
                lr=3e-3, batch_size=128, weight_decay=0.0, warmup=100, steps=14000, curriculum_steps=6000,
@@ -35,15 +40,11 @@ PRESETS: dict[str, dict] = {
 # ACTConfig fields fixed by the task (see models.act_data.model_shape) or stored separately.
 _MODEL_SKIP = ("input_size", "output_size", "output", "n_classes", "max_time", "task_name", "task")
 _HEADLINE = {"parity": "n_nonzero", "addition": "digits"}
-
-
-def _preset(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+# value ranges checked while parsing (the config dataclasses check the rest when they are built)
+_TASK_TYPES = dict.fromkeys(("size", "min_nonzero", "max_digits", "min_numbers", "max_numbers"), positive_int)
+_MODEL_TYPES = {**dict.fromkeys(("hidden", "fixed_steps", "max_ponder"), positive_int),
+                "eps": real(0.0, 1.0, lo_open=True, hi_open=True), "tau": non_negative_float}
+_preset = preset_of
 
 
 def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -51,26 +52,20 @@ def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
 
     p.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a shipped variant; flags override")
     p.add_argument("--task", choices=("parity", "addition"), default="parity")
-    p.add_argument("--eval-n", type=int, default=1000, help="problems for periodic evaluation")
-    p.add_argument("--final-n", type=int, default=10000, help="fresh problems for the final evaluation")
-    p.add_argument("--curriculum-steps", type=int, default=0,
+    p.add_argument("--eval-n", type=positive_int, default=1000, help="problems for periodic evaluation")
+    p.add_argument("--final-n", type=positive_int, default=10000, help="fresh problems for the final evaluation")
+    p.add_argument("--curriculum-steps", type=non_negative_int, default=0,
                    help="parity: the cap on nonzero entries grows from --curriculum-start to the full task over "
                         "this many steps (0: no curriculum)")
-    p.add_argument("--curriculum-start", type=int, default=2, help="parity: the cap on nonzero entries at step 0")
-    add_dataclass_args(p, par.ParityConfig, title="parity task")
-    add_dataclass_args(p, add.AdditionConfig, title="addition task")
-    add_dataclass_args(p, ACTConfig, skip=_MODEL_SKIP, title="model")
-    add_dataclass_args(p, TrainConfig, title="training")
-    preset = _preset(argv)
+    p.add_argument("--curriculum-start", type=positive_int, default=2,
+                   help="parity: the cap on nonzero entries at step 0")
+    add_dataclass_args(p, par.ParityConfig, title="parity task", types=_TASK_TYPES)
+    add_dataclass_args(p, add.AdditionConfig, title="addition task", types=_TASK_TYPES)
+    add_dataclass_args(p, ACTConfig, skip=_MODEL_SKIP, title="model", types=_MODEL_TYPES)
+    preset = preset_of(argv)
+    add_trainer_args(p, "act", preset)
     if preset in PRESETS:
         p.set_defaults(**PRESETS[preset]["args"])
-    # the command as given to ``apps.cli.main`` (``command_line()`` reads sys.argv, which differs
-    # when main is called from Python)
-    p.set_defaults(argv=list(argv))
-
-
-def _command(args: argparse.Namespace) -> str:
-    return "workbench " + shlex.join(args.argv) if getattr(args, "argv", None) else command_line()
 
 
 def build(args: argparse.Namespace):
@@ -88,7 +83,7 @@ def train(args: argparse.Namespace) -> None:
     from models.act_data import curriculum, sample_batch
     from models.act_eval import evaluate, fresh_problems, ponder_by
 
-    tcfg = from_args(TrainConfig, args)
+    tcfg = train_config(args)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
@@ -125,7 +120,7 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_act_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, _command(args), tcfg.resume))
+    write_act_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(args), tcfg.resume))
     print(f"error {summary['error']:.4f}, mean ponder {summary['mean_ponder']:.2f} on {args.final_n} fresh "
           f"{args.task} problems; wall {result['train_wall_s'] / 60:.1f} min")
 
@@ -176,12 +171,13 @@ def _task_label(config: dict) -> str:
 
 # ------------------------------------------------------------------------ eval
 def add_eval_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
-    p.add_argument("--models", default=None, help="comma-separated zoo names or folders (default: every ACT model)")
-    p.add_argument("--n", type=int, default=5000, help="fresh problems per task")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--out", default="out/act_eval", help="folder for CSV and HTML")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", type=name_list, default=None,
+                   help="comma-separated zoo names or folders (default: every ACT model)")
+    p.add_argument("--n", type=positive_int, default=5000, help="fresh problems per task")
+    p.add_argument("--seed", type=seed, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--out", type=folder, default="out/act_eval", help="folder for CSV and HTML")
+    p.add_argument("--threads", type=threads, default=1)
     p.add_argument("--update-zoo", action="store_true", help="store the tau sweep in the zoo models' metrics and cards")
 
 
@@ -193,15 +189,15 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     from models.act_eval import compare, evaluate, fresh_problems, halting_trace, ponder_by, task_of
 
     torch.set_num_threads(args.threads)
-    names = args.models.split(",") if args.models else [
-        n for n in models.zoo_names()
-        if checkpoints.read_json(models.ZOO / n / checkpoints.CONFIG).get("class") == "models.act.ACT"]
+    check_writable(args.out)
+    names = args.models or [n for n in models.zoo_names()
+                            if checkpoints.read_config(models.ZOO / n)["class"] == "models.act.ACT"]
     if not names:
         raise ValueError("no ACT checkpoints found; train one with `workbench train act`")
     loaded = {n: models.load(n) for n in names}
     bad = [n for n, m in loaded.items() if not isinstance(m, ACT)]
     if bad:
-        raise ValueError(f"not ACT models: {bad}")
+        raise ValueError(f"--models: not ACT models: {bad}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple, dict[str, ACT]] = {}

@@ -1,14 +1,14 @@
-"""``workbench patch|attribute|probe|codebook analysis <model> ...``: the analyses from the shell.
+"""``workbench patch|attribute|probe|codebook <model> ...``: the analyses from the shell.
 
 ``<model>`` is a zoo name or a checkpoint folder. Each command writes a CSV (one row per
 site) and an HTML figure to ``--out`` and prints the top rows. The same commands run as
 ``python -m apps.commands.analysis patch <model> ...``.
 
-    workbench patch analysis reasoner --sites 'steps.*.blocks.*.hook_resid_pre' --positions each
-    workbench attribute analysis reasoner --sites 'steps.*.blocks.*.hook_resid_pre' --positions each
-    workbench probe analysis reasoner --n 2000 --targets value computed depth
-    workbench codebook analysis reasoner --n 256
-    workbench patch analysis act-parity            # ACT: every ponder step's state
+    workbench patch reasoner --sites 'steps.*.blocks.*.hook_resid_pre' --positions each
+    workbench attribute reasoner --sites 'steps.*.blocks.*.hook_resid_pre' --positions each
+    workbench probe reasoner --n 2000 --targets value computed depth
+    workbench codebook reasoner --n 256
+    workbench patch act-parity            # ACT: every ponder step's state
 
 Inputs, metrics and probe targets are model specific and come from ``probes``:
 ``probes.reasoner`` (a problem, the same problem with one leaf changed, the logit difference
@@ -21,14 +21,14 @@ the physical parameters).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+from apps.options import check_names, check_writable, folder, positive_float, positive_int, seed, threads
 
-from workbench.sites import Sites
-
+# torch, numpy, the models and probes are imported when a command runs, so that parsing (and
+# rejecting) a command line stays fast
 FAMILIES = ("Reasoner", "ACT", "Warp")
 
 
@@ -44,22 +44,32 @@ def _load(name: str):
 
 def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("model", help="zoo name or checkpoint folder")
-    p.add_argument("--out", default=out, help="folder for CSV and HTML")
-    p.add_argument("--seed", type=int, default=0, help="seed for the sampled problems")
-    p.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", type=folder, default=out, help="folder for CSV and HTML")
+    p.add_argument("--seed", type=seed, default=0, help="seed for the sampled problems")
+    p.add_argument("--nodes", type=positive_int, default=None, help="reasoner: graph size (default: the training size)")
+    p.add_argument("--threads", type=threads, default=1, help="torch threads")
 
 
 def _sites_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sites", nargs="+", default=None,
+    p.add_argument("--sites", nargs="+", type=_pattern, default=None,
                    help="hook names or glob patterns (default: the reasoner's step x layer x position grid of "
                         "hook_resid_pre; ACT's ponder states; WARP's theta_t)")
-    p.add_argument("--positions", default=None, help="'each', 'none' (whole activation) or comma-separated ints "
-                                                     "(default: 'each' where the hooks have positions)")
-    p.add_argument("--heads", default="none", help="'each', 'none' or comma-separated ints (attention hooks)")
-    p.add_argument("--n", type=int, default=None, help="problems in the batch (default: 1 for the reasoner, 8 else)")
+    p.add_argument("--positions", type=_axis_text, default=None,
+                   help="'each', 'none' (whole activation) or comma-separated ints "
+                        "(default: 'each' where the hooks have positions)")
+    p.add_argument("--heads", type=_axis_text, default="none",
+                   help="'each', 'none' or comma-separated ints (attention hooks)")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="problems in the batch (default: 1 for the reasoner, 8 else)")
     p.add_argument("--ablation", choices=["zero", "mean", "resample"], default=None,
                    help="ablate in the clean run instead of patching clean into corrupted")
+
+
+def _pattern(text: str) -> str:
+    """An argparse type: a hook name or glob pattern (not empty)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a hook name or glob pattern, got an empty string")
+    return text
 
 
 def _axis(text: str):
@@ -68,9 +78,38 @@ def _axis(text: str):
     if text == "each":
         return "each"
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"{text!r}: expected 'each', 'none' or comma-separated integers") from None
+        values = None
+    if values is None or min(values) < 0:
+        raise ValueError(f"{text!r}: expected 'each', 'none' or comma-separated integers >= 0")
+    return values
+
+
+def _axis_text(text: str) -> str:
+    """An argparse type: 'each', 'none' or comma-separated ints >= 0 (kept as text; ``_axis`` reads it)."""
+    try:
+        _axis(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _check_sites(model, patterns: list[str] | None, flag: str = "--sites") -> None:
+    """Before any work: every name must be one of the model's hooks, every glob must match one."""
+    if not patterns:
+        return
+    names = list(model.hook_dict)
+    for p in patterns:
+        if not any(c in p for c in "*?["):
+            try:
+                model.check_hook_name(p)
+            except ValueError as e:
+                raise ValueError(f"{flag}: {e}") from None
+        elif not any(fnmatch.fnmatchcase(n, p) for n in names):
+            templates = model.hook_templates()
+            menu = ", ".join(templates[:12]) + (", ..." if len(templates) > 12 else "")
+            raise ValueError(f"{flag}: {p!r} matches no hook of this model; its hooks look like: {menu}")
 
 
 def _write(result, out: str, stem: str) -> None:
@@ -82,12 +121,23 @@ def _write(result, out: str, stem: str) -> None:
 def add_patch_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     _common(p, "out/analysis")
     _sites_args(p)
-    p.add_argument("--memory-mb", type=float, default=512, help="activation budget of one batched forward")
+    p.add_argument("--memory-mb", type=positive_float, default=512, help="activation budget of one batched forward")
+
+
+def _start(args):
+    """Threads set, output folder checked, model loaded: everything cheap that can fail, first."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    check_writable(args.out)
+    return _load(args.model)
 
 
 def _setup(args):
-    torch.set_num_threads(args.threads)
-    model = _load(args.model)
+    from workbench.sites import Sites
+
+    model = _start(args)
+    _check_sites(model, args.sites)
     family = type(model).__name__
     if family == "Reasoner":
         from probes.reasoner import patching_setup
@@ -145,21 +195,37 @@ def attribute(args: argparse.Namespace) -> None:
 TARGETS = {"Reasoner": ("value", "computed", "depth"), "ACT": ("parity", "halts"), "Warp": ("params",)}
 
 
+def _target_names(model) -> list[str]:
+    """The probe targets a model's family offers (WARP: 'params' or one physical parameter)."""
+    family = type(model).__name__
+    if family != "Warp":
+        return list(TARGETS[family])
+    from workbench.tasks import dynamics as dy
+
+    system = dy.SYSTEMS.get(model.cfg.task.get("system"))
+    return ["params", *(system.param_names if system else ())]
+
+
 def add_probe_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     _common(p, "out/analysis")
-    p.add_argument("--n", type=int, default=2000, help="problems / sequences")
-    p.add_argument("--per-problem", type=int, default=4, help="reasoner: defining positions kept per problem")
-    p.add_argument("--sites", nargs="+", default=["steps.*.blocks.*.hook_resid_post"],
+    p.add_argument("--n", type=positive_int, default=2000, help="problems / sequences")
+    p.add_argument("--per-problem", type=positive_int, default=4, help="reasoner: defining positions kept per problem")
+    p.add_argument("--sites", nargs="+", type=_pattern, default=["steps.*.blocks.*.hook_resid_post"],
                    help="reasoner: hook names or globs (ACT: ponder states; WARP: theta_t every 8 steps)")
     p.add_argument("--targets", nargs="+", default=None,
-                   help="reasoner: value computed depth; ACT: parity halts; WARP: params (default: all)")
+                   help="reasoner: value computed depth; ACT: parity halts; WARP: params or one physical parameter "
+                        "(default: all)")
     p.add_argument("--control-types", choices=["none", "variable"], default="none",
                    help="control task: relabel each sample ('none') or each variable name ('variable', Hewitt & Liang)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
 
 
 def _activations(model, args):
     """(activations, {target name: target or (target, fit kwargs)}, fit kwargs) for the model's family."""
+    import numpy as np
+
+    from workbench.sites import Sites
+
     family = type(model).__name__
     if family == "ACT":
         from probes import act
@@ -190,9 +256,12 @@ def probe(args: argparse.Namespace) -> None:
     import probes
     from workbench.results import Result
 
-    torch.set_num_threads(args.threads)
-    model = _load(args.model)
+    model = _start(args)
     family = type(model).__name__
+    # checked before the activations are collected
+    check_names(args.targets or (), _target_names(model), "--targets")
+    if family == "Reasoner":
+        _check_sites(model, args.sites)
     acts, targets, kwargs = _activations(model, args)
     wanted = args.targets or list(TARGETS[family])
     if family == "Warp" and "params" in wanted:
@@ -218,13 +287,14 @@ def probe(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------- codebook
 def add_codebook_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     _common(p, "out/analysis")
-    p.add_argument("--n", type=int, default=256, help="problems / sequences")
-    p.add_argument("--k", type=int, default=8, help="ACT / WARP: clusters of the post-hoc (k-means) codebook")
+    p.add_argument("--n", type=positive_int, default=256, help="problems / sequences")
+    p.add_argument("--k", type=positive_int, default=8, help="ACT / WARP: clusters of the post-hoc (k-means) codebook")
 
 
 def codebook(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    model = _load(args.model)
+    import numpy as np
+
+    model = _start(args)
     family = type(model).__name__
     if family == "Reasoner":
         from probes.reasoner import codebook_report, task_of
@@ -253,23 +323,23 @@ COMMANDS = {"patch": (add_patch_args, patch), "attribute": (add_attribute_args, 
             "probe": (add_probe_args, probe), "codebook": (add_codebook_args, codebook)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m apps.commands.analysis <patch|attribute|probe|codebook> <model> ...``"""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m apps.commands.analysis", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    from apps.cli import Parser
+
+    parser = Parser(prog="python -m apps.commands.analysis", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, run) in COMMANDS.items():
-        p = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name)
         add(p, argv)
         p.set_defaults(func=run)
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m apps.commands.analysis <patch|attribute|probe|codebook> <model> ...``"""
+    from apps.cli import run
+
+    return run(build_parser, list(sys.argv[1:] if argv is None else argv), prog="python -m apps.commands.analysis")
 
 
 if __name__ == "__main__":

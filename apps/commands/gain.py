@@ -5,7 +5,8 @@ over p(s) with a closed-form optimum (``models.gain``), so ``train`` solves it e
 deterministic gradient descent with ``--solver gradient``), checks the closed form against
 gradient descent, saves the circuit with both gain sets, and evaluates the saved checkpoint.
 
-    workbench train gain --out models/zoo/gain-v1
+    workbench train gain --out runs/gain-v1
+    workbench train gain --out models/zoo/gain-v1 --overwrite   # replace the shipped gain-v1
     workbench eval gain --out out/gain                          # the shipped gain-v1
     workbench eval gain --biased "biased adapter=30 weight=0.3 width=5" --out out/gain30
 """
@@ -19,34 +20,52 @@ from pathlib import Path
 import torch
 
 import models
-from apps.options import add_dataclass_args, command_line, from_args
+from apps.options import (add_dataclass_args, check_writable, command_line, folder, from_args, non_negative_float,
+                          positive_float, positive_int, seed, threads, whole)
 from workbench import cards, checkpoints
 from workbench.tasks import orientation as ori
 from workbench.train import hardware
 
 DEFAULT_MODEL = "gain-v1"
+# value ranges checked while parsing (GainConfig checks the rest when it is built)
+_CONFIG_TYPES = {"n_neurons": whole(3), "max_steps": positive_int, "grid": whole(8),
+                 **dict.fromkeys(("kappa", "w_exc_kappa", "tau", "dt", "alpha", "amplitude"), positive_float),
+                 **dict.fromkeys(("baseline", "w_exc", "w_inh", "energy"), non_negative_float)}
 
 
 # ----------------------------------------------------------------------- train
 def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     from models.gain import GainConfig
 
-    p.add_argument("--out", default="runs/gain", help="checkpoint folder to write")
+    p.add_argument("--out", type=folder, default="runs/gain", help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
     p.add_argument("--solver", choices=("analytic", "gradient"), default=None,
                    help="how the stored gain sets are found (default: analytic when energy=0, else gradient)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fresh sampled stimuli of the final check")
-    p.add_argument("--n-samples", type=int, default=20000, help="fresh stimuli for the sampled correlation check")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    add_dataclass_args(p, GainConfig, title="circuit and objective")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the fresh sampled stimuli of the final check")
+    p.add_argument("--n-samples", type=positive_int, default=20000,
+                   help="fresh stimuli for the sampled correlation check")
+    p.add_argument("--threads", type=threads, default=1, help="torch threads")
+    add_dataclass_args(p, GainConfig, title="circuit and objective", types=_CONFIG_TYPES)
+
+
+def _refuse_existing(out: str | Path, overwrite: bool) -> None:
+    """Never replace a checkpoint by accident: one already in ``out`` needs ``--overwrite``."""
+    check_writable(out)
+    found = [n for n in (checkpoints.CONFIG, checkpoints.WEIGHTS, checkpoints.METRICS, checkpoints.PENDING)
+             if (Path(out) / n).exists()]
+    if found and not overwrite:
+        raise FileExistsError(f"{out} already holds a checkpoint ({', '.join(found)}); pass --overwrite to replace "
+                              "it, or choose another --out")
 
 
 def train(args: argparse.Namespace) -> None:
     from models.gain import GAIN_SETS, GainCircuit, GainConfig, analytic_gains, gradient_gains, optimise_gains
     from models.gain_experiment import run, sampled_correlations
 
+    cfg = from_args(GainConfig, args)
+    _refuse_existing(args.out, args.overwrite)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    cfg = from_args(GainConfig, args)
     model = GainCircuit(cfg)
     solver = args.solver or ("gradient" if cfg.energy else "analytic")
     solved = optimise_gains(model, solver)
@@ -77,7 +96,7 @@ def train(args: argparse.Namespace) -> None:
         "train": {"train_wall_s": round(wall, 2), "hardware": hardware(), "seed": args.seed},
     }
     checkpoints.write_json(Path(args.out) / checkpoints.METRICS, metrics)
-    write_gain_card(args.out, metrics, command_line())
+    write_gain_card(args.out, metrics, command_line(args))
     _print_effects(result)
     if agreement:
         worst = max(a["max_rel_diff"] for a in agreement.values())
@@ -173,17 +192,27 @@ _NOTES = """\
 
 # ------------------------------------------------------------------------ eval
 def add_eval_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="zoo name or checkpoint folder")
-    p.add_argument("--biased", default=None,
+    p.add_argument("--model", type=folder, default=DEFAULT_MODEL, help="zoo name or checkpoint folder")
+    p.add_argument("--biased", type=_distribution, default=None,
                    help="biased distribution in the text format, e.g. 'biased adapter=0 weight=0.5 width=0' "
                         "(default: the model's own; another one re-solves the adapted gains)")
     p.add_argument("--solver", choices=("stored", "analytic", "gradient"), default=None,
                    help="adapted gains: the stored set, or solved here (default: stored for the model's own "
                         "distribution, else analytic)")
-    p.add_argument("--n-samples", type=int, default=20000, help="fresh stimuli for the sampled correlation check")
-    p.add_argument("--seed", type=int, default=1, help="seed of the sampled stimuli")
-    p.add_argument("--out", default="out/gain", help="folder for CSV and HTML")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-samples", type=positive_int, default=20000,
+                   help="fresh stimuli for the sampled correlation check")
+    p.add_argument("--seed", type=seed, default=1, help="seed of the sampled stimuli")
+    p.add_argument("--out", type=folder, default="out/gain", help="folder for CSV and HTML")
+    p.add_argument("--threads", type=threads, default=1)
+
+
+def _distribution(text: str) -> str:
+    """An argparse type: a distribution in the text format of ``workbench.tasks.orientation``."""
+    try:
+        ori.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return text
 
 
 def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
@@ -193,6 +222,7 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     from models.gain_experiment import run, sampled_correlations
 
     torch.set_num_threads(args.threads)
+    check_writable(args.out)
     t0 = time.time()
     model = models.load(args.model)
     if not isinstance(model, GainCircuit):

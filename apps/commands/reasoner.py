@@ -1,4 +1,10 @@
-"""``workbench train reasoner`` and ``workbench eval reasoner``."""
+"""``workbench train reasoner`` and ``workbench eval reasoner``.
+
+    workbench train reasoner --preset quick               # writes runs/reasoner-quick
+    workbench train reasoner --preset quick --resume      # continues it after an interruption
+    workbench train reasoner --preset quick --overwrite   # replaces it
+    workbench eval reasoner --sizes 8,16,32 --out out/reasoner_eval
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ import pandas as pd
 import torch
 
 import models
-from apps.options import add_dataclass_args, command_line, from_args
+from apps.options import (add_dataclass_args, add_train_args as add_trainer_args, check_writable, command_line,
+                          folder, from_args, list_of, name_list, non_negative_float, positive_int, preset_of,
+                          probability, seed, train_config, whole)
 from workbench import cards, checkpoints
 from workbench.tasks import graph_arith as ga
-from workbench.train import TrainConfig, TrainSpec, train as run_training
+from workbench.train import TrainSpec, train as run_training
 
 # Every shipped variant trains with the same scheme and helpers as the full method
 # (one-hop write-back, random states, mixed sizes); only the switch under study differs.
@@ -43,28 +51,28 @@ PRESETS: dict[str, dict] = {
                   what="The paper's write-back scheme (only defining slots receive values)."),
 }
 _REASONER_SKIP = ("modulus", "name_pool", "task")
-
-
-def _preset(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+# value ranges checked while parsing (the config dataclasses check the rest when they are built)
+_TASK_TYPES = {**dict.fromkeys(("n_nodes", "n_leaves", "max_fan_in", "max_depth", "name_pool"), positive_int),
+               "modulus": whole(2)}
+_MODEL_TYPES = {**dict.fromkeys(("d_model", "n_layers", "n_heads", "d_mlp", "max_steps", "max_tokens", "bptt_steps"),
+                                positive_int),
+                **dict.fromkeys(("error_prob", "error_frac", "random_states"), probability),
+                "new_slot_weight": non_negative_float}
+_preset = preset_of
 
 
 def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     from models.reasoner import ReasonerConfig
 
     p.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a shipped variant; flags override")
-    p.add_argument("--min-nodes", type=int, default=None, help="train on sizes min-nodes..n-nodes (default: n-nodes)")
-    p.add_argument("--eval-n", type=int, default=256, help="problems for periodic evaluation")
-    p.add_argument("--final-n", type=int, default=512, help="fresh problems for the final evaluation")
-    add_dataclass_args(p, ga.GraphArithConfig, title="task")
-    add_dataclass_args(p, ReasonerConfig, skip=_REASONER_SKIP, title="model")
-    add_dataclass_args(p, TrainConfig, title="training")
-    preset = _preset(argv)
+    p.add_argument("--min-nodes", type=positive_int, default=None,
+                   help="train on sizes min-nodes..n-nodes (default: n-nodes)")
+    p.add_argument("--eval-n", type=positive_int, default=256, help="problems for periodic evaluation")
+    p.add_argument("--final-n", type=positive_int, default=512, help="fresh problems for the final evaluation")
+    add_dataclass_args(p, ga.GraphArithConfig, title="task", types=_TASK_TYPES)
+    add_dataclass_args(p, ReasonerConfig, skip=_REASONER_SKIP, title="model", types=_MODEL_TYPES)
+    preset = preset_of(argv)
+    add_trainer_args(p, "reasoner", preset)
     if preset in PRESETS:
         p.set_defaults(**PRESETS[preset]["args"])
 
@@ -77,7 +85,7 @@ def train(args: argparse.Namespace) -> None:
     task = from_args(ga.GraphArithConfig, args, ops=tuple(args.ops))
     cfg = from_args(ReasonerConfig, args, skip=_REASONER_SKIP, modulus=task.modulus, name_pool=task.name_pool,
                     task=asdict(task))
-    tcfg = from_args(TrainConfig, args)
+    tcfg = train_config(args)
     min_nodes = args.min_nodes or task.n_nodes
     if not 1 <= min_nodes <= task.n_nodes:
         raise ValueError(f"--min-nodes={min_nodes} must be in 1..n_nodes={task.n_nodes}")
@@ -106,7 +114,8 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_reasoner_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(), tcfg.resume))
+    command = cards.commands_so_far(tcfg.out, command_line(args), tcfg.resume)
+    write_reasoner_card(tcfg.out, args.preset, metrics, command)
     print(f"fully solved {summary['fully_solved']:.3f} at N={task.n_nodes} on {args.final_n} fresh problems; "
           f"repair rate {_repair(repair['repair_rate'])}; wall {result['train_wall_s'] / 60:.1f} min")
 
@@ -168,12 +177,14 @@ def _training_notes(config: dict) -> str:
 
 # ------------------------------------------------------------------------ eval
 def add_eval_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
-    p.add_argument("--models", default=None, help="comma-separated zoo names or folders (default: every reasoner)")
-    p.add_argument("--sizes", default=None, help="comma-separated node counts (default: N/4 .. 4N in steps of N/4)")
-    p.add_argument("--n", type=int, default=512, help="fresh problems per size")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default="out/reasoner_eval", help="folder for CSV and HTML")
+    p.add_argument("--models", type=name_list, default=None,
+                   help="comma-separated zoo names or folders (default: every reasoner)")
+    p.add_argument("--sizes", type=list_of(positive_int), default=None,
+                   help="comma-separated node counts (default: N/4 .. 4N in steps of N/4)")
+    p.add_argument("--n", type=positive_int, default=512, help="fresh problems per size")
+    p.add_argument("--seed", type=seed, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--out", type=folder, default="out/reasoner_eval", help="folder for CSV and HTML")
     p.add_argument("--update-zoo", action="store_true", help="store the table in each zoo model's metrics and card")
 
 
@@ -183,14 +194,17 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     from models.reasoner import Reasoner
     from models.reasoner_eval import evaluate, ood_table, ood_task
 
-    names = args.models.split(",") if args.models else [n for n in models.zoo_names()
-                                                         if isinstance(models.load(n), Reasoner)]
+    check_writable(args.out)
+    names = args.models or [n for n in models.zoo_names() if isinstance(models.load(n), Reasoner)]
     if not names:
         raise ValueError("no reasoner checkpoints found; train one with `workbench train reasoner`")
     loaded = {n: models.load(n) for n in names}
+    bad = [n for n, m in loaded.items() if not isinstance(m, Reasoner)]
+    if bad:
+        raise ValueError(f"--models: not reasoner models: {bad}")
     train_task = ga.GraphArithConfig(**{**loaded[names[0]].cfg.task, "ops": tuple(loaded[names[0]].cfg.task["ops"])})
     N = train_task.n_nodes
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(range(N // 4, 4 * N + 1, N // 4))
+    sizes = args.sizes or list(range(max(1, N // 4), 4 * N + 1, max(1, N // 4)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = ood_table(loaded, train_task, sizes, args.n, args.seed, args.batch_size)

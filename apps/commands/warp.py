@@ -1,8 +1,11 @@
 """``workbench train warp`` and ``workbench eval warp``.
 
-    workbench train warp --preset warp-msd --out models/zoo/warp-msd --threads 1
-    workbench train warp --preset gru-msd --out models/zoo/gru-msd --threads 1
+    workbench train warp --preset warp-msd --out runs/warp-msd --threads 1
+    workbench train warp --preset gru-msd --threads 1          # writes runs/warp-gru-msd
     workbench eval warp --n 512 --seed 1 --out out/warp_eval
+
+A folder that already holds a run is never replaced: ``--resume`` continues it, ``--overwrite``
+replaces it (e.g. a zoo entry: ``--out models/zoo/warp-msd --overwrite``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import numpy as np
 import torch
 
 import models
-from apps.options import add_dataclass_args, command_line, from_args
+from apps.options import (add_dataclass_args, add_train_args as add_trainer_args, check_writable, command_line,
+                          folder, from_args, name_list, non_negative_float, non_negative_int, positive_float,
+                          positive_int, preset_of, probability, real, seed, threads, train_config)
 from workbench import cards, checkpoints
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
-from workbench.train import TrainConfig, TrainSpec, train as run_training
+from workbench.train import TrainSpec, train as run_training
 
 TASKS = (*dy.SYSTEMS, "digits")
 ARCHS = ("warp", "gru")
@@ -60,15 +65,10 @@ PRESETS: dict[str, dict] = {
 }
 # WARP options set from the task, not from the command line
 _WARP_SKIP = ("d_in", "n_classes", "dt", "phys_scales", "seq_len", "task")
-
-
-def _preset(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
+# value ranges checked while parsing (WarpConfig checks the rest when it is built)
+_MODEL_TYPES = {"root_width": positive_int, "a_scale": positive_float, "phys_bound": positive_float,
+                "std_min": positive_float, "cls_weight": non_negative_float}
+_preset = preset_of
 
 
 # ----------------------------------------------------------------------- train
@@ -77,34 +77,37 @@ def add_train_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
 
     p.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a shipped model; flags override")
     p.add_argument("--arch", choices=ARCHS, default="warp", help="WARP or the GRU baseline")
-    p.add_argument("--gru-hidden", type=int, default=0, help="GRU hidden size (0: as many parameters as the WARP "
-                                                              "model the other options describe)")
-    p.add_argument("--eval-n", type=int, default=256, help="fresh trajectories for periodic evaluation")
-    p.add_argument("--final-n", type=int, default=512, help="fresh trajectories for the final evaluation")
+    p.add_argument("--gru-hidden", type=non_negative_int, default=0,
+                   help="GRU hidden size (0: as many parameters as the WARP model the other options describe)")
+    p.add_argument("--eval-n", type=positive_int, default=256, help="fresh trajectories for periodic evaluation")
+    p.add_argument("--final-n", type=positive_int, default=512, help="fresh trajectories for the final evaluation")
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=TASKS, default="msd")
-    g.add_argument("--length", type=int, default=None, help="observed steps (default: the system's)")
-    g.add_argument("--context", type=int, default=None, help="steps given before forecasting / completing")
-    g.add_argument("--dt", type=float, default=None, help="time between observed steps (default: the system's)")
-    g.add_argument("--noise", type=float, default=0.0, help="observation noise std")
-    g.add_argument("--test-fraction", type=float, default=0.25, help="digits: test split fraction")
-    g.add_argument("--split-seed", type=int, default=0, help="digits: seed of the fixed split")
-    add_dataclass_args(p, WarpConfig, skip=_WARP_SKIP, title="model (WARP)")
+    g.add_argument("--length", type=positive_int, default=None, help="observed steps (default: the system's)")
+    g.add_argument("--context", type=positive_int, default=None,
+                   help="steps given before forecasting / completing (default: the task's)")
+    g.add_argument("--dt", type=positive_float, default=None,
+                   help="time between observed steps (default: the system's)")
+    g.add_argument("--noise", type=non_negative_float, default=0.0, help="observation noise std")
+    g.add_argument("--test-fraction", type=real(0.0, 1.0, lo_open=True, hi_open=True), default=0.25,
+                   help="digits: test split fraction")
+    g.add_argument("--split-seed", type=seed, default=0, help="digits: seed of the fixed split")
+    add_dataclass_args(p, WarpConfig, skip=_WARP_SKIP, title="model (WARP)", types=_MODEL_TYPES)
     g = p.add_argument_group("scheduled teacher forcing")
-    g.add_argument("--forcing-min", type=float, default=0.25, help="probability of feeding the truth after decay")
-    g.add_argument("--forcing-decay", type=int, default=1000, help="steps over which it falls from 1 to min")
-    g.add_argument("--forcing-start", type=int, default=0, help="steps of pure teacher forcing first")
-    add_dataclass_args(p, TrainConfig, title="training")
-    preset = _preset(argv)
+    g.add_argument("--forcing-min", type=probability, default=0.25, help="probability of feeding the truth after decay")
+    g.add_argument("--forcing-decay", type=non_negative_int, default=1000,
+                   help="steps over which it falls from 1 to min")
+    g.add_argument("--forcing-start", type=non_negative_int, default=0, help="steps of pure teacher forcing first")
+    preset = preset_of(argv)
+    add_trainer_args(p, "warp", preset)
     if preset in PRESETS:
         p.set_defaults(**PRESETS[preset]["args"])
 
 
 def make_task(args: argparse.Namespace):
     if args.task == "digits":
-        return dg.DigitsConfig(test_fraction=args.test_fraction, split_seed=args.split_seed,
-                               context=args.context or dg.DigitsConfig.context)
-    return dy.DynamicsConfig(system=args.task, length=args.length, context=args.context, dt=args.dt, noise=args.noise)
+        return from_args(dg.DigitsConfig, args, context=args.context or dg.DigitsConfig.context)
+    return from_args(dy.DynamicsConfig, args, system=args.task)
 
 
 def make_model(args: argparse.Namespace, task):
@@ -145,7 +148,7 @@ def train(args: argparse.Namespace) -> None:
     from models.warp_data import Forcing, training_batch
 
     task = make_task(args)
-    tcfg = from_args(TrainConfig, args)
+    tcfg = train_config(args)
     forcing = Forcing(min=args.forcing_min, decay=args.forcing_decay, start=args.forcing_start)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
@@ -171,7 +174,7 @@ def train(args: argparse.Namespace) -> None:
         "history": result["history"],
     }
     checkpoints.write_json(Path(tcfg.out) / checkpoints.METRICS, metrics)
-    write_warp_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(), tcfg.resume))
+    write_warp_card(tcfg.out, args.preset, metrics, cards.commands_so_far(tcfg.out, command_line(args), tcfg.resume))
     print(f"{metrics['headline']['text']}; wall {result['train_wall_s'] / 60:.1f} min")
 
 
@@ -240,12 +243,12 @@ def write_warp_card(folder, preset: str | None, metrics: dict, command: str) -> 
 
 # ------------------------------------------------------------------------ eval
 def add_eval_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
-    p.add_argument("--models", default=None, help="comma-separated zoo names or folders (default: every WARP / GRU "
-                                                  "model in the zoo)")
-    p.add_argument("--n", type=int, default=512, help="fresh trajectories per system")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="out/warp_eval", help="folder for CSV and HTML")
+    p.add_argument("--models", type=name_list, default=None,
+                   help="comma-separated zoo names or folders (default: every WARP / GRU model in the zoo)")
+    p.add_argument("--n", type=positive_int, default=512, help="fresh trajectories per system")
+    p.add_argument("--seed", type=seed, default=1)
+    p.add_argument("--threads", type=threads, default=1)
+    p.add_argument("--out", type=folder, default="out/warp_eval", help="folder for CSV and HTML")
 
 
 def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
@@ -256,15 +259,16 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     from models.warp_eval import dynamics_table, results_table
 
     torch.set_num_threads(args.threads)
+    check_writable(args.out)
     if args.models:
-        loaded = {n: models.load(n) for n in args.models.split(",")}
+        loaded = {n: models.load(n) for n in args.models}
         bad = [n for n, m in loaded.items() if not isinstance(m, (Warp, GRU))]
         if bad:
-            raise ValueError(f"not WARP or GRU models: {bad}")
+            raise ValueError(f"--models: not WARP or GRU models: {bad}")
     else:
         loaded = {}
         for n in models.zoo_names():
-            cls = checkpoints.read_json(models.resolve(n) / checkpoints.CONFIG)["class"]
+            cls = checkpoints.read_config(models.resolve(n))["class"]
             if cls in ("models.warp.Warp", "models.gru.GRU"):
                 loaded[n] = models.load(n)
     if not loaded:
