@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import pkgutil
 import re
 import sys
@@ -122,29 +121,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------- list
-def _zoo() -> Path:
-    spec = importlib.util.find_spec("models")  # locates the package without importing it (nor torch)
-    return Path(list(spec.submodule_search_locations)[0]) / "zoo"
-
-
-def _headline(folder: Path) -> str:
-    card = folder / "card.md"
-    if card.is_file():
-        for line in card.read_text().splitlines():
-            if line.startswith("> "):
-                return line[2:].strip()
-    try:
-        return str(json.loads((folder / "config.json").read_text())["class"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "(config.json unreadable)"
-
-
 def _list(args: argparse.Namespace) -> None:
-    """``models.available()``, read without importing torch."""
-    zoo = _zoo()
-    names = sorted(p.name for p in zoo.iterdir() if (p / "config.json").is_file()) if zoo.is_dir() else []
-    width = max((len(n) for n in names), default=0)
-    print("\n".join(f"{n:<{width}}  {_headline(zoo / n)}" for n in names) or "(the zoo is empty)")
+    import models  # reads the zoo without importing torch
+
+    print(models.available() or "(the zoo is empty)")
 
 
 # --------------------------------------------------------------- running

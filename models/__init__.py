@@ -11,9 +11,7 @@ from pathlib import Path
 
 import importlib
 
-import torch
-
-from workbench import checkpoints
+from workbench import files
 
 ZOO = Path(__file__).parent / "zoo"
 
@@ -38,7 +36,7 @@ def allowed_classes(extra: dict | None = None) -> dict:
 
 
 def zoo_names() -> list[str]:
-    return sorted(p.name for p in ZOO.iterdir() if (p / checkpoints.CONFIG).is_file()) if ZOO.is_dir() else []
+    return sorted(p.name for p in ZOO.iterdir() if (p / files.CONFIG).is_file()) if ZOO.is_dir() else []
 
 
 def _headline(name: str) -> str:
@@ -47,7 +45,7 @@ def _headline(name: str) -> str:
         for line in card.read_text().splitlines():
             if line.startswith("> "):
                 return line[2:].strip()
-    return checkpoints.read_json(ZOO / name / checkpoints.CONFIG)["class"]
+    return files.read_json(ZOO / name / files.CONFIG)["class"]
 
 
 def available() -> str:
@@ -60,19 +58,21 @@ def available() -> str:
 def resolve(name_or_path: str | Path) -> Path:
     """A zoo name or a checkpoint folder -> the folder; unknown names list the zoo."""
     path = Path(name_or_path)
-    if (path / checkpoints.CONFIG).is_file():
+    if (path / files.CONFIG).is_file():
         return path
-    if (ZOO / str(name_or_path) / checkpoints.CONFIG).is_file():
+    if (ZOO / str(name_or_path) / files.CONFIG).is_file():
         return ZOO / str(name_or_path)
-    raise checkpoints.CheckpointError(
+    raise files.CheckpointError(
         f"{name_or_path!r} is neither a checkpoint folder nor a zoo model; zoo models: {', '.join(zoo_names()) or '(none)'}"
     )
 
 
-def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The hooked model of a zoo entry or checkpoint folder, in eval mode."""
+def load(name_or_path: str | Path, device="cpu"):
+    """The hooked model (a ``torch.nn.Module``) of a zoo entry or checkpoint folder, in eval mode."""
+    from workbench import checkpoints  # torch comes in here, not when the zoo is listed
+
     return checkpoints.load(resolve(name_or_path), allowed_classes(), device=device)
 
 
 def metrics(name_or_path: str | Path) -> dict:
-    return checkpoints.load_metrics(resolve(name_or_path))
+    return files.load_metrics(resolve(name_or_path))

@@ -176,3 +176,43 @@ def test_a_resumed_run_card_lists_every_command_in_order(tmp_path):
     assert cards.card_command(tmp_path / "card.md").splitlines() == [first, second, second]
     assert cards.commands_so_far(tmp_path, first, resumed=False) == first  # a fresh run starts over
     assert cards.card_command(tmp_path / "missing.md") == ""
+
+
+def test_a_run_is_never_replaced_by_accident(tmp_path):
+    run(tmp_path / "o", 5)
+    weights = (tmp_path / "o" / checkpoints.WEIGHTS).read_bytes()
+    with pytest.raises(FileExistsError, match="--resume to continue it, --overwrite"):
+        run(tmp_path / "o", 5)
+    (tmp_path / "o" / "train_state.json").unlink()  # a finished checkpoint without training state
+    with pytest.raises(FileExistsError, match="cannot be resumed"):
+        run(tmp_path / "o", 8, resume=True)
+    assert (tmp_path / "o" / checkpoints.WEIGHTS).read_bytes() == weights
+    run(tmp_path / "o", 3, overwrite=True)
+    assert saved_step(tmp_path / "o") == 3
+
+
+def test_a_config_naming_a_class_off_the_allow_list_is_never_imported(tmp_path):
+    run(tmp_path / "h", 2)
+    for name in ("antigravity.x", "this.x", "os.system"):
+        cfg = json.loads((tmp_path / "h" / "config.json").read_text())
+        cfg["class"] = name
+        (tmp_path / "h" / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(checkpoints.CheckpointError, match=r"not allowed; allowed: tests\.toy\.ToyLoop"):
+            checkpoints.load(tmp_path / "h", TOY)
+    assert "antigravity" not in sys.modules and "this" not in sys.modules
+
+
+def test_weights_of_the_wrong_dtype_or_not_finite_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run(tmp_path / "w", 2)
+    path = tmp_path / "w" / checkpoints.WEIGHTS
+    state = load_file(str(path))
+    save_file({**state, "lin.weight": state["lin.weight"].double()}, str(path))
+    with pytest.raises(checkpoints.CheckpointError, match=r"dtype mismatch lin.weight: file torch.float64"):
+        checkpoints.load(tmp_path / "w", TOY)
+    bad = state["lin.weight"].clone()
+    bad[0, 0] = float("nan")
+    save_file({**state, "lin.weight": bad}, str(path))
+    with pytest.raises(checkpoints.CheckpointError, match=r"non-finite values .*lin.weight"):
+        checkpoints.load(tmp_path / "w", TOY)

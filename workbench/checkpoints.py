@@ -5,10 +5,8 @@ constructor argument; the class must offer ``config_dict()`` and ``from_config(d
 A class is built only if the caller's allow-list names it (``models.load`` passes the
 family registry's classes): nothing named in a file is ever imported.
 
-A checkpoint is written as one unit: every file goes into ``<folder>/.pending/``, a
-``COMMIT`` marker is written last, then the files are moved into place. Whoever opens the
-folder next finishes a committed unit or drops an uncommitted one (``recover``), so after
-a kill at any moment the folder holds one complete step, never a mix of two.
+A checkpoint is written as one unit (``workbench.files.write_unit``): after a kill at any
+moment the folder holds one complete step, never a mix of two.
 
 >>> save("runs/r1", model, metrics={"fully_solved": 0.99})
 >>> model = load("runs/r1", classes=allow(Reasoner))
@@ -16,146 +14,25 @@ a kill at any moment the folder holds one complete step, never a mix of two.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
-PENDING, COMMIT = ".pending", "COMMIT"
+from .files import (COMMIT, CONFIG, METRICS, PENDING, WEIGHTS, CheckpointError, as_saved, atomic_write, dump_json,
+                    load_metrics, read_json, read_json_object, recover, write_json, write_unit)
+
+# the file helpers are part of this module's API too (older callers use checkpoints.write_json etc.)
+__all__ = ["COMMIT", "CONFIG", "METRICS", "PENDING", "WEIGHTS", "CheckpointError", "ClassTable", "allow", "as_saved",
+           "atomic_write", "build", "class_path", "dump_json", "load", "load_metrics", "load_weights",
+           "read_config", "read_json", "read_json_object", "read_safetensors", "recover", "save", "write_json",
+           "write_unit"]
 
 # class path as written in config.json -> a function returning the class (so an allow-list
 # can name classes without importing every family up front)
 ClassTable = Mapping[str, Callable[[], type]]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, or does not match its model."""
-
-
-# ------------------------------------------------------------------ one file
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the file into place in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _file_mode())  # mkstemp creates 0600; a plain open() would give 0666 less the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def dump_json(path: str | Path, data: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
-        f.write("\n")
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: dump_json(tmp, data))
-
-
-def as_saved(data: Any) -> Any:
-    """``data`` as it reads back from JSON (tuples become lists), for comparing with a saved file."""
-    return json.loads(json.dumps(data, default=_jsonable))
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
-    if isinstance(x, (set, tuple)):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e})") from e
-
-
-def read_json_object(path: str | Path) -> dict:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-# ------------------------------------------------------------ one unit of files
-def write_unit(folder: str | Path, files: Mapping[str, Callable[[str], None]]) -> None:
-    """Write several files of ``folder`` as one unit: ``files`` maps a name to ``write(path)``.
-
-    After a kill at any moment, ``recover(folder)`` leaves either every old file or every new one.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    recover(folder)
-    pending = folder / PENDING
-    pending.mkdir()
-    mode = _file_mode()
-    for name, write in files.items():
-        write(str(pending / name))
-        os.chmod(pending / name, mode)
-        _fsync(pending / name)
-    atomic_write(pending / COMMIT, lambda tmp: Path(tmp).write_text("\n".join(files) + "\n"))
-    _fsync(pending)
-    _apply(folder)
-
-
-def recover(folder: str | Path) -> None:
-    """Finish a committed unit of files or drop an unfinished one (no-op on a clean folder)."""
-    pending = Path(folder) / PENDING
-    if not pending.is_dir():
-        return
-    if (pending / COMMIT).is_file():
-        _apply(Path(folder))
-    else:
-        shutil.rmtree(pending)
-
-
-def _apply(folder: Path) -> None:
-    pending = folder / PENDING
-    for name in (pending / COMMIT).read_text().split():
-        if (pending / name).exists():  # a name already moved by an interrupted _apply is skipped
-            os.replace(pending / name, folder / name)
-    shutil.rmtree(pending)
-    for tmp in folder.glob(".*.tmp"):  # left by a kill inside atomic_write
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ models
@@ -255,9 +132,3 @@ def load(folder: str | Path, classes: ClassTable, device: str | torch.device = "
     model = build(folder, classes)
     load_weights(model, folder / WEIGHTS)
     return model.to(device).eval()
-
-
-def load_metrics(folder: str | Path) -> dict:
-    path = Path(folder) / METRICS
-    return read_json_object(path) if path.is_file() else {}
-

@@ -289,11 +289,15 @@ def _check_out(out: Path, cfg: TrainConfig) -> None:
     """Never replace a run by accident: an existing checkpoint needs ``resume`` or ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r} is a file, not a folder")
-    if cfg.resume or cfg.overwrite or not out.is_dir():
+    if cfg.overwrite or not out.is_dir():
         return
+    checkpoints.recover(out)
     found = [n for n in (checkpoints.CONFIG, checkpoints.WEIGHTS, TRAIN_STATE) if (out / n).exists()]
-    if found or (out / checkpoints.PENDING).exists():
-        raise FileExistsError(f"{out} already holds a run ({', '.join(found) or 'an unfinished checkpoint'}); "
+    if cfg.resume and found and TRAIN_STATE not in found:
+        raise FileExistsError(f"{out} holds a checkpoint without training state ({', '.join(found)}), so it cannot "
+                              "be resumed; pass --overwrite to replace it, or choose another --out")
+    if found and not cfg.resume:
+        raise FileExistsError(f"{out} already holds a run ({', '.join(found)}); "
                               "pass --resume to continue it, --overwrite to replace it, or choose another --out")
 
 
