@@ -1,7 +1,9 @@
 """ACT RNN glue for the analyses (parity): inputs, metric, probe rows and targets, post-hoc codebook.
 
-* ``patching_setup``: parity vectors, the same vectors with one nonzero entry set to 0 (the
-  parity flips), and the signed output logit (positive = the clean answer).
+* ``patching_setup``: parity vectors, the same vectors with the sign of one nonzero entry
+  flipped (the count of +1 entries changes by one, so the parity flips on every pair; the
+  number of nonzero entries, the task's difficulty, stays), and the signed output logit
+  (positive = the clean answer). Every pair keeps the contract of ``probes.pairs``.
 * ``collect_states``: the state after every ponder step (``time.0.ponder.{n}.hook_state``)
   and the mean-field state, one row per vector, with targets ``parity``, ``n_nonzero`` and
   ``n_steps`` (N(t)); ``halts`` is the site-dependent target "halts at this ponder step".
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 import probes
+from probes import pairs
 from models.act import ACT
 from models.act_data import parity_batch
 from models.act_eval import task_of
@@ -26,7 +29,7 @@ from workbench.results import Result
 from workbench.sites import Site, Sites
 from workbench.tasks import parity as par
 
-__all__ = ["Experiment", "patching_setup", "collect_states", "halts", "codebook_report"]
+__all__ = ["Experiment", "corrupt", "patching_setup", "collect_states", "halts", "codebook_report"]
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Experiment:
     forward_kwargs: dict
     sites: Sites
     description: str
+    gaps: np.ndarray | None = None  # [B] metric(clean run) - metric(corrupted run), each >= margin
+    target_changed: np.ndarray | None = None  # [B] the exact answer differs between clean and corrupted
 
 
 def _parity_only(model: ACT) -> par.ParityConfig:
@@ -48,24 +53,70 @@ def _parity_only(model: ACT) -> par.ParityConfig:
     return task_of(model)
 
 
-def patching_setup(model: ACT, n: int = 8, seed: int = 0) -> Experiment:
-    """Parity vectors, each with one nonzero entry zeroed (parity flips), and the signed logit."""
+def corrupt(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The vectors with the sign of one random nonzero entry flipped: parity flips, n_nonzero stays."""
+    out = np.array(vectors, dtype=np.int8, copy=True)
+    for i, row in enumerate(out):
+        nonzero = np.flatnonzero(row)
+        if not len(nonzero):
+            raise ValueError(f"vector {i} has no nonzero entry: no sign flip can change its parity")
+        j = int(nonzero[rng.integers(len(nonzero))])
+        out[i, j] = -out[i, j]
+    return out
+
+
+def patching_setup(model: ACT, n: int = 8, seed: int = 0, *, vectors=None, corrupted=None,
+                   margin: float = pairs.MARGIN) -> Experiment:
+    """Parity vectors, each with one nonzero entry's sign flipped (parity flips), and the signed logit.
+
+    Every pair keeps the contract of ``probes.pairs``: the corrupted vector's parity (the
+    exact solver's) differs from the clean one, and the signed output of the clean run exceeds
+    the corrupted run's by ``margin``. ``vectors`` ([B, size] in {-1, 0, 1}, and optionally
+    your own ``corrupted``): a ``ValueError`` names the pairs that break it; sampled (``n``
+    vectors): vectors are drawn until ``n`` keep it.
+    """
     task = _parity_only(model)
-    problems = par.sample(task, n, np.random.default_rng(seed))
-    clean = parity_batch(problems)["inputs"]
-    corrupted = clean.clone()
-    rng = np.random.default_rng([seed, 1])
-    for i in range(n):
-        nonzero = torch.nonzero(clean[i, 0]).squeeze(1)
-        corrupted[i, 0, int(nonzero[rng.integers(len(nonzero))])] = 0.0
-    sign = torch.from_numpy(2.0 * problems.target - 1.0).float()
+    rng = np.random.default_rng(seed)
+
+    def build(items: list[tuple[np.ndarray, np.ndarray]]) -> Experiment:
+        return _experiment(model, task, np.stack([a for a, _ in items]), np.stack([b for _, b in items]))
+
+    if vectors is not None:
+        clean = np.asarray(getattr(vectors, "vectors", vectors))
+        par.check_vectors(clean, task.size)
+        corr = corrupt(clean, rng) if corrupted is None else np.asarray(getattr(corrupted, "vectors", corrupted))
+        par.check_vectors(corr, task.size)
+        if corr.shape != clean.shape:
+            raise ValueError(f"clean vectors {list(clean.shape)} and corrupted {list(corr.shape)} differ in shape")
+        exp = build(list(zip(clean, corr)))
+        pairs.check(exp.target_changed, exp.gaps, margin, [f"vector {i}" for i in range(len(clean))], what="vector")
+        return exp
+
+    def sample(k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        v = par.sample(task, k, rng).vectors
+        return list(zip(v, corrupt(v, rng)))
+
+    exp, drawn = pairs.select(sample, build, lambda e: e.gaps, lambda e: e.target_changed, n, margin)
+    if drawn > n:
+        exp.description += (f"; {n} of {drawn} sampled vectors kept: the others broke the contract "
+                            f"(clean metric above corrupted by {margin:g})")
+    return exp
+
+
+def _experiment(model: ACT, task: par.ParityConfig, clean_v: np.ndarray, corr_v: np.ndarray) -> Experiment:
+    clean_set, corr_set = par.from_vectors(clean_v, task.size), par.from_vectors(corr_v, task.size)
+    clean, corrupted = parity_batch(clean_set)["inputs"], parity_batch(corr_set)["inputs"]
+    sign = torch.from_numpy(2.0 * clean_set.target - 1.0).float()
 
     def metric(out) -> Tensor:
         return out.outputs[:, -1, 0] * sign
 
+    changed = clean_set.target != corr_set.target
+    gaps = pairs.metric_gaps(model, clean, corrupted, metric, {})
     return Experiment(clean, corrupted, metric, {}, Sites("time.*.ponder.*.hook_state"),
-                      f"{n} parity vectors of size {task.size}; corrupted: one nonzero entry set to 0 "
-                      "(parity flips); metric: output logit signed by the clean parity")
+                      f"{len(clean_v)} parity vectors of size {task.size}; corrupted: the sign of one nonzero entry "
+                      "flipped (the parity flips, the number of nonzero entries stays); metric: output logit "
+                      "signed by the clean parity", gaps, changed)
 
 
 @torch.no_grad()

@@ -11,7 +11,15 @@ Two steps, so the expensive one (running the model) happens once:
    for continuous ones. The *control task* (Hewitt & Liang, 2019) gives every input type
    (e.g. every variable name) a random label drawn from the target's own distribution; a
    probe that scores well on it is memorising, not reading a feature. *Selectivity* =
-   probe score - control score.
+   probe score - control score, each an accuracy or an R^2 clamped at 0 (an R^2 below 0 is a
+   probe worse than predicting the mean: it reads nothing, the same as 0), so selectivity
+   lies in [-1, 1].
+
+A site whose target is constant on the rows it is scored on (every held-out row in one class,
+chance 1.0; or a continuous target without variance) measures nothing: its ``status`` is
+``"constant target"``, and ``res.top()`` / ``res.best()`` / ``res.summary()`` never rank it
+(``res.counts()`` says how many there are). ``status`` is ``"too few rows"`` where a split is
+too small to fit or score.
 
     >>> acts = collect(model, batches, Sites("steps.*.blocks.*.hook_resid_post"))
     >>> res = fit(acts, "value", types="variable", groups="problem")
@@ -39,7 +47,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from workbench.results import Result
+from workbench.results import OK, Result
 from workbench.sites import Site, SiteSelection, as_sites, names_filter, natural_key, resolve, site_axes
 
 __all__ = ["ProbeBatch", "Activations", "RowKeeper", "collect", "fit", "control_labels", "PROBES"]
@@ -262,8 +270,11 @@ def fit(
 
     Returns:
         ``Result`` (kind "probe"), one row per site: ``accuracy`` (or ``r2``) on the held-out
-        rows, ``train_accuracy`` (``train_r2``), ``chance`` (majority class share),
-        ``control``, ``selectivity``, ``n_train``, ``n_test``.
+        rows, ``train_accuracy`` (``train_r2``), ``chance`` (majority class share of the
+        held-out rows), ``control``, ``selectivity`` (score - control, R^2 clamped at 0:
+        in [-1, 1]), ``status`` ("ok", "constant target", "too few rows"), ``n_train``,
+        ``n_test``. ``res.best("accuracy")`` is the best site that measures something;
+        ``res.summary()`` prints it with the sites left out and why.
     """
     t0 = time.perf_counter()
     data, rows, known = _unpack(activations)
@@ -292,7 +303,8 @@ def fit(
             row.update({key: score, f"train_{key}": train_score, "chance": chance})
             if control:  # the same seed gives the same relabelling of the same targets at every site
                 c_score, _, _ = _fit_score(clone(est), kind, X, control_labels(y, types_arr, seed), tr, te)
-                row.update({"control": c_score, "selectivity": score - c_score})
+                row.update({"control": c_score, "selectivity": selectivity(score, c_score, kind)})
+            row["status"] = _status(kind, y, tr, te)
             out.append(row)
     df = pd.DataFrame(out)
     if "head" in df and df["head"].isna().all():
@@ -367,6 +379,27 @@ def _estimator(probe, y: np.ndarray, C: float, alpha: float, max_iter: int):
     if kind == "logistic":
         return kind, make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     return kind, make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+
+
+def selectivity(score: float, control: float, kind: str) -> float:
+    """Probe score - control score, in [-1, 1]: accuracies as they are, R^2 clamped at 0 first
+    (a negative R^2 reads nothing; subtracting it would reward a control that fits worse than
+    the mean, and selectivity could exceed 1)."""
+    if kind != "logistic":
+        score, control = max(score, 0.0), max(control, 0.0)
+    return float(score - control)
+
+
+def _status(kind: str, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> str:
+    """Either "ok", or why a site's score measures nothing: "too few rows", "constant target"."""
+    if tr.sum() < 2 or te.sum() < 1:
+        return "too few rows"
+    if kind == "logistic":
+        if len(np.unique(y[te])) < 2 or len(np.unique(y[tr | te])) < 2:  # chance 1.0: any constant scores 1
+            return "constant target"
+    elif not (np.ptp(y[te].astype(float)) > 0 and np.ptp(y[tr].astype(float)) > 0):
+        return "constant target"
+    return OK
 
 
 def _fit_score(est, kind: str, X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray):

@@ -1,7 +1,8 @@
 """The recursive reasoner's glue for the analyses: inputs, metrics, probe rows, targets, codebook.
 
 * ``patching_setup``: a clean problem, a corrupted copy with one leaf value changed (so the
-  deepest node's answer changes), and the logit-difference metric at that node.
+  deepest node's answer changes), and the logit-difference metric at that node; every pair
+  keeps the contract of ``probes.pairs`` (target changed, clean metric above corrupted).
 * ``batches`` / ``collect``: rows for ``probes.collect`` at each variable's defining
   position (``collect`` skips the steps after a problem settles), with the targets:
   ``value`` (its value), ``depth`` (its graph depth) and ``computed`` (whether the exact
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from models.reasoner import Reasoner, ReasonerOutput
 from models.reasoner_data import encode_batch
+from probes import pairs
 from probes.core import Activations, ProbeBatch, RowKeeper
 from workbench import codebook
 from workbench.results import Result
@@ -62,6 +64,8 @@ class PatchSetup:
     target_pos: Tensor  # [B] defining position of the target node
     leaf_pos: Tensor  # [B] position of the changed literal
     description: str
+    gaps: np.ndarray | None = None  # [B] metric(clean run) - metric(corrupted run), each >= margin
+    target_changed: np.ndarray | None = None  # [B] the exact solver's answer differs (always, by construction)
 
 
 def _corrupt(problem: ga.Problem, rng: np.random.Generator) -> tuple[ga.Problem, int, int]:
@@ -95,24 +99,51 @@ def _position(enc: ga.Encoded, equation: int, role: int) -> int:
 
 
 def patching_setup(model: Reasoner, problems: list[ga.Problem] | None = None, *, n: int = 1,
-                   n_nodes: int | None = None, seed: int = 0, steps: int | None = None) -> PatchSetup:
+                   n_nodes: int | None = None, seed: int = 0, steps: int | None = None,
+                   margin: float = pairs.MARGIN) -> PatchSetup:
     """Clean problems, corrupted copies (one leaf changed) and the answer's logit difference.
 
     The metric is ``logit[clean answer] - logit[corrupted answer]`` of the value head at the
     deepest node's defining position after the last step: high on clean, low on corrupted.
+    Every pair keeps the contract of ``probes.pairs``: the changed leaf changes the deepest
+    node's value, and the metric of the clean run exceeds the corrupted run's by ``margin``.
+    ``problems`` given: a ``ValueError`` names the problems that break it; sampled (``n``
+    problems): problems are drawn until ``n`` keep it.
     """
     rng = np.random.default_rng(seed)
-    if problems is None:
-        problems = ga.sample(task_of(model, n_nodes=n_nodes), n, rng)
-    corrupted, target_pos, leaf_pos, good, bad = [], [], [], [], []
-    for p in problems:
-        c, target, leaf = _corrupt(p, rng)
+    task = task_of(model, n_nodes=n_nodes)
+
+    def corrupt(batch: list[ga.Problem]) -> list[tuple]:
+        return [(p, *_corrupt(p, rng)) for p in batch]
+
+    def build(items: list[tuple]) -> PatchSetup:
+        return _setup(model, items, steps)
+
+    if problems is not None:
+        setup = build(corrupt(list(problems)))
+        pairs.check(setup.target_changed, setup.gaps, margin, [f"problem {i}" for i in range(len(problems))],
+                    what="problem")
+        return setup
+    setup, drawn = pairs.select(lambda k: corrupt(ga.sample(task, k, rng)), build, lambda e: e.gaps,
+                                lambda e: e.target_changed, n, margin)
+    if drawn > n:
+        setup.description += (f"; {n} of {drawn} sampled problems kept: the others broke the contract "
+                              f"(clean metric above corrupted by {margin:g})")
+    return setup
+
+
+def _setup(model: Reasoner, items: list[tuple], steps: int | None) -> PatchSetup:
+    """The experiment of (clean problem, corrupted problem, target equation, changed leaf) items."""
+    problems = [it[0] for it in items]
+    corrupted, target_pos, leaf_pos, good, bad, changed = [], [], [], [], [], []
+    for p, c, target, leaf in items:
         enc = ga.encode(p, model.cfg.scheme, model.cfg.name_pool)
         corrupted.append(c)
         target_pos.append(_position(enc, target, ga.ROLE_DEFINE))
         leaf_pos.append(_position(enc, leaf, ga.ROLE_LITERAL))
         good.append(p.values[target])
         bad.append(c.values[target])
+        changed.append(ga.solve(c.equations, c.modulus)[0][target] != ga.solve(p.equations, p.modulus)[0][target])
     clean_t = torch.from_numpy(encode_batch(problems, model.cfg)["factors"])
     corr_t = torch.from_numpy(encode_batch(corrupted, model.cfg)["factors"])
     pos, good_t, bad_t = torch.tensor(target_pos), torch.tensor(good), torch.tensor(bad)
@@ -124,8 +155,12 @@ def patching_setup(model: Reasoner, problems: list[ga.Problem] | None = None, *,
 
     T = steps or model.cfg.steps_for_depth(max(p.depth for p in problems))
     desc = (f"{len(problems)} problem(s), N={problems[0].n_nodes}; corrupted: one leaf literal changed; metric: "
-            f"logit difference (clean - corrupted answer) at the deepest node after step {T - 1}")
-    return PatchSetup(clean_t, corr_t, metric, {"steps": T}, problems, corrupted, pos, torch.tensor(leaf_pos), desc)
+            f"logit difference (clean - corrupted answer) at the deepest node after step {T - 1} "
+            f"(steps 0..{T - 1})")
+    fk = {"steps": T}
+    gaps = pairs.metric_gaps(model, clean_t, corr_t, metric, fk)
+    return PatchSetup(clean_t, corr_t, metric, fk, problems, corrupted, pos, torch.tensor(leaf_pos), desc,
+                      gaps, np.array(changed, bool))
 
 
 # ------------------------------------------------------------------ probes

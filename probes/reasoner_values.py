@@ -74,9 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     for target, df in table.groupby("target"):
         fig = probe_map(df).update_layout(title=f"Linear probes for '{target}' at every (step, layer)")
         atomic_write(out / f"{target}.html", lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs="cdn"))
-    summary = (table.groupby("target")
-               .apply(lambda d: d.loc[d.accuracy.idxmax(), ["site", "accuracy", "control", "selectivity", "chance"]])
-               .reset_index())
+    from workbench.results import Result
+
+    rows = []
+    for target, df in table.groupby("target"):  # the best site that measures something (no constant target)
+        res = Result("probe", df.reset_index(drop=True), "selectivity")
+        best = res.best("accuracy")
+        if best is not None:
+            rows.append({"target": target, **best[["site", "accuracy", "control", "selectivity", "chance"]]})
+        if res.left_out():
+            print(f"{target}: {res.left_out()}")
+    summary = pd.DataFrame(rows)
     print("best site per target (held-out accuracy; control task; selectivity; majority-class chance)")
     print(summary.round(3).to_string(index=False))
     print(f"wrote {out / 'values.csv'} and {', '.join(str(out / f'{t}.html') for t in TARGETS)}")

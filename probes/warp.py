@@ -1,7 +1,9 @@
 """WARP glue for the analyses (dynamical systems, recurrent mode).
 
 * ``patching_setup``: trajectories, trajectories of the same system with other physical
-  parameters, and the negative one-step prediction error against the clean trajectory.
+  parameters, and the negative one-step prediction error against the clean trajectory. Every
+  pair keeps the contract of ``probes.pairs`` (the corrupted trajectory differs, and the
+  clean run predicts the clean trajectory better than the corrupted run by a margin).
 * ``collect_thetas``: theta_t (the root MLP's weights, ``time.{t}.hook_theta``) at every
   ``stride``-th step, one row per trajectory, with each physical parameter as a target
   (m, c, k for the mass-spring-damper; phi, f for the sine; ...), for ridge probes.
@@ -15,6 +17,7 @@ import torch
 
 import probes
 from models.warp import Warp
+from probes import pairs
 from models.warp_data import task_from_dict
 from probes.act import Experiment
 from workbench import codebook
@@ -39,19 +42,57 @@ def _sample(model: Warp, n: int, seed) -> tuple[torch.Tensor, list[dy.Trajectory
     return torch.from_numpy(dy.stack(trajs)).float(), trajs
 
 
-def patching_setup(model: Warp, n: int = 4, seed: int = 0) -> Experiment:
-    """Clean trajectories vs trajectories with other parameters; metric: -MSE of one-step predictions."""
-    clean, _ = _sample(model, n, [seed, 0])
-    corrupted, _ = _sample(model, n, [seed, 1])
+def patching_setup(model: Warp, n: int = 4, seed: int = 0, *, clean: torch.Tensor | None = None,
+                   corrupted: torch.Tensor | None = None, margin: float = pairs.MARGIN) -> Experiment:
+    """Clean trajectories vs trajectories with other parameters; metric: -MSE of one-step predictions.
+
+    Every pair keeps the contract of ``probes.pairs``: the corrupted trajectory differs from the
+    clean one (another target to predict), and the clean run's metric exceeds the corrupted
+    run's by ``margin``. ``clean`` and ``corrupted`` given ([B, T, d] each): a ``ValueError``
+    names the pairs that break it; sampled (``n`` pairs): pairs are drawn until ``n`` keep it.
+    """
+    if (clean is None) != (corrupted is None):
+        raise ValueError("pass both clean and corrupted trajectories, or neither (to sample them)")
+    if clean is not None:
+        clean, corrupted = torch.as_tensor(clean).float(), torch.as_tensor(corrupted).float()
+        if clean.shape != corrupted.shape or clean.ndim != 3:
+            raise ValueError(f"clean and corrupted must be [B, T, d] of one shape; got {list(clean.shape)} "
+                             f"and {list(corrupted.shape)}")
+        exp = _experiment(model, clean, corrupted)
+        pairs.check(exp.target_changed, exp.gaps, margin, [f"trajectory {i}" for i in range(len(clean))],
+                    what="trajectory")
+        return exp
+    _dynamics(model)
+    rng = np.random.default_rng(seed)
+
+    def sample(k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        a, _ = _sample(model, k, rng)
+        b, _ = _sample(model, k, rng)
+        return list(zip(a, b))
+
+    def build(items) -> Experiment:
+        return _experiment(model, torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]))
+
+    exp, drawn = pairs.select(sample, build, lambda e: e.gaps, lambda e: e.target_changed, n, margin)
+    if drawn > n:
+        exp.description += (f"; {n} of {drawn} sampled pairs kept: the others broke the contract "
+                            f"(clean metric above corrupted by {margin:g})")
+    return exp
+
+
+def _experiment(model: Warp, clean: torch.Tensor, corrupted: torch.Tensor) -> Experiment:
     target = clean[:, 1:]
 
     def metric(out) -> torch.Tensor:
         return -((out.mean[:, :-1] - target) ** 2).mean((1, 2))
 
     T = clean.shape[1]
+    changed = (clean[:, 1:] != corrupted[:, 1:]).flatten(1).any(1).numpy()
+    gaps = pairs.metric_gaps(model, clean, corrupted, metric, {})
     return Experiment(clean, corrupted, metric, {}, Sites("time.*.hook_theta", time=range(0, T, max(1, T // 16))),
-                      f"{n} {model.cfg.task.get('system')} trajectories; corrupted: other physical parameters; "
-                      "metric: minus the mean squared error of the one-step predictions of the clean trajectory")
+                      f"{len(clean)} {model.cfg.task.get('system')} trajectories; corrupted: other physical parameters; "
+                      "metric: minus the mean squared error of the one-step predictions of the clean trajectory",
+                      gaps, changed)
 
 
 @torch.no_grad()

@@ -69,8 +69,19 @@ def test_discrete_bottleneck_sites_are_marked_not_estimated():
     early, last = resid[resid.step < T - 1], resid[resid.step == T - 1]
     assert (early.note == "no gradient path").all() and early.score.isna().all()  # the argmax cuts the gradient
     assert (last.note == "").all() and last.score.notna().all()
-    fig = res.figure()  # NaN cells stay blank
-    assert np.isnan(np.asarray(fig.data[0].z, dtype=float)).any()
+    # what could not be computed is counted, named and drawn, never silently blank
+    counts = res.counts()
+    assert counts["no gradient path"] == len(early) and counts["integer activation"] == int(codes.sum())
+    assert (res.df.status[res.df.note != ""] == res.df.note[res.df.note != ""]).all()
+    text = res.summary()
+    assert f"{len(early)} no gradient path" in text and "integer activation" in text
+    assert set(res.top(100).site) == set(last.site)  # only estimated sites are ranked
+    fig = res.figure()
+    grey = [t for t in fig.data if t.name and "no gradient path" in t.name]
+    assert grey and grey[0].showlegend and grey[0].colorscale[0][1] == "#bdbdbd"
+    assert f"({len(early)} sites" in grey[0].name and f"{len(early)} no gradient path" in fig.layout.title.text
+    z = np.asarray(grey[0].z, dtype=float)
+    assert np.nansum(z) > 0  # the grey layer covers the cells without an estimate
 
 
 def test_continuous_latent_carries_gradients_through_the_loop():

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from transformer_lens import ActivationCache
@@ -89,3 +90,105 @@ def test_unknown_names_and_too_many_steps_name_what_is_allowed(model):
 
 def test_template():
     assert template("time.3.ponder.2.hook_halt") == "time.{time}.ponder.{ponder}.hook_halt"
+
+
+# ------------------------------------------- TransformerLens shorthand on one loop step
+def test_step_cache_gives_transformer_lens_shorthand_on_one_step():
+    from dataclasses import asdict
+
+    from models.reasoner import Reasoner, ReasonerConfig
+    from workbench.hooks import step_cache
+    from workbench.tasks import graph_arith as ga
+
+    task = ga.GraphArithConfig(n_nodes=5, n_leaves=2, max_depth=2)
+    torch.manual_seed(0)
+    model = Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=6, task=asdict(task))).eval()
+    from models.reasoner_data import encode_batch
+
+    x = torch.from_numpy(encode_batch(ga.sample(task, 2, 0), model.cfg)["factors"])
+    _, cache = model.run_with_cache(x, steps=4)
+    for t in (0, 3):
+        sc = step_cache(cache, t)  # the cache's own model gives n_layers
+        assert isinstance(sc, ActivationCache)
+        for l in (0, 1):
+            assert torch.equal(sc["resid_post", l], cache[f"steps.{t}.blocks.{l}.hook_resid_post"])
+            assert torch.equal(sc["pattern", l], cache[f"steps.{t}.blocks.{l}.attn.hook_pattern"])
+            assert torch.equal(sc["z", l], cache[f"steps.{t}.blocks.{l}.attn.hook_z"])
+        assert torch.equal(sc["resid_post", -1], cache[f"steps.{t}.blocks.1.hook_resid_post"])
+        assert torch.equal(sc["hook_resid_final"], cache[f"steps.{t}.hook_resid_final"])
+        stacked = sc.stack_activation("resid_post")  # [layers, batch, pos, d]
+        assert torch.equal(stacked, torch.stack([cache[f"steps.{t}.blocks.{l}.hook_resid_post"] for l in (0, 1)]))
+        acc = sc.accumulated_resid(apply_ln=False)  # each block's input, then the last block's output
+        expect = [cache[f"steps.{t}.blocks.0.hook_resid_pre"], cache[f"steps.{t}.blocks.1.hook_resid_pre"],
+                  cache[f"steps.{t}.blocks.1.hook_resid_post"]]
+        assert torch.equal(acc, torch.stack(expect))
+    plain = {k: v for k, v in cache.items()}  # a plain dict: n_layers read off the names
+    assert step_cache(plain, 2).model.cfg.n_layers == 2
+    assert torch.equal(step_cache(plain, 2).stack_activation("resid_pre")[1], cache["steps.2.blocks.1.hook_resid_pre"])
+    with pytest.raises(KeyError, match=r"cached steps of loop 'steps': \[0, 1, 2, 3\]"):
+        step_cache(cache, 4)
+
+
+def test_step_cache_on_nested_loops(model):
+    x = torch.randn(2, 4)
+    _, cache = model.run_with_cache(x, steps=3)
+    from workbench.hooks import step_cache
+
+    sc = step_cache(cache, 1)
+    assert sorted(sc.keys()) == ["hook_pre", "hook_state"]
+    assert torch.equal(sc["hook_state"], cache["steps.1.hook_state"])
+
+
+# ---------------------------------------- one convention for loop steps, hooks to figures
+@pytest.fixture(scope="module")
+def zoo():
+    import models
+
+    torch.set_num_threads(1)
+    return {"reasoner": models.load("reasoner"), "act": models.load("act-parity")}
+
+
+def test_act_halting_patched_at_ponder_step_n_is_drawn_at_n(zoo):
+    from apps.adapters import act as aa
+    from apps.views import act as views
+
+    model = zoo["act"]
+    x = aa.parse_input(model, "+0-0++00-0000+0-")
+    clean = aa.trace(model, x)
+    assert int(clean["N"].iloc[0]) > 3  # it ponders past ponder step 2 on its own
+    for n in (0, 2):  # the selector's value: a ponder step, as in time.{t}.ponder.{n}.hook_halt_logit
+        patched = aa.trace(model, x, aa.halt_patch(n, 30.0, model.cfg.max_ponder))
+        fig = views.halting_compare_figure(clean, patched)
+        after = next(tr for tr in fig.data if tr.name == "patched")
+        assert max(after.x) == n  # halts at ponder step n, drawn at n
+        assert int(patched["N"].iloc[0]) == n + 1  # N(t) counts the steps: n + 1
+        bars = views.halting_figure(patched).data[0]
+        assert max(bars.x) == n
+
+
+def test_reasoner_intervention_after_step_t_is_drawn_at_column_t(zoo):
+    from apps.adapters import reasoner as ar
+    from apps.views import reasoner as views
+
+    model = zoo["reasoner"]
+    problem = ar.parse_problem(model, "4 = x_7; 3 = x_1; x_7 + x_1 = x_23; x_23 = x_5")
+    T = 4
+    ro = ar.rollout(model, problem, T)
+    for t in (0, 2):  # the selector's value: the step whose output codes (steps.{t}.bottleneck.hook_codes) are set
+        edited = ar.intervene(model, problem, T, variable=7, value=2, at_step=t)
+        before, after = ar.state_table(ro), ar.state_table(edited)
+        fig = views.state_table_figure(after, ar.changed_cells(before, after))
+        cells = fig.data[0]
+        col = list(cells.x).index(str(t))
+        row = list(cells.y).index("x_7")
+        assert np.asarray(cells.text)[row, col] == "2"  # the value set after step t sits in column t
+        assert int(edited.codes[t, int(np.flatnonzero(edited.enc.factors[:, 1] == 7)[0])]) == 2
+        marked = fig.data[-1]
+        assert marked.name == "changed" and min(int(v) for v in marked.x if v != "input") == t
+        assert list(cells.x)[0] == "input" and list(cells.x)[1] == "0"
+    lens = ar.step_lens(model, problem, T)  # the step lens and attention use the same t
+    fig = views.step_lens_figure(lens[lens.slot == "x_23"])
+    assert list(fig.data[0].y) == list(range(T))
+    last = lens[(lens.layer == model.cfg.n_layers) & (lens.slot == "x_23")]
+    pos = int(last.pos.iloc[0])
+    assert list(last.code) == [int(c) for c in ro.codes[:, pos]]

@@ -6,13 +6,23 @@ import torch
 
 from models.reasoner import Reasoner, ReasonerConfig
 from probes.reasoner import patching_setup
+from tests.test_oracles import reference_patch, triples
 from tests.toy import ToyLoop
 from workbench.hooks import UnknownHookError
-from workbench.patching import patch, patch_loop, resumable
+from workbench.patching import patch, resumable
 from workbench.sites import Site, Sites
 from workbench.tasks import graph_arith as ga
 
 TASK = ga.GraphArithConfig(n_nodes=6, n_leaves=3, max_depth=2)
+
+def patch_loop(model, clean, corrupted, metric, sites, forward_kwargs=None):
+    """The per-site reference (tests/test_oracles.py) on the sites ``patch`` resolves."""
+    import types
+
+    res = patch(model, clean, corrupted, metric, sites, forward_kwargs=forward_kwargs)
+    values, _, _ = reference_patch(model, clean, corrupted, metric, triples(res.df), forward_kwargs=forward_kwargs)
+    return types.SimpleNamespace(df=res.df.assign(metric=values))
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -252,3 +262,71 @@ def test_given_sources_set_a_code_to_any_value():
         manual = model.run_with_hooks(s.corrupted, fwd_hooks=[(name, lambda a, hook: codes)], **s.forward_kwargs)
     assert res.df.metric.item() == pytest.approx(float(s.metric(manual).mean()), abs=1e-5)
     assert int(manual.codes[0, 1, pos, 3]) == 7
+
+
+# ------------------------------------------------------ results that cannot mislead
+def test_ablation_top_sites_are_those_with_the_largest_effect(toy):
+    model, clean, corrupted, metric = toy
+    kw = {"steps": 3}
+    sites = Sites("steps.*.hook_*")
+    for ablation in ("zero", "mean", "resample", None):
+        res = patch(model, clean, corrupted, metric, sites, ablation=ablation, forward_kwargs=kw)
+        expect = res.df.score if ablation is None else 1 - res.df.score
+        np.testing.assert_allclose(res.df.effect, expect)
+        top = res.top(3)
+        order = expect.abs().sort_values(ascending=False, kind="stable").index
+        assert list(top.site) == list(res.df.loc[order, "site"][:3])
+        assert "effect = " in res.summary() and res.best().site == top.site.iloc[0]
+    zero = patch(model, clean, corrupted, metric, sites, ablation="zero", forward_kwargs=kw)
+    unaffected = zero.df.loc[(zero.df.score - 1).abs().idxmin(), "site"]
+    assert unaffected not in set(zero.top(2).site)  # score ~1: the ablation changed nothing there
+
+
+def test_noop_sites_are_marked_and_not_ranked():
+    model, s = reasoner_case(n=1)
+    res = patch(model, s.clean, s.corrupted, s.metric, Sites("steps.*.blocks.0.hook_resid_pre", positions="each"),
+                forward_kwargs=s.forward_kwargs)
+    assert res.counts()["no-op"] == res.meta["sites_noop"] > 0
+    assert (res.top(1000).status == "ok").all() and len(res.top(1000)) == len(res.df) - res.meta["sites_noop"]
+    assert f"{res.meta['sites_noop']} no-op" in res.summary()
+
+
+def test_act_setup_flips_parity_on_every_pair_and_checks_its_contract():
+    import models
+    from probes import act as pa
+    from workbench.tasks import parity as par
+
+    model = models.load("act-parity")
+    s = pa.patching_setup(model, n=64, seed=0)
+    clean, corr = s.clean[:, 0].numpy().astype(int), s.corrupted[:, 0].numpy().astype(int)
+    flips = sum(par.solve(a.tolist()) != par.solve(b.tolist()) for a, b in zip(clean, corr))
+    assert flips == 64 and s.target_changed.all()
+    assert ((clean != 0).sum(1) == (corr != 0).sum(1)).all()  # the difficulty stays
+    assert (s.gaps >= 1e-3).all()
+    res = patch(model, s.clean, s.corrupted, s.metric, s.sites)
+    assert res.df.score.between(-0.05, 1.05).all()  # scores keep their meaning
+    wrong = pa.corrupt(clean, np.random.default_rng(0))
+    minus = np.flatnonzero(clean[5] == -1)
+    wrong[5] = clean[5]
+    if len(minus):
+        wrong[5, minus[0]] = 0  # zeroing a -1 entry (the old corruption): the parity stays
+    with pytest.raises(ValueError, match=r"1 of 64 .*vector 5: the corruption leaves the target unchanged"):
+        pa.patching_setup(model, vectors=clean, corrupted=wrong)
+    with pytest.raises(ValueError, match=r"vector 0: metric clean - corrupted = .* < margin 1e\+06"):
+        pa.patching_setup(model, vectors=clean[:4], margin=1e6)
+
+
+def test_reasoner_and_warp_setups_check_their_contract():
+    import models
+    from probes import warp as pw
+
+    model = small_reasoner()
+    s = patching_setup(model, n=3, seed=0, steps=4)
+    assert s.target_changed.all() and (s.gaps >= 1e-3).all() and len(s.problems) == 3
+    with pytest.raises(ValueError, match=r"problem \d: metric clean - corrupted = .* < margin 100"):
+        patching_setup(model, ga.sample(TASK, 2, 1), seed=0, steps=4, margin=100.0)
+    warp = models.load("warp-msd")
+    w = pw.patching_setup(warp, n=2, seed=0)
+    assert w.target_changed.all() and (w.gaps > 1e-3).all()
+    with pytest.raises(ValueError, match=r"trajectory 0: the corruption leaves the target unchanged"):
+        pw.patching_setup(warp, clean=w.clean, corrupted=w.clean)

@@ -196,3 +196,49 @@ def test_warp_thetas_carry_the_physical_parameters_as_targets():
     assert sorted(acts.data) == [f"time.{t}.hook_theta" for t in (0, 10, 15, 5)]
     res = probes.fit(acts, "k")
     assert res.df.probe.iloc[0] == "ridge" and list(res.df.time) == [0, 5, 10, 15]
+
+
+# ------------------------------------------------------ results that cannot mislead
+def test_selectivity_is_bounded_when_the_control_r2_is_negative():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 60)).astype(np.float32)  # few rows, many features: the control overfits
+    y = X @ rng.normal(size=60)
+    res = probes.fit({"a": X}, y, alpha=0.1)
+    row = res.df.iloc[0]
+    assert row.control < 0  # worse than predicting the mean
+    assert -1 <= row.selectivity <= 1 and row.selectivity == pytest.approx(max(row.r2, 0) - 0.0)
+    assert res.df.status.tolist() == ["ok"]
+
+
+def test_constant_targets_are_counted_and_never_best():
+    X, w, rng = planted(n=400, d=8)
+    y_real = (X @ w > 0).astype(int)
+
+    def target(site):  # one site whose target never varies, like "halts at ponder step 0"
+        return np.zeros(len(X), int) if site.name == "steps.0.hook_x" else y_real
+
+    acts = {"steps.0.hook_x": X, "steps.1.hook_x": X, "steps.2.hook_x": rng.normal(size=X.shape)}
+    res = probes.fit(acts, target, target_name="t")
+    const = res.df.set_index("site").loc["steps.0.hook_x"]
+    assert const.accuracy == 1.0 and const.chance == 1.0 and const.status == "constant target"
+    assert res.counts() == {"constant target": 1, "ok": 2}
+    assert res.best("accuracy").site == "steps.1.hook_x"  # not the trivial 1.000
+    assert "steps.0.hook_x" not in set(res.top(10).site)
+    text = res.summary()
+    assert "best site by accuracy: steps.1.hook_x" in text and "1 constant target" in text
+    fig = res.figure()
+    assert any(t.name and t.name.startswith("constant target (1 sites") for t in fig.data)
+
+
+def test_act_halts_at_ponder_step_zero_is_trivial_not_best():
+    import models
+    from probes import act as pa
+
+    model = models.load("act-parity")
+    acts = pa.collect_states(model, n=300, seed=0, batch_size=300)
+    res = probes.fit(acts, pa.halts(acts.rows), sites="time.*.ponder.*", target_name="halts")
+    first = res.df[res.df.ponder == 0].iloc[0]
+    assert first.status == "constant target"  # nothing halts at its first ponder step
+    best = res.best("accuracy")
+    assert best is not None and best.status == "ok" and best.chance < 1.0
+    assert f"best site by accuracy: {best.site}" in res.summary()

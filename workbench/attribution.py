@@ -26,6 +26,10 @@ Where the estimate means something (and where it does not):
   within a step (a metric on step t's output, e.g. ``value_logits[:, t]``), or use exact
   patching across steps. Models whose loop is continuous (``latent="continuous"``, ACT,
   WARP) carry gradients through the loop, and every step gets an estimate.
+
+Rows that hold no estimate say so: ``status`` (and ``note``, "" when estimated) names the
+reason, ``res.counts()`` tallies them, ``res.summary()`` names them, ``res.top(k)`` never ranks
+them, and ``res.figure()`` draws them as grey cells labelled with the reason.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from torch import Tensor
 
 from workbench.patching import (ABLATIONS, Metric, _base_run, _batch_size, _check_metric, _denominator, _frame,
                                 _inputs, _metric)
-from workbench.results import Result
+from workbench.results import OK, Result, effect
 from workbench.sites import SiteSelection, as_sites, names_filter, resolve
 
 __all__ = ["attribute"]
@@ -63,8 +67,10 @@ def attribute(
 
     Returns:
         ``Result`` with one row per site: ``estimate`` (estimated metric change),
-        ``score`` (normalised like ``patch``: the estimated patched score) and ``note``
-        (why a row is NaN, else empty).
+        ``score`` (normalised like ``patch``: the estimated patched score), ``effect``
+        (as ``patch``'s: ``score`` without ablation, ``1 - score`` with one), ``status``
+        (``"ok"``, or why the row is NaN: ``"no gradient path"``, ``"integer activation"``)
+        and ``note`` (the same reason, "" when estimated).
     """
     t_start = time.perf_counter()
     if ablation not in ABLATIONS:
@@ -138,10 +144,14 @@ def attribute(
             est, note = float("nan"), p
         else:
             est, note = float(p[s.index(p.shape)].sum()), ""
-        rows.append({**s.row(), "estimate": est, "score": (M_base + est - M_corr) / denom, "note": note})
+        score = (M_base + est - M_corr) / denom
+        rows.append({**s.row(), "estimate": est, "score": score, "effect": effect(score, ablation),
+                     "status": note or OK, "note": note})
+    df = _frame(rows)
     meta = {"metric_clean": M_clean, "metric_corrupted": M_corr, "ablation": ablation, "batch": B,
-            "sites": len(site_list), "seconds": time.perf_counter() - t_start}
-    return Result("attribute", _frame(rows), "score", meta)
+            "sites": len(site_list), "sites_estimated": int((df["status"] == OK).sum()),
+            "seconds": time.perf_counter() - t_start}
+    return Result("attribute", df, "score", meta)
 
 
 def _source(ablation: str | None, name: str, other_cache: dict, base: Tensor) -> Tensor:

@@ -9,6 +9,12 @@
 * ``codebook_figure``: code usage and perplexity per step, accuracy by depth and step,
   confusion, value-embedding PCA, Fourier spectrum over Z_p, drift from the codebook;
 * ``compare``: exact patching vs attribution, site by site.
+
+Loop steps are drawn as they are named: the row / tick labelled t is the hook ``steps.{t}.``
+(``time.{t}.``, ``ponder.{n}.``), the t-th application of the loop counted from 0. Sites that
+hold no measurement (NaN, or a ``status`` such as no gradient path, integer activation,
+constant target) are drawn as grey cells with a legend entry naming the reason and the count,
+never as blank ones; a no-op patch's value is exact and drawn as it is.
 """
 
 from __future__ import annotations
@@ -21,10 +27,48 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.results import MEASURED
+
 __all__ = ["for_result", "site_map", "probe_map", "codebook_figure", "compare"]
 
 _OUTER = ("step", "time")  # the recurrent loop goes down the y axis
 _INNER = ("ponder", "layer")  # nested loops become panels (or the x axis when nothing finer exists)
+MISSING_COLOR = "#bdbdbd"  # cells that hold no value (see ``status``)
+_AXIS = {"step": "step t (steps.{t})", "time": "time step t (time.{t})", "ponder": "ponder step n (ponder.{n})",
+         "layer": "layer l (blocks.{l})", "pos": "position", "head": "head"}
+
+
+def axis_title(col: str) -> str:
+    """The axis title of an index column: loop indices say which hook index they are."""
+    return _AXIS.get(col, col)
+
+
+def missing(df: pd.DataFrame, value: str) -> pd.Series:
+    """[rows] bool: sites whose ``value`` is not a measurement: NaN, or a ``status`` (constant
+    target, no gradient path, ...) that says it measures nothing."""
+    out = pd.to_numeric(df[value], errors="coerce").isna()
+    if "status" in df:
+        out |= ~df["status"].isin(MEASURED)
+    return out
+
+
+def reasons(df: pd.DataFrame, value: str) -> dict[str, int]:
+    """{reason: count} of the sites drawn grey (``missing``)."""
+    miss = missing(df, value)
+    if not miss.any():
+        return {}
+    return {str(k): int(v) for k, v in _why(df[miss]).value_counts().items()}
+
+
+def _why(gone: pd.DataFrame) -> pd.Series:
+    if "status" not in gone:
+        return pd.Series("not computed", index=gone.index)
+    return gone["status"].where(~gone["status"].isin(MEASURED), "not computed")
+
+
+def _missing_note(df: pd.DataFrame, value: str) -> str:
+    r = reasons(df, value)
+    return "" if not r else " [grey: " + ", ".join(f"{n} {k}" for k, n in r.items()) + f" of {len(df)} sites]"
 
 
 def for_result(result, value: str, **kwargs) -> go.Figure:
@@ -53,14 +97,19 @@ def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, m
     """
     if value not in df:
         raise ValueError(f"column {value!r} is not in the result; columns: {list(df.columns)}")
+    title = (title or value) + _missing_note(df, value)
+    miss = missing(df, value)
+    df = df.assign(**{value: pd.to_numeric(df[value], errors="coerce").astype(float).mask(miss)})
     y = next((c for c in _OUTER if _present(df, c)), None)
     x = next((c for c in ("pos", "head", *_INNER) if _present(df, c) and c != y), None)
     if y is not None and x is None:  # a single loop (e.g. WARP's time): one line per component
         fig = px.line(df, x=y, y=value, color="component", markers=True, hover_data=["site"])
-        return fig.update_layout(title=title or value, xaxis_title=y, yaxis_title=value)
+        _mark_missing_points(fig, df[miss], y, value)
+        return fig.update_layout(title=title, xaxis_title=axis_title(y), yaxis_title=value)
     if y is None or x is None:  # no loop structure: one bar per site
-        fig = px.bar(df, x="site", y=value, hover_data=[c for c in ("hook", "note") if c in df])
-        return fig.update_layout(title=title or value, xaxis_title="site", yaxis_title=value)
+        fig = px.bar(df, x="site", y=value, hover_data=[c for c in ("hook", "status", "note") if c in df])
+        _mark_missing_points(fig, df[miss], "site", value)
+        return fig.update_layout(title=title, xaxis_title="site", yaxis_title=value)
     facets = [c for c in ("component", *_INNER, "head") if c in df and _present(df, c) and c not in (x, y)]
     groups = list(df.groupby(facets, dropna=False, sort=True)) if facets else [((), df)]
     groups = groups[:max_panels]
@@ -71,29 +120,57 @@ def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, m
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=names or None, vertical_spacing=0.12 / max(1, nrows / 3))
     vals = df[value].astype(float)
     lim = float(np.nanmax(np.abs(vals))) if vals.notna().any() else 1.0
+    shown: set[str] = set()
+    counts = reasons(df, value)
     for i, (_, g) in enumerate(groups):
         grid = g.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
+        xs, ys = [str(c) for c in grid.columns], list(grid.index)
         hover = f"{y}=%{{y}}<br>{x}=%{{x}}<br>{value}=%{{z:.4f}}<extra></extra>"
-        fig.add_trace(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=list(grid.index),
-                                 coloraxis="coloraxis", hovertemplate=hover), row=i // ncols + 1, col=i % ncols + 1)
-        fig.update_xaxes(title_text=x, row=i // ncols + 1, col=i % ncols + 1)
-        fig.update_yaxes(title_text=y, autorange="reversed", row=i // ncols + 1, col=i % ncols + 1)
-    fig.update_layout(title=title or value, height=max(350, 280 * nrows),
+        fig.add_trace(go.Heatmap(z=grid.values, x=xs, y=ys, coloraxis="coloraxis", hovertemplate=hover),
+                      row=i // ncols + 1, col=i % ncols + 1)
+        gm = g[miss.loc[g.index]]
+        if len(gm):  # grey cells, one legend entry per reason
+            for reason, cells in gm.assign(_why=_why(gm)).groupby("_why", sort=True):
+                mask = cells.assign(_one=1.0).pivot_table(index=y, columns=x, values="_one", aggfunc="max")
+                mask = mask.reindex(index=grid.index, columns=grid.columns)
+                fig.add_trace(go.Heatmap(
+                    z=mask.values, x=xs, y=ys, colorscale=[[0, MISSING_COLOR], [1, MISSING_COLOR]], showscale=False,
+                    name=f"{reason} ({counts.get(reason, len(cells))} sites, grey)", legendgroup=reason,
+                    showlegend=reason not in shown, hoverongaps=False,
+                    hovertemplate=f"{y}=%{{y}}<br>{x}=%{{x}}<br>{value}: none ({reason})<extra></extra>"),
+                    row=i // ncols + 1, col=i % ncols + 1)
+                shown.add(reason)
+        fig.update_xaxes(title_text=axis_title(x), row=i // ncols + 1, col=i % ncols + 1)
+        fig.update_yaxes(title_text=axis_title(y), autorange="reversed", row=i // ncols + 1, col=i % ncols + 1)
+    fig.update_layout(title=title, height=max(350, 280 * nrows), legend=dict(orientation="h", y=-0.15),
                       coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-max(lim, 1e-9), cmax=max(lim, 1e-9),
                                      colorbar_title=value))
     return fig
 
 
+def _mark_missing_points(fig: go.Figure, gone: pd.DataFrame, x: str, value: str) -> None:
+    """Grey crosses at 0 for the sites without a value, one legend entry per reason."""
+    if gone.empty:
+        return
+    for reason, g in gone.assign(_why=_why(gone)).groupby("_why", sort=True):
+        fig.add_trace(go.Scatter(x=g[x], y=[0.0] * len(g), mode="markers", name=f"{reason} ({len(g)} sites)",
+                                 marker=dict(symbol="x", color=MISSING_COLOR, size=9), text=g["site"],
+                                 hovertemplate=f"%{{text}}<br>{value}: none ({reason})<extra></extra>"))
+
+
 def compare(exact: pd.DataFrame, approx: pd.DataFrame, value: str = "score") -> go.Figure:
-    """Exact patching vs attribution patching, one point per site (NaN estimates left out)."""
+    """Exact patching vs attribution patching, one point per site; sites without an estimate
+    are left out and counted in the title."""
     both = exact[["site", value]].merge(approx[["site", value]], on="site", suffixes=("_exact", "_attribution"))
+    n_all = len(both)
     both = both.dropna()
     r = both[f"{value}_exact"].corr(both[f"{value}_attribution"]) if len(both) > 1 else float("nan")
     fig = px.scatter(both, x=f"{value}_exact", y=f"{value}_attribution", hover_name="site")
     lo = float(np.nanmin(both[[f"{value}_exact", f"{value}_attribution"]].values)) if len(both) else 0.0
     hi = float(np.nanmax(both[[f"{value}_exact", f"{value}_attribution"]].values)) if len(both) else 1.0
     fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line=dict(dash="dot", color="grey"))
-    return fig.update_layout(title=f"Attribution vs exact patching ({len(both)} sites, r = {r:.3f})",
+    left = f"; {n_all - len(both)} without an estimate left out" if n_all > len(both) else ""
+    return fig.update_layout(title=f"Attribution vs exact patching ({len(both)} sites, r = {r:.3f}{left})",
                              xaxis_title="exact patching score", yaxis_title="attribution estimate")
 
 
@@ -110,24 +187,36 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} by {y or 'site'} (dotted: control task)",
                                                          f"{metric} vs selectivity"))
     colors = px.colors.qualitative.Plotly
+    miss = missing(df, metric) if metric in df else pd.Series(False, index=df.index)
     for i, (name, g) in enumerate(df.groupby("series", sort=True)):
         c = colors[i % len(colors)]
         xs = g[y] if y else g["site"]
-        fig.add_trace(go.Scatter(x=xs, y=g[metric], mode="lines+markers", name=name, line=dict(color=c),
+        gm = miss.loc[g.index]
+        fig.add_trace(go.Scatter(x=xs, y=g[metric].mask(gm), mode="lines+markers", name=name, line=dict(color=c),
                                  legendgroup=name), row=1, col=1)
         if "control" in g and g["control"].notna().any():
-            fig.add_trace(go.Scatter(x=xs, y=g["control"], mode="lines", name=f"{name} control", showlegend=False,
-                                     line=dict(color=c, dash="dot"), legendgroup=name), row=1, col=1)
+            fig.add_trace(go.Scatter(x=xs, y=g["control"].mask(gm), mode="lines", name=f"{name} control",
+                                     showlegend=False, line=dict(color=c, dash="dot"), legendgroup=name),
+                          row=1, col=1)
         if "selectivity" in g:
+            g = g[~gm]
             fig.add_trace(go.Scatter(x=g["selectivity"], y=g[metric], mode="markers", showlegend=False,
                                      marker=dict(color=c), text=g["site"], legendgroup=name,
                                      hovertemplate="%{text}<br>selectivity=%{x:.3f}<br>score=%{y:.3f}<extra></extra>"),
                           row=1, col=2)
+    gone = df[miss]
+    if len(gone):  # sites that measure nothing: grey crosses, not part of the lines
+        for reason, g in gone.assign(_why=_why(gone)).groupby("_why", sort=True):
+            fig.add_trace(go.Scatter(x=g[y] if y else g["site"], y=g[metric].fillna(0.0), mode="markers",
+                                     name=f"{reason} ({len(g)} sites, not ranked)", text=g["site"],
+                                     marker=dict(symbol="x", color=MISSING_COLOR, size=11),
+                                     hovertemplate=f"%{{text}}<br>{metric}=%{{y:.3f}} ({reason})<extra></extra>"),
+                          row=1, col=1)
     if "chance" in df and df["chance"].notna().any():
         fig.add_hline(y=float(df["chance"].mean()), line_dash="dash", line_color="grey", row=1, col=1,
                       annotation_text="chance")
-    fig.update_xaxes(title_text=y or "site", row=1, col=1)
-    fig.update_xaxes(title_text="selectivity (probe - control)", row=1, col=2)
+    fig.update_xaxes(title_text=axis_title(y) if y else "site", row=1, col=1)
+    fig.update_xaxes(title_text="selectivity (probe - control; R² clamped at 0)", row=1, col=2)
     fig.update_yaxes(title_text=metric, row=1, col=1)
     return fig.update_layout(title="Linear probes", height=450)
 

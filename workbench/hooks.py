@@ -19,12 +19,23 @@ Example::
     >>> out, cache = model.run_with_cache(tokens)
     >>> resid = stack(cache, "blocks.1.hook_resid_post", loop="steps")   # [steps, batch, pos, d]
     >>> ActivationCache(cache, model)["steps.0.hook_input"].shape
+    >>> step_cache(cache, 2, model=model)["resid_post", 1]     # TL shorthand on one loop step
+
+A model shared between threads (the explorer caches one per process) is safe to use from
+all of them: ``hooks(...)``, ``run_with_hooks`` and ``run_with_cache`` hold the model's
+re-entrant lock for as long as their hooks are attached, and every call of the model takes
+it, so a plain forward in another thread waits until those hooks are gone, while the thread
+that attached them calls the model freely inside its context. Hooks attached with
+``add_hook`` outside such a context stay on the model for every thread until removed: hold
+``model.exclusive()`` around them.
 """
 
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any, Union
@@ -34,11 +45,15 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from workbench.inputs import InputTypeError
+
 __all__ = [
     "HookPoint",
     "HookedRecurrentModule",
     "UnknownHookError",
+    "exclusive",
     "stack",
+    "step_cache",
     "template",
 ]
 
@@ -77,8 +92,39 @@ class HookedRecurrentModule(HookedRootModule):
     * name checking: an unknown hook name raises ``UnknownHookError`` listing the
       closest valid names (TransformerLens would raise a bare ``KeyError`` or, for a
       ``names_filter`` list, silently cache nothing);
-    * ``check_steps(n)``: a clear error when asked to run more steps than were built.
+    * ``check_steps(n)``: a clear error when asked to run more steps than were built;
+    * thread safety: ``exclusive()`` is the model's re-entrant lock; ``hooks(...)`` (and so
+      ``run_with_hooks`` / ``run_with_cache``) holds it while its hooks are attached and
+      every call of the model takes it, so hooks attached in one thread never alter a
+      forward running in another.
     """
+
+    # ------------------------------------------------------------ threads
+    @property
+    def hook_lock(self) -> threading.RLock:
+        """The re-entrant lock that guards this model's hooks (created on first use)."""
+        lock = self.__dict__.get("_hook_lock")
+        if lock is None:  # dict.setdefault is atomic: two threads get the same lock
+            lock = self.__dict__.setdefault("_hook_lock", threading.RLock())
+        return lock
+
+    @contextmanager
+    def exclusive(self):
+        """Hold the model for this thread: other threads' forwards and hook contexts wait.
+
+        Re-entrant: the holder may call the model, ``run_with_hooks`` or ``hooks`` inside.
+        """
+        with self.hook_lock:
+            yield self
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        with self.hook_lock:
+            return super().__call__(*args, **kwargs)
+
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock cannot be copied, a new one is made
+        state = self.__dict__.copy()
+        state.pop("_hook_lock", None)
+        return state
 
     def setup(self) -> None:
         super().setup()
@@ -114,20 +160,24 @@ class HookedRecurrentModule(HookedRootModule):
                 self.check_hook_name(name)
 
     def check_steps(self, n: int, loop: str = "steps", param: str = "steps") -> None:
-        """Raise ``ValueError`` if a run asks for more loop iterations than were built."""
+        """Raise ``ValueError`` unless 1 <= n <= the loop iterations built (``InputTypeError``,
+        also a ``ValueError``, for a non-integer): a run takes at least one step."""
         size = self.loop_sizes.get(loop, 0)
-        if n < 0 or n > size:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise InputTypeError(f"{param} must be an integer in 1..{size}; got {type(n).__name__} {n!r}")
+        if n < 1 or n > size:
             raise ValueError(
                 f"{param}={n} is out of range: this model has hook points for "
-                f"{size} '{loop}' iterations (0..{size - 1}); allowed {param} is 0..{size}. "
-                f"Build the model with a larger max_steps to run longer."
+                f"{size} '{loop}' iterations (0..{size - 1}); allowed {param}: an integer in (0, {size}], "
+                f"i.e. 1..{size}. Build the model with a larger max_steps to run longer."
             )
 
     # ------------------------------------------- TransformerLens entry points
     @contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
+        """TransformerLens's ``hooks`` context, holding the model's lock while the hooks are on."""
         self._check_names(name for name, _ in [*fwd_hooks, *bwd_hooks])
-        with super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as m:
+        with self.hook_lock, super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as m:
             yield m
 
     def add_hook(self, name: NameOrFilter, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
@@ -182,6 +232,86 @@ def stack(
         raise ValueError(f"'{name}' has different shapes across steps {sorted(shapes)}; cannot stack")
     out = torch.stack(tensors)
     return (out, steps) if return_steps else out
+
+
+@contextmanager
+def exclusive(model):
+    """``model.exclusive()`` for models that have it; a no-op context for any other module."""
+    lock = getattr(type(model), "hook_lock", None)
+    if lock is None:
+        yield model
+        return
+    with model.hook_lock:
+        yield model
+
+
+class _StepConfig:
+    """The ``cfg`` an ``ActivationCache`` of one loop step reads: the model's, with ``n_layers``
+    (and ``n_heads``) filled in from the cached names when the model's config lacks them."""
+
+    def __init__(self, cfg: Any, n_layers: int, n_heads: int | None):
+        self._cfg, self.n_layers, self.n_heads = cfg, n_layers, n_heads
+        for attr in ("n_layers", "n_heads"):
+            if cfg is not None and getattr(cfg, attr, None) is not None:
+                setattr(self, attr, getattr(cfg, attr))
+
+    def __getattr__(self, name: str):
+        cfg = self.__dict__.get("_cfg")
+        if cfg is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cfg, name)
+
+
+class _StepModel:
+    """What ``ActivationCache`` calls ``model``: the real model with a per-step ``cfg``."""
+
+    def __init__(self, model: Any, cfg: _StepConfig):
+        self._model, self.cfg = model, cfg
+
+    def __getattr__(self, name: str):
+        model = self.__dict__.get("_model")
+        if model is None or name.startswith("__"):
+            raise AttributeError(f"this step cache was made without a model; {name!r} needs one")
+        return getattr(model, name)
+
+
+def step_cache(cache: Mapping[str, torch.Tensor], t: int, loop: str = "steps", model: Any = None):
+    """One loop step of a cache as a TransformerLens ``ActivationCache`` with the prefix dropped.
+
+    ``{loop}.{t}.blocks.1.hook_resid_post`` becomes ``blocks.1.hook_resid_post``, so the
+    shorthand of TransformerLens works on that step: ``sc["resid_post", 1]``,
+    ``sc.stack_activation("resid_post")`` (``[layers, ...]``) and
+    ``sc.accumulated_resid(apply_ln=False)`` (``[layers + 1, ...]``: each block's input,
+    then the last block's output). ``loop`` is the literal prefix before the index
+    (``"steps"``, ``"time"``, ``"time.0.ponder"``). ``model`` defaults to the cache's own
+    (an ``ActivationCache`` carries it); the number of layers is read from ``model.cfg``
+    or, failing that, from the cached ``blocks.{l}`` names. Steps that did not run raise a
+    ``KeyError`` listing the steps that did.
+
+    >>> _, cache = model.run_with_cache(tokens, steps=4)
+    >>> sc = step_cache(cache, 2, model=model)
+    >>> torch.equal(sc["resid_post", 1], cache["steps.2.blocks.1.hook_resid_post"])
+    True
+    """
+    from transformer_lens import ActivationCache
+
+    if model is None and isinstance(cache, ActivationCache):
+        model = cache.model
+    data = cache.cache_dict if isinstance(cache, ActivationCache) else cache
+    prefix = f"{loop}.{int(t)}."
+    sub = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+    if not sub:
+        pattern = re.compile(rf"^{re.escape(loop)}\.(\d+)\.")
+        steps = sorted({int(m.group(1)) for k in data if (m := pattern.match(k))})
+        raise KeyError(f"nothing cached under '{prefix}'; cached steps of loop '{loop}': {steps}")
+    layers = [int(m.group(1)) for k in sub if (m := re.match(r"^blocks\.(\d+)\.", k))]
+    heads = None
+    for k, v in sub.items():
+        if k.endswith("attn.hook_pattern") and v.ndim == 4:
+            heads = int(v.shape[1])
+            break
+    cfg = _StepConfig(getattr(model, "cfg", None), (max(layers) + 1) if layers else 0, heads)
+    return ActivationCache(sub, _StepModel(model, cfg))
 
 
 def hook_list(n: int, make: Callable[[], nn.Module]) -> nn.ModuleList:

@@ -22,6 +22,13 @@ site by site, normalised so that 0 = the corrupted run and 1 = the clean run::
   over the corrupted batch, a reference distribution); ``"resample"`` (run the clean input
   and replace the site by the corrupted run's value, "noising"). Scores keep their
   meaning: 1 = as clean, 0 = as corrupted.
+* ``effect``: what a site does, the same direction for every ablation: ``score`` when
+  patching clean into corrupted (the share of the clean - corrupted gap restored), ``1 -
+  score`` for the ablations of the clean run (the share of the gap removed). ``res.top(k)``
+  ranks on ``|effect|``, so a zero ablation lists the sites that matter, not the unaffected
+  ones (whose score is ~1).
+* ``status``: ``"ok"``, or ``"no-op"`` where the written activation equals the one already
+  there bit for bit (the patch cannot change anything: its metric is the base metric).
 * Patching ``steps.{t}.bottleneck.hook_codes`` of the reasoner sets a variable's value at
   step t (the codes are integers; the clean code is written in, or any code given in
   ``sources``).
@@ -77,10 +84,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.results import Result
+from workbench.hooks import exclusive
+from workbench.results import OK, Result, effect
 from workbench.sites import Site, SiteSelection, as_sites, loop_indices, names_filter, resolve
 
-__all__ = ["patch", "LoopState", "resumable", "ABLATIONS", "patch_loop"]
+__all__ = ["patch", "LoopState", "resumable", "ABLATIONS"]
 
 ABLATIONS = (None, "zero", "mean", "resample")
 Metric = Callable[[Any], Tensor]
@@ -137,7 +145,9 @@ def patch(
 
     Returns:
         ``Result`` with one row per site: identifying columns, ``metric`` (batch mean of
-        the patched metric) and ``score`` (normalised: 0 = corrupted, 1 = clean).
+        the patched metric), ``score`` (normalised: 0 = corrupted, 1 = clean), ``effect``
+        (``score`` without ablation, ``1 - score`` with one) and ``status`` (``"ok"`` or
+        ``"no-op"``). ``res.top(k)`` / ``res.summary()`` rank the sites on ``|effect|``.
     """
     t_start = time.perf_counter()
     if ablation not in ABLATIONS:
@@ -173,6 +183,7 @@ def patch(
     sources = _Sources(ablation, clean_cache, corr_cache, base_cache, sources)
 
     values = torch.empty(len(site_list), B)
+    noop = [False] * len(site_list)
     todo: dict[Any, list[int]] = {}
     for i, s in enumerate(site_list):
         src, base = sources[s.name], base_cache[s.name]
@@ -182,6 +193,7 @@ def patch(
         idx = s.index(base.shape)
         if torch.equal(src[idx].to(base.dtype), base[idx]):  # a no-op patch changes nothing
             values[i] = base_metric
+            noop[i] = True
             continue
         key = _resume_point(model, s.name) if use_resume else None
         todo.setdefault(key, []).append(i)
@@ -192,17 +204,20 @@ def patch(
     run = _Runner(model, base_args, base_cache, fk, metric, B, sources, resume_names, stats)
     chunks = [(key, idx[i: i + copies]) for key, idx in sorted(todo.items(), key=lambda kv: (kv[0] is None, kv[0] or ()))
               for i in range(0, len(idx), copies)]
-    for key, chunk in tqdm(chunks, disable=not progress, desc="patch", leave=False):
-        chunk_sites = [site_list[i] for i in chunk]
-        if key is None:
-            values[chunk] = run.full(chunk_sites)
-        else:
-            values[chunk] = run.resumed(*key, chunk_sites)
+    with torch.no_grad():  # the patched runs, like the base runs, build no autograd graph
+        for key, chunk in tqdm(chunks, disable=not progress, desc="patch", leave=False):
+            chunk_sites = [site_list[i] for i in chunk]
+            if key is None:
+                values[chunk] = run.full(chunk_sites)
+            else:
+                values[chunk] = run.resumed(*key, chunk_sites)
 
     rows = []
-    for s, v in zip(site_list, values):
+    for s, v, skip in zip(site_list, values, noop):
         m = float(v.mean())
-        rows.append({**s.row(), "metric": m, "score": (m - M_corr) / denom})
+        score = (m - M_corr) / denom
+        rows.append({**s.row(), "metric": m, "score": score, "effect": effect(score, ablation),
+                     "status": "no-op" if skip else OK})
     meta = {
         "metric_clean": M_clean, "metric_corrupted": M_corr, "ablation": ablation, "batch": B,
         "sites": len(site_list), "sites_noop": len(site_list) - sum(len(v) for v in todo.values()),
@@ -210,39 +225,6 @@ def patch(
         "seconds": time.perf_counter() - t_start,
     }
     return Result("patch", _frame(rows), "score", meta)
-
-
-def patch_loop(model, clean, corrupted, metric: Metric, sites: SiteSelection, *,
-               forward_kwargs: Mapping[str, Any] | None = None, progress: bool = False) -> Result:
-    """The reference implementation: one ``run_with_hooks`` per site, nothing shared.
-
-    The same algorithm as TransformerLens's ``generic_activation_patch`` (denoising only);
-    ``patch`` must agree with it. Used by the tests and ``bench/patching.py``.
-    """
-    fk = dict(forward_kwargs or {})
-    clean_args, corr_args = _inputs(clean, corrupted)
-    B = _batch_size(clean_args)
-    sel = as_sites(sites)
-    with torch.no_grad():
-        out_clean, clean_cache, shapes, _ = _base_run(model, clean_args, fk, names_filter(sel))
-        out_corr = model(*corr_args, **fk)
-        M_clean = float(_metric(metric, out_clean, B, "clean").mean())
-        M_corr = float(_metric(metric, out_corr, B, "corrupted").mean())
-        denom = _denominator(M_clean, M_corr)
-        rows = []
-        for s in tqdm(resolve(sel, shapes, model), disable=not progress, desc="patch loop", leave=False):
-            src = clean_cache[s.name]
-            idx = s.index(src.shape)
-
-            def hook(act, hook, src=src, idx=idx):
-                act = act.clone()
-                act[idx] = src[idx]
-                return act
-
-            out = model.run_with_hooks(*corr_args, fwd_hooks=[(s.name, hook)], **fk)
-            m = float(_metric(metric, out, B, "patched").mean())
-            rows.append({**s.row(), "metric": m, "score": (m - M_corr) / denom})
-    return Result("patch", _frame(rows), "score", {"metric_clean": M_clean, "metric_corrupted": M_corr})
 
 
 # ------------------------------------------------------------------ runner
@@ -558,17 +540,18 @@ def _hooked(model, hooks: list[tuple[str, Callable]]):
     matters when a patching run enters it hundreds of times.
     """
     handles = []
-    try:
-        for name, fn in hooks:
-            if hasattr(model, "check_hook_name"):
-                model.check_hook_name(name)
-            point = model.mod_dict[name]
-            handles.append((point, point.add_hook(fn, dir="fwd")))
-        yield model
-    finally:
-        for point, handle in handles:
-            handle.hook.remove()
-            point.fwd_hooks.remove(handle)
+    with exclusive(model):  # other threads' forwards wait while these hooks are attached
+        try:
+            for name, fn in hooks:
+                if hasattr(model, "check_hook_name"):
+                    model.check_hook_name(name)
+                point = model.mod_dict[name]
+                handles.append((point, point.add_hook(fn, dir="fwd")))
+            yield model
+        finally:
+            for point, handle in handles:
+                handle.hook.remove()
+                point.fwd_hooks.remove(handle)
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:

@@ -1,4 +1,10 @@
-"""Figures for the Adaptive Computation Time RNN (data in, Plotly figure out)."""
+"""Figures for the Adaptive Computation Time RNN (data in, Plotly figure out).
+
+Ponder steps are drawn as the hooks name them: the tick n is ``time.{t}.ponder.{n}``, the
+n-th state update counted from 0, so patching the halting logit at ponder step n and halting
+there shows at n. N(t), the number of updates, is a count: a sample that halts at ponder step
+n has N(t) = n + 1.
+"""
 
 from __future__ import annotations
 
@@ -51,25 +57,47 @@ def tau_sweep_figure(table: pd.DataFrame, title: str = "Time penalty sweep") -> 
     return fig
 
 
-def halting_figure(trace: pd.DataFrame, title: str = "Halting at every ponder step") -> go.Figure:
+PONDER_AXIS = "ponder step n"  # ticks are the hooks' n: time.{t}.ponder.{n}, from 0
+
+
+def ponder_step(trace: pd.DataFrame) -> pd.Series:
+    """The ponder step n of every row, counted from 0 as in the hook names.
+
+    trace: halting-trace rows with a ``ponder`` column (from 0), or only ``n``: counted from 0
+    when every input step's first row has n = 0, else (``models.act_eval.halting_trace``, which
+    counts from 1) shifted down by one.
+    """
+    if "ponder" in trace:
+        return trace["ponder"].astype(int)
+    if trace.empty:
+        return trace["n"]
+    from_one = bool((trace.groupby("t")["n"].min() >= 1).all())
+    return (trace["n"] - 1 if from_one else trace["n"]).astype(int)
+
+
+def halting_figure(trace: pd.DataFrame, title: str = "Halting at every ponder step n (hooks time.{t}.ponder.{n}, "
+                                                    "n from 0)") -> go.Figure:
     """Halting probability h, cumulative h and weight p per ponder step; one panel per input step.
 
-    trace: ``models.act_eval.halting_trace`` output (columns t, n, h, cum_halt, p, N, R).
+    trace: ``models.act_eval.halting_trace`` output (columns t, n, h, cum_halt, p, N, R; see
+    ``ponder_step`` for how n is read). The x axis is the ponder step n from 0, as in the hooks.
     """
+    trace = trace.assign(ponder=ponder_step(trace))
     steps = sorted(trace["t"].unique())
     fig = make_subplots(rows=1, cols=len(steps), shared_yaxes=True,
                         subplot_titles=[f"t={t}: N={int(trace[trace.t == t]['N'].iloc[0])}" for t in steps])
     for col, t in enumerate(steps, start=1):
         g = trace[trace.t == t]
         first = col == 1
-        fig.add_trace(go.Bar(x=g["n"], y=g["p"], name="weight p", marker_color="#636efa", showlegend=first,
+        fig.add_trace(go.Bar(x=g["ponder"], y=g["p"], name="weight p", marker_color="#636efa", showlegend=first,
                              legendgroup="p"), row=1, col=col)
         if g["h"].notna().any():
-            fig.add_trace(go.Scatter(x=g["n"], y=g["h"], name="halting h", mode="markers", marker_color="#ef553b",
-                                     marker_size=9, showlegend=first, legendgroup="h"), row=1, col=col)
-            fig.add_trace(go.Scatter(x=g["n"], y=g["cum_halt"], name="cumulative h", mode="lines+markers",
+            fig.add_trace(go.Scatter(x=g["ponder"], y=g["h"], name="halting h", mode="markers",
+                                     marker_color="#ef553b", marker_size=9, showlegend=first, legendgroup="h"),
+                          row=1, col=col)
+            fig.add_trace(go.Scatter(x=g["ponder"], y=g["cum_halt"], name="cumulative h", mode="lines+markers",
                                      line_color="#00cc96", showlegend=first, legendgroup="c"), row=1, col=col)
-        fig.update_xaxes(title_text="ponder step n", dtick=1, row=1, col=col)
+        fig.update_xaxes(title_text=PONDER_AXIS, dtick=1, row=1, col=col)
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
     fig.update_yaxes(title_text="probability", row=1, col=1)
     fig.update_layout(title=title, barmode="overlay")
@@ -108,14 +136,18 @@ def ponder_steps_figure(steps: pd.DataFrame, title: str = "Ponder time per input
 
 
 def halting_compare_figure(clean: pd.DataFrame, patched: pd.DataFrame,
-                           title: str = "Cumulative halting probability: clean vs patched halting logit") -> go.Figure:
+                           title: str = "Cumulative halting probability: clean vs patched halting logit "
+                                        "(ponder step n as in time.{t}.ponder.{n}, from 0)") -> go.Figure:
     """Cumulative h per ponder step for every input step, before (solid) and after (dashed) a patch.
 
-    clean, patched: ``models.act_eval.halting_trace`` rows (t, n, N, cum_halt, p).
+    clean, patched: ``models.act_eval.halting_trace`` rows (t, n, N, cum_halt, p; see
+    ``ponder_step``). The x axis is the ponder step n from 0, as in the hook names, so a patch of
+    ``time.{t}.ponder.{n}.hook_halt_logit`` that makes the model halt shows its last point at n.
     """
     steps = sorted(set(clean["t"]) | set(patched["t"]))
     if not steps:
         raise ValueError("no ponder steps to compare")
+    clean, patched = clean.assign(ponder=ponder_step(clean)), patched.assign(ponder=ponder_step(patched))
     fig = make_subplots(rows=1, cols=len(steps), shared_yaxes=True, subplot_titles=[
         f"t={t}: N {_first_n(clean, t)} -> {_first_n(patched, t)}" for t in steps])
     # without ACT there is no halting unit: show the weight p instead of the cumulative h
@@ -123,9 +155,9 @@ def halting_compare_figure(clean: pd.DataFrame, patched: pd.DataFrame,
     for col, t in enumerate(steps, start=1):
         for name, df, dash, color in (("clean", clean, "solid", "#636efa"), ("patched", patched, "dash", "#ef553b")):
             g = df[df.t == t]
-            fig.add_trace(go.Scatter(x=g["n"], y=g[column], mode="lines+markers", name=name, legendgroup=name,
+            fig.add_trace(go.Scatter(x=g["ponder"], y=g[column], mode="lines+markers", name=name, legendgroup=name,
                                      showlegend=col == 1, line=dict(dash=dash, color=color)), row=1, col=col)
-        fig.update_xaxes(title_text="ponder step n", dtick=1, row=1, col=col)
+        fig.update_xaxes(title_text=PONDER_AXIS, dtick=1, row=1, col=col)
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
     fig.update_yaxes(title_text="cumulative h" if column == "cum_halt" else "weight p", row=1, col=1)
     fig.update_layout(title=title)
@@ -133,5 +165,6 @@ def halting_compare_figure(clean: pd.DataFrame, patched: pd.DataFrame,
 
 
 def _first_n(trace: pd.DataFrame, t: int) -> str:
+    """N(t): the number of ponder steps at input step t (it halts at ponder step N(t) - 1)."""
     g = trace[trace.t == t]
     return str(int(g["N"].iloc[0])) if len(g) else "-"

@@ -2,6 +2,11 @@
 
 The per-site heatmaps themselves come from ``workbench.figures`` (``Result.figure()``);
 these builders add the overviews the pages show beside them. Data in, Plotly figure out.
+
+Both say what they could not show: sites without a value (no gradient path, constant target,
+...; see ``status``) are grey cells with a legend entry, or are counted in the title, never
+silently dropped. The top sites of a patching table are those with the largest ``effect``
+(see ``workbench.results.EFFECT``), whichever column is shown.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from workbench.figures import MISSING_COLOR, missing, reasons
 
 _ROWS = ("step", "time")  # the outer (recurrent) loop goes down
 _COLS = ("layer", "ponder", "head", "pos")  # the first finer index present goes across
@@ -36,43 +43,73 @@ def loop_grid_figure(df: pd.DataFrame, value: str, agg: str = "max |value|", tit
     if y is None or x is None:
         raise ValueError(f"the table needs a loop step column ({' or '.join(_ROWS)}) and one of {_COLS}; "
                          f"it has {list(df.columns)}")
-    d = df[df[value].notna()]
+    miss = missing(df, value)
+    d = df[~miss]
     if d.empty:
-        raise ValueError(f"every {value!r} is missing (NaN): nothing to draw")
-    comps = list(dict.fromkeys(d["component"])) if "component" in d else [""]
+        why = ", ".join(f"{n} {k}" for k, n in reasons(df, value).items())
+        raise ValueError(f"every {value!r} is missing ({why}): nothing to draw")
+    gone = reasons(df, value)
+    comps = list(dict.fromkeys(df["component"])) if "component" in df else [""]
 
     def pick(s: pd.Series) -> float:
         return float(s.loc[s.abs().idxmax()]) if agg == "max |value|" else float(s.mean())
 
     fig = make_subplots(rows=1, cols=len(comps), subplot_titles=comps, horizontal_spacing=0.08)
     lim = float(np.nanmax(np.abs(d[value].astype(float)))) or 1.0
+    shown = False
     for i, comp in enumerate(comps, start=1):
+        full = df[df["component"] == comp] if comp else df
         g = d[d["component"] == comp] if comp else d
-        grid = g.groupby([y, x])[value].agg(pick).unstack(x)
-        fig.add_trace(go.Heatmap(z=grid.values, x=[str(c) for c in grid.columns], y=list(grid.index),
-                                 coloraxis="coloraxis",
+        cells = full.groupby([y, x]).size().unstack(x)  # every (y, x) cell that has sites
+        grid = (g.groupby([y, x])[value].agg(pick).unstack(x) if len(g) else cells * np.nan)
+        grid = grid.reindex(index=cells.index, columns=cells.columns)
+        xs, ys = [str(c) for c in grid.columns], list(grid.index)
+        fig.add_trace(go.Heatmap(z=grid.values, x=xs, y=ys, coloraxis="coloraxis",
                                  hovertemplate=f"{comp}<br>{y}=%{{y}}<br>{x}=%{{x}}<br>{agg} {value}=%{{z:.4f}}"
                                                "<extra></extra>"), row=1, col=i)
-        fig.update_xaxes(title_text=x, row=1, col=i)
+        empty = grid.isna() & cells.notna()
+        if empty.values.any():  # cells none of whose sites holds a value: grey, with a legend entry
+            fig.add_trace(go.Heatmap(z=empty.where(empty).values.astype(float), x=xs, y=ys, showscale=False,
+                                     colorscale=[[0, MISSING_COLOR], [1, MISSING_COLOR]], hoverongaps=False,
+                                     name="no value: " + ", ".join(f"{n} {k}" for k, n in gone.items()),
+                                     showlegend=not shown, legendgroup="missing",
+                                     hovertemplate=f"{comp}<br>{y}=%{{y}}<br>{x}=%{{x}}<br>no {value}"
+                                                   "<extra></extra>"), row=1, col=i)
+            shown = True
+        fig.update_xaxes(title_text=x, row=1, col=i)  # loop indices as in the hook names (step t = steps.{t})
         fig.update_yaxes(title_text=y, autorange="reversed", row=1, col=i)
-    fig.update_layout(title=title or f"{value} by {y} and {x} ({agg} over the other indices)",
+    left = f" [grey: {', '.join(f'{n} {k}' for k, n in gone.items())} of {len(df)} sites]" if gone else ""
+    fig.update_layout(title=(title or f"{value} by {y} and {x} ({agg} over the other indices)") + left,
                       coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-lim, cmax=lim, colorbar_title=value),
                       height=max(350, 22 * d[y].nunique() + 200))
     return fig
 
 
 def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | None = None) -> go.Figure:
-    """The ``k`` sites with the largest |value|, as horizontal bars (largest on top)."""
+    """The ``k`` sites with the largest effect, as horizontal bars of ``value`` (largest on top).
+
+    A patching / attribution table (with an ``effect`` column) is ranked on ``|effect|`` (so a
+    zero ablation lists the sites that matter, not the unaffected ones whose score is ~1);
+    any other table on ``|value|``. Sites without a measurement (``status`` other than "ok",
+    or NaN) are not ranked; the title counts them.
+    """
     if value not in df:
         raise ValueError(f"column {value!r} is not in the table; columns: {list(df.columns)}")
-    d = df[df[value].notna()]
+    rank = "effect" if "effect" in df else value
+    keep = ~missing(df, value) & ~missing(df, rank)
+    if "status" in df:
+        keep &= df["status"] == "ok"
+    d = df[keep]
     if d.empty:
-        raise ValueError(f"every {value!r} is missing (NaN): nothing to draw")
-    top = d.reindex(d[value].abs().sort_values(ascending=False).index).head(int(k))
+        why = ", ".join(f"{n} {k}" for k, n in reasons(df, value).items()) or "no site has status 'ok'"
+        raise ValueError(f"every {value!r} is missing ({why}): nothing to draw")
+    top = d.loc[d[rank].astype(float).abs().sort_values(ascending=False, kind="stable").index].head(int(k))
+    left = len(df) - len(d)
     fig = go.Figure(go.Bar(x=top[value], y=top["site"], orientation="h",
                            marker_color=["#2166ac" if v >= 0 else "#b2182b" for v in top[value]],
                            hovertemplate="%{y}<br>" + value + " = %{x:.4f}<extra></extra>"))
-    fig.update_layout(title=title or f"Top {len(top)} sites by |{value}|", xaxis_title=value, yaxis_title="site",
+    note = f"; {left} of {len(df)} sites not ranked (no measurement)" if left else ""
+    fig.update_layout(title=(title or f"Top {len(top)} sites by |{rank}|") + note, xaxis_title=value, yaxis_title="site",
                       yaxis=dict(autorange="reversed"), height=max(300, 26 * len(top) + 150),
                       margin=dict(l=320))
     return fig

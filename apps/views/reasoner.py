@@ -1,4 +1,11 @@
-"""Figures for the recursive reasoner."""
+"""Figures for the recursive reasoner.
+
+Steps are drawn as the hooks name them: step t is ``steps.{t}.``, the t-th application of the
+loop counted from 0, and the state after step t is what application t outputs
+(``steps.{t}.bottleneck.hook_codes``). The state table puts the input in a column of its own
+("input") before step 0, so a selector's step t, an intervention "after step t" and the
+column t of every figure are the same step.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +30,34 @@ def ood_figure(table: pd.DataFrame, train_n: int | None = None) -> go.Figure:
     return fig
 
 
+STATE_AXIS = "step t (state after steps.{t}; input = before step 0)"
+
+
+def loop_steps(step: pd.Series, counts_steps_run: bool) -> pd.Series:
+    """Loop steps from 0 (the state after application t), -1 for the input.
+
+    ``counts_steps_run``: the column counts steps run (0 = the input, k = after k steps), as
+    ``apps.adapters.reasoner.state_table`` and ``models.reasoner_eval`` write it; such a count k
+    is the state after step k - 1.
+    """
+    return step.astype(int) - 1 if counts_steps_run else step.astype(int)
+
+
+def _state_steps(table: pd.DataFrame) -> bool:
+    """Does a state table count steps run? (Tables in loop steps mark the input with step -1.)"""
+    return not (table["step"] < 0).any()
+
+
 def per_step_figure(per_step: pd.DataFrame) -> go.Figure:
-    """Fraction of nodes of depth d solved after step t; one panel per model (and size)."""
+    """Fraction of nodes of depth d solved after step t (t from 0, as in ``steps.{t}``); one panel
+    per model (and size). Rows counting steps run (from 1, ``models.reasoner_eval``) are read as such."""
     df = per_step.copy()
+    df["step"] = loop_steps(df["step"], counts_steps_run=bool(len(df)) and int(df["step"].min()) >= 1)
     df["panel"] = df["model"] + (" N=" + df["n_nodes"].astype(str) if "n_nodes" in df else "")
     fig = px.line(df, x="step", y="solved", color="depth", facet_col="panel", facet_col_wrap=2, markers=True,
                   color_discrete_sequence=px.colors.sequential.Viridis)
-    fig.update_layout(title="Nodes of depth d solved after step t", yaxis_title="solved", xaxis_title="step")
+    fig.update_layout(title="Nodes of depth d solved after step t (steps.{t}, from 0)", yaxis_title="solved",
+                      xaxis_title="step t")
     return fig
 
 
@@ -41,14 +69,22 @@ def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
                        title: str = "Each variable's decoded value after every step") -> go.Figure:
     """The step-by-step state: one row per variable, one column per step, the value as text.
 
-    table: ``apps.adapters.reasoner.state_table`` rows (slot, step, value, truth, exact,
-    status, depth). Cells are coloured by status (correct / wrong / not yet computed);
-    ``changed`` (rows slot, step) outlines the cells an intervention changed.
+    table: rows (slot, step, value, truth, exact, status, depth) with ``step`` the loop step t
+    whose output the row shows and -1 for the input; tables that count steps run (0 = the
+    input, ``apps.adapters.reasoner.state_table``) are read as such. Column t is the state
+    after ``steps.{t}``, the input has a column of its own. Cells are coloured by status
+    (correct / wrong / not yet computed); ``changed`` (rows slot, step, in the table's
+    convention) outlines the cells an intervention changed.
     """
     if table.empty:
         raise ValueError("the state table is empty: the problem has no variable slots")
+    runs = _state_steps(table)
+    table = table.assign(step=loop_steps(table["step"], runs))
+    if changed is not None and len(changed):
+        changed = changed.assign(step=loop_steps(changed["step"], runs))
     slots = list(dict.fromkeys(table["slot"]))
     steps = sorted(table["step"].unique())
+    labels = ["input" if t < 0 else str(t) for t in steps]
     codes = {s: i for i, s in enumerate(STATUS_COLORS)}
     grid = table.pivot(index="slot", columns="step", values="status").reindex(index=slots, columns=steps)
     text = table.pivot(index="slot", columns="step", values="value").reindex(index=slots, columns=steps)
@@ -58,19 +94,20 @@ def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
     scale = [v for i, c in enumerate(STATUS_COLORS.values()) for v in ((i / n, c), ((i + 1) / n, c))]
     z = np.array([[codes.get(v, np.nan) for v in row] for row in grid.values], dtype=float)
     fig = go.Figure(go.Heatmap(
-        z=z, x=steps, y=slots, text=text.values, texttemplate="%{text}",
+        z=z, x=labels, y=slots, text=text.values, texttemplate="%{text}",
         customdata=custom, colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1,
-        hovertemplate="%{y}, step %{x}<br>decoded %{text}<br>true value %{customdata[0]}"
+        hovertemplate="%{y}, after step %{x}<br>decoded %{text}<br>true value %{customdata[0]}"
                       "<br>exact algorithm %{customdata[1]}<br>depth %{customdata[2]}<extra></extra>"))
     for status, color in STATUS_COLORS.items():  # legend entries for the three colours
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=status,
                                  marker=dict(symbol="square", size=12, color=color)))
     if changed is not None and len(changed):
-        fig.add_trace(go.Scatter(x=changed["step"], y=changed["slot"], mode="markers", name="changed",
+        fig.add_trace(go.Scatter(x=["input" if t < 0 else str(t) for t in changed["step"]], y=changed["slot"],
+                                 mode="markers", name="changed",
                                  marker=dict(symbol="square-open", size=22, color="black", line=dict(width=2)),
                                  hoverinfo="skip"))
-    fig.update_layout(title=title, xaxis_title="steps run (0 = the input)", yaxis_title="variable",
-                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(dtick=1),
+    fig.update_layout(title=title, xaxis_title=STATE_AXIS, yaxis_title="variable",
+                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"),
                       height=max(300, 24 * len(slots) + 160), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     return fig
 

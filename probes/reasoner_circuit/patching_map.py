@@ -54,19 +54,29 @@ def patching_map(model: Reasoner, problems: Sequence[ga.Problem], *, seed: int =
     (``n_layers`` = ``hook_resid_final``), pos, token, role, fill_step, on_path (the slot
     carries the changed leaf towards the target), target, changed, score.
     ``tables["summary"]``: per problem, step and layer, the top position and the share of
-    positive score on path slots.
+    positive score on path slots. A problem whose pair breaks the patching contract (the model
+    does not put the clean answer above the corrupted one: ``probes.pairs``) is skipped and
+    listed in ``meta["skipped"]``, with the reason.
     """
     check_reasoner(model)
-    frames = []
+    frames, skipped = [], {}
     sites = Sites(["steps.*.blocks.*.hook_resid_pre", "steps.*.hook_resid_final"], positions="each")
     for i, problem in enumerate(tqdm(problems, disable=not progress, desc="patching", leave=False)):
-        setup = pr.patching_setup(model, [problem], seed=seed + i)
         _steps_for(model, [problem])
+        try:
+            setup = pr.patching_setup(model, [problem], seed=seed + i)
+        except ValueError as e:  # the contract: say which problem was left out and why
+            skipped[i] = str(e)
+            continue
         res = patch(model, setup.clean, setup.corrupted, setup.metric, sites=sites,
                     forward_kwargs=setup.forward_kwargs)
         frames.append(_annotate(model, res.df, problem, int(setup.target_pos[0]), int(setup.leaf_pos[0]), i))
+    if not frames:
+        raise ValueError(f"every one of the {len(problems)} problems breaks the patching contract; first: "
+                         f"{next(iter(skipped.values()))}")
     df = pd.concat(frames, ignore_index=True)
-    meta = {"problems": len(problems), "metric": "logit difference (clean - corrupted answer) at the deepest node"}
+    meta = {"problems": len(problems) - len(skipped), "skipped": skipped,
+            "metric": "logit difference (clean - corrupted answer) at the deepest node"}
     return CircuitResult("patching_map", df, "score", meta, {"summary": _patch_summary(df)}, builder=_patch_figure)
 
 
