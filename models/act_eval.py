@@ -120,7 +120,8 @@ def compare(models: dict[str, ACT], n: int, seed, batch_size: int = 1000) -> pd.
 def halting_trace(model: ACT, inputs: torch.Tensor, mask: torch.Tensor | None = None, item: int = 0) -> pd.DataFrame:
     """Halting probabilities of one sample at every ponder step of every input step.
 
-    Returns one row per (t, n) that the sample ran: h, cumulative h, the weight p, and
+    Returns one row per (t, ponder) that the sample ran (``ponder`` = n, 0-based as the hooks;
+    ``n`` = how many ponder steps ran so, 1-based): h, cumulative h, the weight p, and
     the step's N(t) and R(t). Read from the hooks (``time.{t}.ponder.{n}.hook_*``).
     """
     _, cache = model.run_with_cache(inputs, mask, names_filter=lambda k: k.endswith(
@@ -132,7 +133,7 @@ def halting_trace(model: ACT, inputs: torch.Tensor, mask: torch.Tensor | None = 
         for n in range(N):
             pre = f"time.{t}.ponder.{n}."
             rows.append({
-                "t": t, "n": n + 1, "N": N, "R": float(cache[f"time.{t}.hook_remainder"][item]),
+                "t": t, "ponder": n, "n": n + 1, "N": N, "R": float(cache[f"time.{t}.hook_remainder"][item]),
                 "h": float(cache[pre + "hook_halt"][item]) if model.cfg.act else float("nan"),
                 "cum_halt": float(cache[pre + "hook_cum_halt"][item]) if model.cfg.act else float("nan"),
                 "p": float(cache[pre + "hook_weight"][item]),

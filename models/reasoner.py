@@ -398,11 +398,12 @@ class Reasoner(HookedRecurrentModule):
         Outside it every run, plain or hooked, takes the same path, so ``model(x)`` and
         ``run_with_hooks(x, ...)`` agree bit for bit. Training, evaluation and probing collection
         use it; patching, which compares runs exactly, does not."""
-        before, self._fused = self._fused, True
-        try:
-            yield
-        finally:
-            self._fused = before
+        with self.exclusive():  # a mode of a possibly shared model: other threads wait it out
+            before, self._fused = self._fused, True
+            try:
+                yield
+            finally:
+                self._fused = before
 
     def step(self, x: Tensor, t: int, layout: Layout, first_block: int = 0) -> tuple[Tensor, list[Tensor]]:
         """One application of the shared block stack: returns (final residual, factor logits).
@@ -566,7 +567,8 @@ class Reasoner(HookedRecurrentModule):
         _, logits = self.step(self.embed(tokens), 0, self.layout(tokens))
         loss, stats = self._factor_loss(logits, batch["targets"], batch["weight"])
         right = logits[3].argmax(-1) == batch["targets"][..., 3]
-        for key in ("new_operand", "new_sum"):  # lookups and multi-operand sums, tracked separately
+        # lookups, multi-operand sums, and the sums of exactly 2 and 3 operands, tracked separately
+        for key in ("new_operand", "new_sum", "new_sum2", "new_sum3"):
             if key in batch and batch[key].any():
                 stats[f"acc_{key}"] = float(right[batch[key]].float().mean())
         return loss, stats

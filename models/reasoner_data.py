@@ -108,11 +108,14 @@ def transition_batch(cfg: ReasonerConfig, task: ga.GraphArithConfig, n: int, rng
     values, filled, fresh = _start_states(arr, cfg, rng)
     target, target_filled = ga.next_state(values, filled, arr["answer"], arr["slot"], arr["deps"])
     new = target_filled & ~filled
+    new_define, fan_in = new & (arr["role"] == ga.ROLE_DEFINE), (arr["deps"] >= 0).sum(-1)
     return {
         "inputs": _with_values(arr["factors"], _corrupt(values, fresh, cfg, rng)),
         "targets": _with_values(arr["factors"], target),
         "weight": torch.from_numpy(np.where(new, cfg.new_slot_weight, 1.0)).float(),
-        "new_sum": torch.from_numpy(new & (arr["role"] == ga.ROLE_DEFINE) & ((arr["deps"] >= 0).sum(-1) >= 2)),
+        "new_sum": torch.from_numpy(new_define & (fan_in >= 2)),
+        "new_sum2": torch.from_numpy(new_define & (fan_in == 2)),
+        "new_sum3": torch.from_numpy(new_define & (fan_in == 3)),
         "new_operand": torch.from_numpy(new & (arr["role"] == ga.ROLE_OPERAND)),
     }
 

@@ -83,7 +83,7 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
         for d in np.unique(arr["depth"][define]):
             sel = define & (arr["depth"] == d)
             for t in range(T):
-                h = hits.setdefault((int(d), t + 1), [0, 0])
+                h = hits.setdefault((int(d), t), [0, 0])  # solved after steps.{t}
                 h[0] += int((right[:, t] & sel).sum())
                 h[1] += int(sel.sum())
     rows = [{"depth": d, "step": t, "solved": a / b, "n": b} for (d, t), (a, b) in sorted(hits.items())]

@@ -63,9 +63,9 @@ def test_state_table_follows_the_rollout(loaded):
     assert ro.codes.shape == (ro.steps, ga.n_tokens(problem))
     table = ar.state_table(ro)
     assert set(table.slot) == {"x_7", "x_1", "x_23", "x_5"} and len(table) == 4 * (ro.steps + 1)
-    first = table[table.step == 0]
+    first = table[table.step == -1]
     assert (first.status == "not yet computed").all()  # every slot starts EMPTY
-    final = table[table.step == ro.steps].set_index("slot")
+    final = table[table.step == ro.steps - 1].set_index("slot")
     assert final.loc["x_5", "truth"] == str(problem.value_of(5))
     assert (final.status == np.where(final.value == final.truth, "correct",
                                      np.where(final.value == "EMPTY", "not yet computed", "wrong"))).all()
@@ -99,9 +99,9 @@ def test_intervention_writes_the_value_after_that_step(loaded):
     T = 4
     edited = ar.intervene(model, problem, T, variable=23, value=11, at_step=T - 1)
     table = ar.state_table(edited).set_index(["slot", "step"])
-    assert table.loc[("x_23", T), "value"] == "11"  # the last step's codes are the output
+    assert table.loc[("x_23", T - 1), "value"] == "11"  # the last step's codes are the output
     changed = ar.changed_cells(ar.state_table(ar.rollout(model, problem, T)), ar.state_table(edited))
-    assert set(changed.step) <= {T}
+    assert set(changed.step) <= {T - 1}
     with pytest.raises(ValueError, match="allowed 0..22"):
         ar.intervene(model, problem, T, variable=23, value=23, at_step=0)
     with pytest.raises(ValueError, match="x_99 is not a variable"):

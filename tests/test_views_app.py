@@ -52,7 +52,7 @@ def test_state_table_figure_colours_status_and_marks_changes():
     assert z.shape == (2, 3)
     assert z[0, 0] == 0 and z[0, 1] == 1 and z[0, 2] == 2  # not yet computed, correct, wrong
     assert np.asarray(fig.data[0].text)[0, 1] == "4"
-    assert fig.layout.xaxis.title.text == "steps run (0 = the input)" and fig.layout.yaxis.title.text == "variable"
+    assert fig.layout.xaxis.title.text == reasoner_views.STATE_AXIS and fig.layout.yaxis.title.text == "variable"
     changed = pd.DataFrame({"slot": ["x_2"], "step": [2]})
     marked = reasoner_views.state_table_figure(table, changed)
     assert _types(marked)[-1] == "Scatter" and list(marked.data[-1].y) == ["x_2"]

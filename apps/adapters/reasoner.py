@@ -130,7 +130,7 @@ def _slot_label(enc: ga.Encoded, problem: ga.Problem, pos: int) -> str:
 def state_table(ro: Rollout, operands: bool = False) -> pd.DataFrame:
     """Each variable's decoded value at every step, against the exact algorithm.
 
-    One row per (slot, step), step 0 = the input. ``operands`` adds the operand slots that
+    One row per (slot, step): step -1 = the input, step t = the state after ``steps.{t}``. ``operands`` adds the operand slots that
     the one-hop scheme fills. ``status``: "correct" (the slot holds its true value), "not yet
     computed" (still EMPTY), "wrong" (any other value). ``exact``: the exact algorithm's
     value after that step.
@@ -142,14 +142,14 @@ def state_table(ro: Rollout, operands: bool = False) -> pd.DataFrame:
     for pos in np.flatnonzero(keep):
         label = _slot_label(enc, ro.problem, int(pos))
         truth = int(enc.answer[pos])
-        for step in range(ro.steps + 1):
-            code = int(enc.factors[pos, 3]) if step == 0 else int(ro.codes[step - 1, pos])
+        for step in range(-1, ro.steps):
+            code = int(enc.factors[pos, 3]) if step < 0 else int(ro.codes[step, pos])
             status = "correct" if code == truth else ("not yet computed" if code == ga.value_empty(p) else "wrong")
             rows.append({"slot": label, "pos": int(pos), "variable": int(enc.factors[pos, 1]),
                          "role": "definition" if enc.role[pos] == ga.ROLE_DEFINE else "operand",
                          "depth": int(enc.depth[pos]), "fill_step": int(enc.fill_step[pos]), "step": step,
                          "code": code, "value": names[code], "truth": names[truth],
-                         "exact": names[int(enc.state(step)[pos])], "status": status})
+                         "exact": names[int(enc.state(step + 1)[pos])], "status": status})
     return pd.DataFrame(rows)
 
 

@@ -13,7 +13,7 @@ site) and an HTML figure to ``--out`` and prints the top rows. The same commands
 Inputs, metrics and probe targets are model specific and come from ``probes``:
 ``probes.reasoner`` (a problem, the same problem with one leaf changed, the logit difference
 of the deepest node's answer; probe targets value / computed / depth), ``probes.act``
-(parity vectors with one entry zeroed, the signed output; targets parity / halts) and
+(parity vectors with the sign of one nonzero entry flipped, the signed output; targets parity / halts) and
 ``probes.warp`` (trajectories with other physical parameters, the one-step error; targets
 the physical parameters).
 """
@@ -169,7 +169,7 @@ def patch(args: argparse.Namespace) -> None:
     m = res.meta
     print(f"{m['sites']} sites ({m['sites_noop']} no-op) in {m['seconds']:.1f} s; metric clean "
           f"{m['metric_clean']:.3f}, corrupted {m['metric_corrupted']:.3f}")
-    print(res.top(10)[["site", "metric", "score"]].to_string(index=False))
+    print(res.summary(10))
     _write(res, args.out, "patch" if not args.ablation else f"patch_{args.ablation}")
 
 
@@ -185,9 +185,8 @@ def attribute(args: argparse.Namespace) -> None:
     model, s, sites = _setup(args)
     res = run_attribute(model, s.clean, s.corrupted, s.metric, sites, ablation=args.ablation,
                         forward_kwargs=s.forward_kwargs)
-    notes = res.df.note.value_counts().to_dict()
-    print(f"{len(res.df)} sites in {res.meta['seconds']:.1f} s; notes: {notes}")
-    print(res.top(10)[["site", "estimate", "score", "note"]].to_string(index=False))
+    print(f"{len(res.df)} sites in {res.meta['seconds']:.1f} s")
+    print(res.summary(10))
     _write(res, args.out, "attribute" if not args.ablation else f"attribute_{args.ablation}")
 
 
@@ -274,10 +273,7 @@ def probe(args: argparse.Namespace) -> None:
     for target in wanted:
         y, extra = targets[target] if isinstance(targets[target], tuple) else (targets[target], {})
         res = probes.fit(acts, y, target_name=target, seed=args.seed, progress=True, **kwargs, **extra)
-        key = "accuracy" if "accuracy" in res.df else "r2"
-        best = res.df.loc[res.df[key].idxmax()]
-        print(f"{target}: best site {best.site} {key} {best[key]:.3f} (control {best.control:.3f}"
-              + (f", chance {best.chance:.3f})" if key == "accuracy" else ")"))
+        print(f"{target}: {res.summary(5)}")
         _write(res, args.out, f"probe_{target}")
         results.append(res.df)
     both = Result("probe", pd.concat(results, ignore_index=True), "selectivity")

@@ -69,6 +69,8 @@ with ui.guard("Patching"):
     k2.metric("metric clean / corrupted", f"{m.get('metric_clean', float('nan')):.3f} / "
                                           f"{m.get('metric_corrupted', float('nan')):.3f}")
     k3.metric("seconds", f"{m.get('seconds', float('nan')):.2f}")
+    if res.left_out():
+        st.caption(res.left_out())
     values = [c for c in ("score", "metric", "estimate") if c in res.df]
     value = st.selectbox("Show", values, key="patch_value")
     grid_tab, loop_tab, top_tab, table_tab = st.tabs(["Per site", "Step x layer", "Top sites", "Table"])

@@ -69,11 +69,16 @@ with ui.guard("Probing"):
     with st.spinner("Fitting probes…"):
         res = _fit(picked.key, family, n, seed, patterns, nodes, per_problem, stride, target, control, model, acts)
     score = "accuracy" if "accuracy" in res.df else "r2"
-    best = res.df.loc[res.df[score].idxmax()]
+    best = res.best(score)
     k1, k2, k3 = st.columns(3)
     k1.metric("rows / sites", f"{acts.n} / {len(res.df)}")
-    k2.metric(f"best {score}", f"{best[score]:.3f}", help=str(best["site"]))
-    k3.metric("its selectivity", f"{best.get('selectivity', float('nan')):.3f}")
+    if best is None:
+        st.info(res.left_out() or "No site could be ranked.")
+    else:
+        k2.metric(f"best {score}", f"{best[score]:.3f}", help=str(best["site"]))
+        k3.metric("its selectivity", f"{best.get('selectivity', float('nan')):.3f}")
+    if res.left_out():
+        st.caption(res.left_out())
     curve_tab, grid_tab, table_tab = st.tabs(["By step", "Step x layer", "Table"])
     with curve_tab:
         st.plotly_chart(probe_map(res.df), key="probe_map")

@@ -96,7 +96,7 @@ with ui.guard("Running the model"):
     with attn_tab, ui.guard("Attention"):
         a1, a2, a3 = st.columns(3)
         step = a1.selectbox("Step t", list(range(ro.steps)), key="reasoner_attn_step",
-                            help="hooks steps.{t}: the step that produces the table's column t + 1")
+                            help="hooks steps.{t}: the step that produces the table's column t")
         layer = a2.selectbox("Layer", list(range(cfg.n_layers)), key="reasoner_attn_layer")
         head = a3.selectbox("Head", ["mean over heads"] + list(range(cfg.n_heads)), key="reasoner_attn_head")
         mark = st.checkbox("Mark where the exact algorithm reads (operand and definition positions)", value=True,
@@ -132,7 +132,7 @@ with ui.guard("Running the model"):
         value = ui.number("Value", where=e2, lo=0, hi=cfg.modulus - 1, value=0, key="reasoner_edit_value")
         at = ui.number("At step t", where=e3, lo=0, hi=max(0, ro.steps - 1), value=0, key="reasoner_edit_step",
                        help="written into the codes step t outputs (steps.{t}.bottleneck.hook_codes): "
-                            "the table's column t + 1")
+                            "the table's column t")
         where = e4.radio("Write at", ar.WHERE, key="reasoner_edit_where")
         ui.need(value, at)
         with st.spinner("Running with the intervention…"):
