@@ -60,6 +60,7 @@ class TrainConfig:
     resume: bool = False  # continue the run in `out` (a fresh start when it has no training state yet)
     overwrite: bool = False  # replace a finished or unfinished run in `out`
     time_limit_min: Optional[float] = None  # stop (and checkpoint) after this much wall time
+    stop_at: Optional[int] = None  # stop (and checkpoint) at this step; the schedule stays that of `steps`
     threads: Optional[int] = None
     progress: bool = True
     device: str = "cpu"  # "cuda" trains on a GPU; checkpoints are always written from CPU copies
@@ -82,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"warmup={self.warmup} and data_workers={self.data_workers} must be >= 0")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise ValueError(f"threads={self.threads} must be >= 1 (or unset for torch's default)")
+        if self.stop_at is not None and not (isinstance(self.stop_at, int) and 1 <= self.stop_at <= self.steps):
+            raise ValueError(f"stop_at={self.stop_at!r} must be a step in 1..steps={self.steps}")
         if self.time_limit_min is not None and not (math.isfinite(self.time_limit_min) and self.time_limit_min > 0):
             raise ValueError(f"time_limit_min={self.time_limit_min} must be a positive number of minutes")
         if not str(self.out).strip():
@@ -187,7 +190,8 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
     batches = _Batches(spec.make_batch, cfg, rank, start)
     t0 = time.time()
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress or rank != 0,
+    end = cfg.stop_at or cfg.steps
+    bar = tqdm(range(start, end), initial=start, total=end, disable=not cfg.progress or rank != 0,
                desc=f"train {out.name}", dynamic_ncols=True)
     step, last_eval = start, {}
     for step in bar:
@@ -215,13 +219,13 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in list(stats.items())[-2:]})
         done = step + 1
         timed_out = cfg.time_limit_min is not None and time.time() - t0 > 60 * cfg.time_limit_min
-        if spec.evaluate and (done % cfg.eval_every == 0 or done == cfg.steps or timed_out) and rank == 0:
+        if spec.evaluate and (done % cfg.eval_every == 0 or done == end or timed_out) and rank == 0:
             model.eval()
             last_eval = spec.evaluate(model)
             model.train()
             bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in last_eval.items()))
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or timed_out:
+        if done % cfg.checkpoint_every == 0 or done == end or timed_out:
             checkpoint(done, metrics_now(done, last_eval))
         if timed_out:
             bar.write(f"time limit of {cfg.time_limit_min} min reached at step {done}; checkpoint written")
@@ -231,7 +235,7 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
     model.eval()
     if world > 1:
         dist.barrier()
-    return metrics_now(step + 1 if cfg.steps > start else start, last_eval)
+    return metrics_now(step + 1 if end > start else start, last_eval)
 
 
 _MAKE_BATCH: Optional[Callable] = None  # set before forking, so workers inherit it (closures don't pickle)
