@@ -30,6 +30,8 @@ class Evaluation:
     node_acc: np.ndarray  # [n] fraction of defining slots with the right value
     steps: np.ndarray  # [n] recurrence steps run
     per_step: pd.DataFrame  # depth, step, solved, n: nodes of depth d right after step t
+    solved_step: np.ndarray  # [n] first step t from which the state is the solution to the end; -1: never
+    per_position: pd.DataFrame  # position (start of a 64-token bucket), solved, n: defining slots right at the end
 
     def summary(self) -> dict:
         return {
@@ -39,6 +41,13 @@ class Evaluation:
             "max_steps": int(self.steps.max()),
             "n": int(len(self.fully_solved)),
         }
+
+    def solved_by_step(self) -> pd.DataFrame:
+        """Fraction of problems fully solved after step t (and from then on), t = 0 .. the longest rollout."""
+        T = int(self.steps.max())
+        return pd.DataFrame({"step": np.arange(T),
+                             "fully_solved": [float(((self.solved_step >= 0) & (self.solved_step <= t)).mean())
+                                              for t in range(T)]})
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -57,7 +66,9 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
     n = len(problems)
     order = sorted(range(n), key=lambda i: (problems[i].depth, ga.n_tokens(problems[i])))
     fully, node_acc, steps = np.zeros(n, bool), np.zeros(n), np.zeros(n, int)
+    solved_step = np.full(n, -1)
     hits: dict[tuple[int, int], list[int]] = {}
+    by_pos: dict[int, list[int]] = {}
     chunks, i = [], 0
     while i < n:  # long problems go in smaller batches: attention memory grows as L^2
         L = max(ga.n_tokens(problems[j]) for j in order[i : i + batch_size])
@@ -76,10 +87,18 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
         valid = arr["factors"][..., 0] != ga.PAD
         final = codes[:, -1]
         fully[chunk] = ((final == solved).all(-1) | ~valid).all(-1)
+        # solved after step t: every token right; the first t from which that holds to the end
+        right_at = ((codes == solved[:, None]).all(-1) | ~valid[:, None]).all(-1)  # [B, T]
+        stays = np.flip(np.logical_and.accumulate(np.flip(right_at, 1), axis=1), 1)
+        solved_step[chunk] = np.where(stays.any(1), stays.argmax(1), -1)
         define = arr["role"] == ga.ROLE_DEFINE
         right = codes[..., 3] == arr["answer"][:, None]  # [B, T, L]
         node_acc[chunk] = (right[:, -1] & define).sum(1) / define.sum(1)
         steps[chunk] = T
+        for b, pos in zip(*np.nonzero(define)):
+            h = by_pos.setdefault(int(pos) // 64 * 64, [0, 0])
+            h[0] += int(right[b, -1, pos])
+            h[1] += 1
         for d in np.unique(arr["depth"][define]):
             sel = define & (arr["depth"] == d)
             for t in range(T):
@@ -87,7 +106,8 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
                 h[0] += int((right[:, t] & sel).sum())
                 h[1] += int(sel.sum())
     rows = [{"depth": d, "step": t, "solved": a / b, "n": b} for (d, t), (a, b) in sorted(hits.items())]
-    return Evaluation(fully, node_acc, steps, pd.DataFrame(rows))
+    per_position = pd.DataFrame([{"position": q, "solved": a / b, "n": b} for q, (a, b) in sorted(by_pos.items())])
+    return Evaluation(fully, node_acc, steps, pd.DataFrame(rows), solved_step, per_position)
 
 
 def ood_table(models: dict[str, Reasoner], train_task: ga.GraphArithConfig, sizes: list[int], n: int, seed: int,

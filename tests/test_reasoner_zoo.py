@@ -50,3 +50,21 @@ def test_full_method_generalizes_to_four_times_the_training_size(name):
     card = next(r["fully_solved"] for r in table if r["n_nodes"] == big.n_nodes)
     solved = evaluate(model, ga.sample(big, 48, 90211)).summary()["fully_solved"]
     assert solved >= card - 0.15, f"fully solved {solved:.3f} at N={big.n_nodes}, card {card:.3f}"
+
+
+def test_the_solved_by_step_curve_agrees_with_the_final_state_and_the_exact_algorithm():
+    import numpy as np
+
+    model = models.load("reasoner")
+    task = ga.GraphArithConfig(**model.cfg.task)
+    problems = ga.sample(ood_task(task, 24), 48, np.random.default_rng(5))
+    ev = evaluate(model, problems)
+    curve = ev.solved_by_step()
+    assert list(curve.step) == list(range(int(ev.steps.max())))
+    assert (np.diff(curve.fully_solved) >= 0).all()
+    assert curve.fully_solved.iloc[-1] == pytest.approx(ev.fully_solved.mean())
+    # a problem is never solved before the exact algorithm could have filled its deepest node
+    for p, s in zip(problems, ev.solved_step):
+        if s >= 0:
+            assert s + 1 >= ga.steps_needed(p.depth, model.cfg.scheme)
+    assert ev.per_position.n.sum() == sum(len(p.equations) for p in problems)
