@@ -61,10 +61,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.hooks import HookedRecurrentModule, HookPoint, LoopState, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget,
                               check_tensor, choice_field, float_field, int_field, type_field)
-from workbench.patching import LoopState
 from workbench.tasks import graph_arith as ga
 
 LATENTS = ("discrete", "continuous")

@@ -1,50 +1,24 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from tests.test_oracles import LinearLoop
 from tests.test_patching import reasoner_case
 from workbench.attribution import attribute
-from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
 from workbench.patching import patch
 from workbench.sites import Sites
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class StepHooks(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hook_mixed, self.hook_state = HookPoint(), HookPoint()
-
-
-class LinearSeq(HookedRecurrentModule):
-    """s_{t+1} = M s_t A + x over [batch, pos, d]: every activation enters the output linearly."""
-
-    def __init__(self, pos: int = 5, d: int = 3, max_steps: int = 4):
-        super().__init__()
-        self.A = nn.Linear(d, d, bias=False)
-        self.M = nn.Parameter(torch.randn(pos, pos) / pos)
-        self.steps = hook_list(max_steps, StepHooks)
-        self.setup()
-
-    def forward(self, x: torch.Tensor, steps: int = 3) -> torch.Tensor:
-        s = torch.zeros_like(x)
-        for t in range(steps):
-            mixed = self.steps[t].hook_mixed(torch.einsum("pq,bqd->bpd", self.M, self.A(s)))
-            s = self.steps[t].hook_state(mixed + x)
-        return s
+def linear_model() -> LinearLoop:
+    """s_{t+1} = M s_t A + x over [batch, 5, 3], 4 steps built: every activation enters the output linearly."""
+    return LinearLoop(pos=5, d=3, max_steps=4)
 
 
 def test_attribution_equals_exact_patching_on_a_linear_model():
     torch.manual_seed(0)
-    model = LinearSeq()
+    model = linear_model()
     clean, corrupted = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
     w = torch.randn(5, 3)
     metric = lambda out: (out * w).sum((1, 2))  # noqa: E731
@@ -94,7 +68,7 @@ def test_continuous_latent_carries_gradients_through_the_loop():
 
 
 def test_bad_inputs_give_clear_errors():
-    model = LinearSeq()
+    model = linear_model()
     x = torch.randn(2, 5, 3)
     with pytest.raises(ValueError, match=r"shape \[batch\] = \[2\]"):
         attribute(model, x, x + 1, lambda out: out.sum(), "steps.0.hook_state")

@@ -9,13 +9,7 @@ from probes.reasoner import codebook_report
 from workbench import codebook
 from workbench.tasks import graph_arith as ga
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_usage_perplexity_and_dead_codes_on_hand_made_codes():

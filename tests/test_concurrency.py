@@ -18,13 +18,7 @@ SECONDS = 1.0  # the two threads race at least this long, and until each has mad
 DEADLINE = 30.0  # ... but no longer than this
 JOIN = 60.0  # a thread still alive after this is stuck
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def race(hooked, plain, min_hooked: int, min_plain: int) -> dict:

@@ -9,13 +9,7 @@ from models.gain_experiment import patched_tuning, peak_orientation, run, tuning
 from workbench.hooks import UnknownHookError, stack
 from workbench.tasks import orientation as ori
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,15 @@
+import fnmatch
+
 import numpy as np
 import pytest
 import torch
 from transformer_lens import ActivationCache
 
+import models
+from tests.test_model_inputs import CASES
 from tests.toy import ToyLoop
-from workbench.hooks import UnknownHookError, stack, template
+from workbench.hooks import (LOOPS, HookName, LoopState, Resumable, UnknownHookError, loop_sizes, resumable,
+                             split_loop, stack, template)
 
 
 @pytest.fixture
@@ -90,6 +95,72 @@ def test_unknown_names_and_too_many_steps_name_what_is_allowed(model):
 
 def test_template():
     assert template("time.3.ponder.2.hook_halt") == "time.{time}.ponder.{ponder}.hook_halt"
+
+
+# ------------------------------------------------------------ the grammar of hook names
+def test_grammar_splits_loops_from_the_component():
+    h = HookName.parse("steps.3.blocks.1.attn.hook_z")
+    assert h == HookName((("steps", 3),), "blocks.1.attn.hook_z") and h.loop("steps") == 3 and h.loop("time") is None
+    assert h.template("{}") == "steps.{}.blocks.{}.attn.hook_z" and h.template("*") == "steps.*.blocks.*.attn.hook_z"
+    assert h.template() == template(str(h)) == "steps.{steps}.blocks.{blocks}.attn.hook_z"
+    assert h.indices == {"steps": 3, "blocks": 1} and h.kind == "attn.hook_z"
+    # nested loops, outermost first
+    h = HookName.parse("time.2.ponder.5.hook_halt")
+    assert h.loops == (("time", 2), ("ponder", 5)) and h.component == "hook_halt"
+    assert h.template("{}").format(7, 0) == "time.7.ponder.0.hook_halt"
+    # no loop: the whole name is the component; inner indices stay in it
+    assert HookName.parse("hook_gains") == HookName((), "hook_gains")
+    h = HookName.parse("parallel.root.layers.0.hook_pre")
+    assert h.loops == () and h.indices == {"layers": 0} and h.kind == "parallel.root.hook_pre"
+    # another loop vocabulary (a wrapped model's inner loop)
+    h = HookName.parse("steps.1.inner.4.hook_x", loops=("steps", "inner"))
+    assert h.loops == (("steps", 1), ("inner", 4)) and h.component == "hook_x"
+    assert HookName.parse("steps.1.inner.4.hook_x").component == "inner.4.hook_x"
+    # what is not an index, or leaves nothing after the loops, is not a loop
+    for name in ("steps.03.hook_x", "steps.-1.hook_x", "steps.3", "blocks.1.hook_x", ""):
+        assert HookName.parse(name).loops == () and str(HookName.parse(name)) == name
+    assert split_loop("time.3.ponder.2.hook_halt", "time.3.ponder") == (2, "hook_halt")
+    assert split_loop("time.3.ponder.2.hook_halt", "time") == (3, "ponder.2.hook_halt")
+    assert split_loop("time.3.hook_state", "steps") is None and split_loop("time.x.hook_state", "time") is None
+    assert loop_sizes(["time.0.ponder.4.hook_halt", "time.2.hook_state", "hook_gains"]) == {"time": 3, "ponder": 5}
+    assert loop_sizes(["steps.3.blocks.1.hook_resid_pre"], loops=None) == {"steps": 4, "blocks": 2}
+
+
+def test_every_zoo_model_class_is_covered_by_the_round_trip():
+    built = {f"{type(m).__module__}.{type(m).__name__}" for m in (case.build() for case in CASES.values())}
+    assert built == set(models.CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_hook_name_round_trips_through_the_grammar(name):
+    model = CASES[name].build()
+    assert model.hook_dict
+    for hook in model.hook_dict:
+        h = HookName.parse(hook)
+        assert h.format() == str(h) == hook and HookName(h.loops, h.component) == h
+        assert all(prefix in LOOPS for prefix, _ in h.loops) and h.component
+        assert h.template("{}").format(*h.indices.values()) == hook
+        assert fnmatch.fnmatchcase(hook, h.template("*")) and template(hook) == h.template()
+        assert h.loops == tuple(h.indices.items())[: len(h.loops)]  # loops lead the name
+    sizes = loop_sizes(model.hook_dict)
+    assert model.loop_sizes == sizes and sizes
+    for prefix, n in sizes.items():  # every index 0..n-1 of every loop has hooks
+        assert {HookName.parse(k).loop(prefix) for k in model.hook_dict} - {None} == set(range(n))
+
+
+# -------------------------------------------------------------------- the resume protocol
+def test_resume_protocol_lives_with_the_hooks():
+    from models.reasoner import Reasoner, ReasonerConfig
+    from workbench import patching
+
+    assert patching.LoopState is LoopState and patching.resumable is resumable
+    reasoner = Reasoner(ReasonerConfig(modulus=5, name_pool=16, d_model=16, n_heads=2, d_mlp=32, max_steps=4))
+    assert isinstance(reasoner, Resumable) and resumable(reasoner) and not resumable(ToyLoop())
+    state = LoopState(2, {"x": torch.arange(6).reshape(2, 3)}, {"codes": [torch.zeros(2, 1), torch.ones(2, 1)]}, 1)
+    rep = state.repeat(3)
+    assert (rep.t, rep.inner) == (2, 1) and rep.carry["x"].shape == (6, 3)
+    assert torch.equal(rep.carry["x"][2:4], state.carry["x"])  # copy-major: copy 1 is rows 2..3
+    assert [c.shape for c in rep.record["codes"]] == [(6, 1), (6, 1)] and state.carry["x"].shape == (2, 3)
 
 
 # ------------------------------------------- TransformerLens shorthand on one loop step

@@ -26,13 +26,7 @@ from workbench.checkpoints import CheckpointError
 from workbench.inputs import InputTypeError
 from workbench.tasks import graph_arith as ga
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- the five models

@@ -32,6 +32,8 @@ from workbench.sites import Site, Sites
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # -------------------------------------------------------------- the reference
 def _axes(name: str, ndim: int) -> tuple[int | None, int | None]:
@@ -123,14 +125,6 @@ def agree(result, model, clean, corrupted, metric, *, ablation=None, sources=Non
 
 
 # ------------------------------------------------------------------ models
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reasoner():
     from probes.reasoner import patching_setup

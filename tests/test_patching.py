@@ -15,6 +15,9 @@ from workbench.tasks import graph_arith as ga
 
 TASK = ga.GraphArithConfig(n_nodes=6, n_leaves=3, max_depth=2)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def patch_loop(model, clean, corrupted, metric, sites, forward_kwargs=None):
     """The per-site reference (tests/test_oracles.py) on the sites ``patch`` resolves."""
     import types
@@ -22,16 +25,6 @@ def patch_loop(model, clean, corrupted, metric, sites, forward_kwargs=None):
     res = patch(model, clean, corrupted, metric, sites, forward_kwargs=forward_kwargs)
     values, _, _ = reference_patch(model, clean, corrupted, metric, triples(res.df), forward_kwargs=forward_kwargs)
     return types.SimpleNamespace(df=res.df.assign(metric=values))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One BLAS thread: on a shared 2-core machine two threads wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 def small_reasoner(**kw) -> Reasoner:

@@ -12,13 +12,7 @@ from workbench.tasks import graph_arith as ga
 
 TASK = ga.GraphArithConfig(n_nodes=6, n_leaves=3, max_depth=2)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n=3000, d=20, seed=0):

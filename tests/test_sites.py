@@ -12,14 +12,7 @@ from workbench.tasks import graph_arith as ga
 
 TASK = ga.GraphArithConfig(n_nodes=6, max_depth=2)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One BLAS thread: on a shared 2-core machine two threads wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,31 +34,21 @@ them, and ``res.figure()`` draws them as grey cells labelled with the reason.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from workbench.patching import (ABLATIONS, Metric, _base_run, _batch_size, _check_metric, _denominator, _frame,
-                                _inputs, _metric)
 from workbench.results import OK, Result, effect
-from workbench.sites import SiteSelection, as_sites, names_filter, resolve
+from workbench.runs import Baselines, Metric, ablation_source, base_run, check_metric, frame, metric_values, setup
+from workbench.sites import SiteSelection, resolve
 
 __all__ = ["attribute"]
 
 
-def attribute(
-    model,
-    clean,
-    corrupted,
-    metric: Metric,
-    sites: SiteSelection,
-    *,
-    ablation: str | None = None,
-    forward_kwargs: Mapping[str, Any] | None = None,
-) -> Result:
+def attribute(model, clean, corrupted, metric: Metric, sites: SiteSelection, *, ablation: str | None = None,
+              forward_kwargs: Mapping[str, Any] | None = None) -> Result:
     """Attribution patching: gradient x activation difference for every site.
 
     Same arguments as ``patch``. ``ablation`` picks the same source as there ("zero",
@@ -72,20 +62,9 @@ def attribute(
         (``"ok"``, or why the row is NaN: ``"no gradient path"``, ``"integer activation"``)
         and ``note`` (the same reason, "" when estimated).
     """
-    t_start = time.perf_counter()
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation={ablation!r}; allowed: {ABLATIONS}")
-    fk = dict(forward_kwargs or {})
-    clean_args, corr_args = _inputs(clean, corrupted)
-    B = _batch_size(clean_args)
-    sel = as_sites(sites)
-    if hasattr(sel, "check_names"):
-        sel.check_names(model)
-    want = names_filter(sel)
-    base_args, other_args = (corr_args, clean_args) if ablation is None else (clean_args, corr_args)
-
-    with torch.no_grad():
-        out_other, other_cache, _, _ = _base_run(model, other_args, fk, want)
+    run = setup(model, clean, corrupted, sites, ablation, forward_kwargs)
+    B, want = run.batch, run.want
+    other = base_run(model, run.other, run.forward_kwargs, want)
 
     # The base run with gradients: every selected activation becomes a node we can differentiate.
     acts: dict[str, Tensor] = {}
@@ -106,10 +85,11 @@ def attribute(
             shapes[hook.name] = tuple(act.shape)
 
     with torch.enable_grad():
-        out_base = model.run_with_hooks(*base_args, fwd_hooks=[(want, grab), (lambda n: True, shape)], **fk)
-        m_base_t = _check_metric(metric(out_base), B, "base")
+        out_base = model.run_with_hooks(*run.base, fwd_hooks=[(want, grab), (lambda n: True, shape)],
+                                        **run.forward_kwargs)
+        m_base_t = check_metric(metric(out_base), B, "base")
         m_base = m_base_t.detach().float().cpu()
-        site_list = resolve(sel, shapes, model)
+        site_list = resolve(run.sites, shapes, model)
         names = sorted({s.name for s in site_list})
         diff_names = [n for n in names if acts[n].is_floating_point() and acts[n].requires_grad]
         if not m_base_t.requires_grad:  # e.g. a metric on integer codes: nothing to differentiate
@@ -117,11 +97,10 @@ def attribute(
         grads = (torch.autograd.grad(m_base_t.float().mean(), [acts[n] for n in diff_names], allow_unused=True)
                  if diff_names else [])
     grad = dict(zip(diff_names, grads))
-    m_other = _metric(metric, out_other, B, "other")
+    m_other = metric_values(metric, other.output, B, "other")
     m_clean, m_corr = (m_other, m_base) if ablation is None else (m_base, m_other)
-    M_clean, M_corr = float(m_clean.mean()), float(m_corr.mean())
-    denom = _denominator(M_clean, M_corr)
-    M_base = M_corr if ablation is None else M_clean
+    baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
+    M_base = baselines.base(ablation)
 
     products: dict[str, Tensor | str] = {}
     for n in names:
@@ -131,7 +110,7 @@ def attribute(
         elif grad.get(n) is None or not bool(grad[n].any()):  # unused, or only zeros from e.g. a stack
             products[n] = "no gradient path"
         else:
-            src = _source(ablation, n, other_cache, a)
+            src = ablation_source(ablation, n, other.cache, other.cache, a)  # the other run is the source
             if src.shape != a.shape:
                 raise ValueError(f"{n}: clean and corrupted activations have different shapes "
                                  f"{list(src.shape)} vs {list(a.shape)}")
@@ -144,20 +123,10 @@ def attribute(
             est, note = float("nan"), p
         else:
             est, note = float(p[s.index(p.shape)].sum()), ""
-        score = (M_base + est - M_corr) / denom
+        score = baselines.score(M_base + est)
         rows.append({**s.row(), "estimate": est, "score": score, "effect": effect(score, ablation),
                      "status": note or OK, "note": note})
-    df = _frame(rows)
-    meta = {"metric_clean": M_clean, "metric_corrupted": M_corr, "ablation": ablation, "batch": B,
-            "sites": len(site_list), "sites_estimated": int((df["status"] == OK).sum()),
-            "seconds": time.perf_counter() - t_start}
+    df = frame(rows)
+    meta = {**baselines.meta(ablation, B), "sites": len(site_list), "sites_estimated": int((df["status"] == OK).sum()),
+            "seconds": run.seconds()}
     return Result("attribute", df, "score", meta)
-
-
-def _source(ablation: str | None, name: str, other_cache: dict, base: Tensor) -> Tensor:
-    """The activation a patch would write (mirrors ``patching._Sources``)."""
-    if ablation in (None, "resample"):
-        return other_cache[name]
-    if ablation == "zero":
-        return torch.zeros_like(base)
-    return other_cache[name].mean(0, keepdim=True).expand_as(base)

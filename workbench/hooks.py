@@ -10,6 +10,11 @@ one per step, so a single flat name space serves ``run_with_cache``, ``run_with_
     time.{t}.hook_theta                         # sequence position t processed one at a time
     time.{t}.ponder.{n}.hook_halt               # ACT: ponder step n at time t
 
+This module holds the one grammar of these names (``HookName``, ``template``,
+``loop_sizes``, ``split_loop``: sites, patching and attribution read names only through
+it) and the resume protocol (``LoopState``, ``Resumable``) that lets an analysis restart a
+recorded run at step t.
+
 Weights are shared across steps; only the HookPoints are per step. A model passes the
 hook container of step ``t`` into its (shared) modules, which call ``hooks.hook_x(x)``.
 
@@ -34,11 +39,11 @@ from __future__ import annotations
 
 import difflib
 import numbers
-import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import contextmanager
-from typing import Any, Union
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -48,10 +53,19 @@ from transformer_lens.hook_points import HookPoint
 from workbench.inputs import InputTypeError
 
 __all__ = [
+    "LOOPS",
+    "HookName",
     "HookPoint",
     "HookedRecurrentModule",
+    "LoopState",
+    "Resumable",
     "UnknownHookError",
     "exclusive",
+    "loop_sizes",
+    "map_tensors",
+    "repeat_batch",
+    "resumable",
+    "split_loop",
     "stack",
     "step_cache",
     "template",
@@ -59,27 +73,222 @@ __all__ = [
 
 NameOrFilter = Union[str, Callable[[str], bool]]
 
-_LOOP_INDEX = re.compile(r"(?<![^.])(steps|time|ponder)\.(\d+)(?=\.)")
-
 
 class UnknownHookError(ValueError):
     """A hook name that the model does not have."""
 
 
+# ------------------------------------------------------------ the grammar of hook names
+LOOPS = ("steps", "time", "ponder")  # the loop prefixes of the shipped models
+
+
+def _is_index(part: str) -> bool:
+    """An index: a decimal number without sign or leading zero ("0", "12"; not "01", "-1")."""
+    return part.isascii() and part.isdigit() and (part == "0" or part[0] != "0")
+
+
+def _index_positions(parts: list[str]) -> list[int]:
+    """Positions of the parts that are indices: a number right after a name (``blocks``.``1``)."""
+    return [i for i in range(1, len(parts)) if _is_index(parts[i]) and parts[i - 1].isidentifier()]
+
+
+@dataclass(frozen=True)
+class HookName:
+    """A hook name split into its loops and its component.
+
+    Grammar (``.``-separated parts)::
+
+        name      = loop* component
+        loop      = PREFIX "." INDEX "."     PREFIX one of the loop prefixes (LOOPS: steps, time,
+                                             ponder), INDEX a decimal without leading zero
+        component = the rest: what the hook is within one loop iteration; it may hold inner
+                    indices of its own (``blocks.{l}``, ``layers.{i}``), which are not loops
+
+    Loops come first, outermost first; a name without a loop prefix (``hook_gains``,
+    ``parallel.root.hook_in``) has ``loops == ()``. Every string parses, and
+    ``HookName.parse(name).format() == name`` for every name.
+
+    Attributes:
+        loops: ``((prefix, index), ...)``, e.g. ``(("time", 2), ("ponder", 5))``.
+        component: the rest, e.g. ``"blocks.1.attn.hook_z"``.
+
+    >>> h = HookName.parse("steps.3.blocks.1.attn.hook_z")
+    >>> h.loops, h.component
+    ((('steps', 3),), 'blocks.1.attn.hook_z')
+    >>> HookName.parse("time.2.ponder.5.hook_halt").loops
+    (('time', 2), ('ponder', 5))
+    >>> h.template("{}"), h.template("*"), h.template()
+    ('steps.{}.blocks.{}.attn.hook_z', 'steps.*.blocks.*.attn.hook_z', 'steps.{steps}.blocks.{blocks}.attn.hook_z')
+    >>> h.indices, h.kind
+    ({'steps': 3, 'blocks': 1}, 'attn.hook_z')
+    >>> str(h)
+    'steps.3.blocks.1.attn.hook_z'
+    """
+
+    loops: tuple[tuple[str, int], ...]
+    component: str
+
+    @classmethod
+    def parse(cls, name: str, loops: Collection[str] = LOOPS) -> "HookName":
+        """Split ``name``; ``loops`` are the prefixes that count as loops (default ``LOOPS``)."""
+        parts = name.split(".")
+        found, i = [], 0
+        while i + 2 < len(parts) and parts[i] in loops and _is_index(parts[i + 1]):
+            found.append((parts[i], int(parts[i + 1])))
+            i += 2
+        return cls(tuple(found), ".".join(parts[i:]))
+
+    def format(self) -> str:
+        """The hook name: ``loops`` then ``component``."""
+        return ".".join([f"{prefix}.{index}" for prefix, index in self.loops] + [self.component])
+
+    __str__ = format
+
+    def loop(self, prefix: str) -> Optional[int]:
+        """The index of loop ``prefix`` (``None`` when the name is not inside that loop)."""
+        return dict(self.loops).get(prefix)
+
+    @property
+    def indices(self) -> dict[str, int]:
+        """Every ``<name>.<index>`` pair of the whole name, outermost first, inner indices too:
+        ``{"steps": 3, "blocks": 1}``."""
+        parts = self.format().split(".")
+        return {parts[i - 1]: int(parts[i]) for i in _index_positions(parts)}
+
+    @property
+    def kind(self) -> str:
+        """What the hook is wherever it sits: the name without any index pair (``attn.hook_z``;
+        the ``component`` column of result tables)."""
+        parts = self.format().split(".")
+        drop = {j for i in _index_positions(parts) for j in (i - 1, i)}
+        return ".".join(p for j, p in enumerate(parts) if j not in drop)
+
+    def template(self, fill: Optional[str] = None) -> str:
+        """The name with every index (loops and inner ones) replaced by ``fill`` (``"{}"``,
+        ``"*"`` for a glob), or by default by the index's name in braces (``{steps}``)."""
+        parts = self.format().split(".")
+        for i in _index_positions(parts):
+            parts[i] = "{" + parts[i - 1] + "}" if fill is None else fill
+        return ".".join(parts)
+
+
 def template(name: str) -> str:
-    """The name with every loop index replaced by a placeholder.
+    """The name with every index replaced by a named placeholder (a short menu of hooks).
 
     >>> template("steps.3.blocks.1.attn.hook_q")
     'steps.{steps}.blocks.{blocks}.attn.hook_q'
     """
-    parts = name.split(".")
-    out = []
-    for i, part in enumerate(parts):
-        if part.isdigit() and i > 0:
-            out.append("{" + parts[i - 1] + "}")
-        else:
-            out.append(part)
-    return ".".join(out)
+    return HookName.parse(name).template()
+
+
+def loop_sizes(names: Iterable[str], loops: Optional[Collection[str]] = LOOPS) -> dict[str, int]:
+    """How many iterations each loop has among ``names``: ``{prefix: largest index + 1}``.
+
+    ``loops``: the loop prefixes to count (default ``LOOPS``); ``None`` counts every indexed
+    part of the names, inner ones included.
+
+    >>> loop_sizes(["time.0.ponder.4.hook_halt", "time.2.hook_state"])
+    {'time': 3, 'ponder': 5}
+    >>> loop_sizes(["steps.3.blocks.1.hook_resid_pre"], loops=None)
+    {'steps': 4, 'blocks': 2}
+    """
+    sizes: dict[str, int] = {}
+    for name in names:
+        h = HookName.parse(name, LOOPS if loops is None else loops)
+        for prefix, index in (h.indices.items() if loops is None else h.loops):
+            sizes[prefix] = max(sizes.get(prefix, 0), index + 1)
+    return sizes
+
+
+def split_loop(name: str, loop: str) -> Optional[tuple[int, str]]:
+    """``{loop}.{t}.{rest}`` -> ``(t, rest)``; ``None`` when ``name`` is not of that form.
+
+    ``loop`` is the literal prefix before the index: ``"steps"``, ``"time"``, or a nested
+    prefix such as ``"time.3.ponder"``.
+
+    >>> split_loop("time.3.ponder.2.hook_halt", "time.3.ponder")
+    (2, 'hook_halt')
+    """
+    head = loop + "."
+    if not name.startswith(head):
+        return None
+    index, dot, rest = name[len(head):].partition(".")
+    return (int(index), rest) if dot and _is_index(index) else None
+
+
+# ------------------------------------------------------------------ the resume protocol
+@dataclass
+class LoopState:
+    """The state of a recurrent run entering loop step ``t`` (see ``Resumable``).
+
+    ``carry``: what step t reads, the only thing the future depends on besides the inputs;
+    ``record``: the outputs of steps < t needed to assemble the run's output; ``inner``:
+    resume inside step t at this index of the model's inner loop (``resume_inner``). Every
+    tensor in it is batch first. ``t`` may equal the number of steps: then nothing runs and
+    the output is assembled from the record.
+    """
+
+    t: int
+    carry: dict[str, torch.Tensor]
+    record: dict[str, Any] = field(default_factory=dict)
+    inner: int = 0
+
+    def repeat(self, k: int) -> "LoopState":
+        """Every tensor repeated k times along the batch, copy-major (a batch of k copies)."""
+        return repeat_batch(self, k)
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """What a model offers so that a recorded run can be restarted at loop step t.
+
+    Patching reuses the shared prefix of a recurrent run with it (``workbench.patching``);
+    ``models.reasoner.Reasoner`` implements it::
+
+        model.resume_loop = "steps"                # the loop whose index t prefixes hook names
+        model.resume_names(t) -> list[str]         # hooks that resume_state(cache, t) reads; all
+                                                   # of them fire at loop steps < t
+        model.resume_state(cache, t) -> LoopState  # the state entering step t of a recorded run
+        model(*inputs, start=state, **kwargs)      # continue from it; the output equals the output
+                                                   # of the full run that produced the cache
+        model.resume_inner = "blocks"              # optional: an inner loop a step can resume in;
+                                                   # then resume_names(t, i) / resume_state(cache, t, i)
+                                                   # start step t at inner index i (skipping 0..i-1)
+
+    ``isinstance(model, Resumable)`` (or ``resumable(model)``) says whether a model has it.
+    """
+
+    resume_loop: str
+
+    def resume_names(self, t: int, inner: int = 0) -> list[str]: ...
+
+    def resume_state(self, cache: Mapping[str, torch.Tensor], t: int, inner: int = 0) -> LoopState: ...
+
+    def __call__(self, *inputs: Any, start: Optional[LoopState] = None, **kwargs: Any) -> Any: ...
+
+
+def resumable(model: Any) -> bool:
+    """Does the model implement the resume protocol (``Resumable``)?"""
+    return isinstance(model, Resumable)
+
+
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:
+    """``obj`` with every tensor in it replaced by ``fn(tensor)``: through dicts, lists, tuples
+    and dataclasses (a ``LoopState``, a model's output); anything else is kept as is."""
+    if torch.is_tensor(obj):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(fn, v) for v in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: map_tensors(fn, getattr(obj, f.name)) for f in fields(obj) if f.init})
+    return obj
+
+
+def repeat_batch(obj: Any, k: int) -> Any:
+    """Every batch-first tensor in ``obj`` repeated k times along the batch (copy-major)."""
+    return map_tensors(lambda x: x.repeat(k, *[1] * (x.ndim - 1)) if x.ndim else x, obj)
 
 
 class HookedRecurrentModule(HookedRootModule):
@@ -88,7 +297,8 @@ class HookedRecurrentModule(HookedRootModule):
     Subclasses build their HookPoints (one container per loop step) and call
     ``self.setup()`` at the end of ``__init__``. On top of TransformerLens this adds:
 
-    * ``loop_sizes``: ``{"steps": 40}``, read off the hook names;
+    * ``loop_sizes``: ``{"steps": 40}``, read off the hook names (``loop_prefixes`` are the
+      names that count as loops, ``LOOPS`` by default);
     * name checking: an unknown hook name raises ``UnknownHookError`` listing the
       closest valid names (TransformerLens would raise a bare ``KeyError`` or, for a
       ``names_filter`` list, silently cache nothing);
@@ -98,6 +308,8 @@ class HookedRecurrentModule(HookedRootModule):
       every call of the model takes it, so hooks attached in one thread never alter a
       forward running in another.
     """
+
+    loop_prefixes: tuple[str, ...] = LOOPS
 
     # ------------------------------------------------------------ threads
     @property
@@ -128,10 +340,7 @@ class HookedRecurrentModule(HookedRootModule):
 
     def setup(self) -> None:
         super().setup()
-        self.loop_sizes: dict[str, int] = {}
-        for name in self.hook_dict:
-            for loop, idx in _LOOP_INDEX.findall(name):
-                self.loop_sizes[loop] = max(self.loop_sizes.get(loop, 0), int(idx) + 1)
+        self.loop_sizes: dict[str, int] = loop_sizes(self.hook_dict, self.loop_prefixes)
         self._templates = sorted({template(n) for n in self.hook_dict})
 
     # ----------------------------------------------------------------- names
@@ -143,9 +352,9 @@ class HookedRecurrentModule(HookedRootModule):
         """Raise ``UnknownHookError`` naming the closest valid hook names."""
         if name in self.hook_dict:
             return
-        for loop, idx in _LOOP_INDEX.findall(name):
+        for loop, idx in HookName.parse(name, self.loop_prefixes).loops:
             size = self.loop_sizes.get(loop)
-            if size is not None and int(idx) >= size:
+            if size is not None and idx >= size:
                 raise UnknownHookError(
                     f"unknown hook {name!r}: loop '{loop}' has indices 0..{size - 1} "
                     f"(this model was built with {size} of them)"
@@ -210,11 +419,10 @@ def stack(
     >>> resid = stack(cache, "blocks.0.hook_resid_post", loop="steps")  # [T, batch, pos, d]
     """
     keys = cache.keys()
-    pattern = re.compile(rf"^{re.escape(loop)}\.(\d+)\.{re.escape(name)}$")
-    found = sorted((int(m.group(1)), key) for key in keys if (m := pattern.match(key)))
+    split = {key: s for key in keys if (s := split_loop(key, loop))}
+    found = sorted((t, key) for key, (t, rest) in split.items() if rest == name)
     if not found:
-        prefix = re.compile(rf"^{re.escape(loop)}\.\d+\.")
-        under = sorted({prefix.sub("", k) for k in keys if prefix.match(k)})
+        under = sorted({rest for _, rest in split.values()})
         if not under:
             loops = sorted({template(k).split(".{")[0] for k in keys})
             raise KeyError(f"no cached names under loop '{loop}'; loops in this cache: {loops}")
@@ -298,13 +506,12 @@ def step_cache(cache: Mapping[str, torch.Tensor], t: int, loop: str = "steps", m
     if model is None and isinstance(cache, ActivationCache):
         model = cache.model
     data = cache.cache_dict if isinstance(cache, ActivationCache) else cache
-    prefix = f"{loop}.{int(t)}."
-    sub = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+    split = {k: s for k in data if (s := split_loop(k, loop))}
+    sub = {rest: data[k] for k, (step, rest) in split.items() if step == int(t)}
     if not sub:
-        pattern = re.compile(rf"^{re.escape(loop)}\.(\d+)\.")
-        steps = sorted({int(m.group(1)) for k in data if (m := pattern.match(k))})
-        raise KeyError(f"nothing cached under '{prefix}'; cached steps of loop '{loop}': {steps}")
-    layers = [int(m.group(1)) for k in sub if (m := re.match(r"^blocks\.(\d+)\.", k))]
+        steps = sorted({step for step, _ in split.values()})
+        raise KeyError(f"nothing cached under '{loop}.{int(t)}.'; cached steps of loop '{loop}': {steps}")
+    layers = [i for k in sub if (i := HookName.parse(k, ("blocks",)).loop("blocks")) is not None]
     heads = None
     for k, v in sub.items():
         if k.endswith("attn.hook_pattern") and v.ndim == 4:

@@ -52,61 +52,31 @@ How it is fast while staying exact:
 
 Models without the protocol fall back to full re-runs, still batched.
 
-Resume protocol (implemented by ``models.reasoner.Reasoner``)::
-
-    model.resume_loop = "steps"                # the loop whose index t prefixes hook names
-    model.resume_names(t) -> list[str]         # hooks that resume_state(cache, t) reads; all
-                                               # of them fire at loop steps < t
-    model.resume_state(cache, t) -> LoopState  # the state entering step t of a recorded run
-    model(*inputs, start=state, **kwargs)      # continue from it; the output equals the output
-                                               # of the full run that produced the cache
-    model.resume_inner = "blocks"              # optional: a nested loop a step can resume inside;
-                                               # then resume_names(t, i) / resume_state(cache, t, i)
-                                               # start step t at inner index i (skipping 0..i-1)
-
-A ``LoopState`` holds ``t``, the ``carry`` (what step t reads: the only thing the
-future depends on besides the inputs) and the ``record`` (outputs of steps < t needed to
-assemble the run's output). Every tensor in it is batch first. ``start.t`` may equal the
-number of steps: then nothing runs and the output is assembled from the record.
+The resume protocol (``resume_loop``, ``resume_names(t)``, ``resume_state(cache, t) ->
+LoopState``, ``model(..., start=state)``, optionally ``resume_inner``) is defined in
+``workbench.hooks`` (``Resumable``, ``LoopState``); ``models.reasoner.Reasoner`` implements it.
+What this module shares with ``workbench.attribution`` (argument checks, base runs, metric
+normalisation, ablation sources, the result table) is in ``workbench.runs``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.hooks import exclusive
+from workbench.hooks import HookName, LoopState, exclusive, loop_sizes, map_tensors, repeat_batch, resumable
 from workbench.results import OK, Result, effect
-from workbench.sites import Site, SiteSelection, as_sites, loop_indices, names_filter, resolve
+from workbench.runs import ABLATIONS, Baselines, Metric, ablation_source, base_run, frame, metric_values, setup
+from workbench.sites import Site, SiteSelection, resolve
 
+# LoopState and resumable live in workbench.hooks (the resume protocol), ABLATIONS in workbench.runs;
+# they stay importable from here.
 __all__ = ["patch", "LoopState", "resumable", "ABLATIONS"]
-
-ABLATIONS = (None, "zero", "mean", "resample")
-Metric = Callable[[Any], Tensor]
-
-
-@dataclass
-class LoopState:
-    """The state of a recurrent run entering loop step ``t`` (see the resume protocol)."""
-
-    t: int
-    carry: dict[str, Tensor]
-    record: dict[str, Any] = field(default_factory=dict)
-    inner: int = 0  # resume inside step t at this index of the inner loop (see resume_inner)
-
-
-def resumable(model) -> bool:
-    """Does the model implement the resume protocol?"""
-    return all(hasattr(model, a) for a in ("resume_loop", "resume_names", "resume_state"))
 
 
 class _Stop(Exception):
@@ -149,38 +119,26 @@ def patch(
         (``score`` without ablation, ``1 - score`` with one) and ``status`` (``"ok"`` or
         ``"no-op"``). ``res.top(k)`` / ``res.summary()`` rank the sites on ``|effect|``.
     """
-    t_start = time.perf_counter()
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation={ablation!r}; allowed: {ABLATIONS}")
-    fk = dict(forward_kwargs or {})
-    clean_args, corr_args = _inputs(clean, corrupted)
-    B = _batch_size(clean_args)
-    sel = as_sites(sites)
-    if hasattr(sel, "check_names"):
-        sel.check_names(model)
+    run = setup(model, clean, corrupted, sites, ablation, forward_kwargs)
+    fk, B = run.forward_kwargs, run.batch
     use_resume = reuse_prefix and resumable(model)
     resume_names = _all_resume_names(model) if use_resume else set()
-    want = names_filter(sel)
 
     with torch.no_grad():
-        keep = lambda n: want(n) or n in resume_names  # noqa: E731
-        out_clean, clean_cache, shapes, step_bytes = _base_run(model, clean_args, fk, keep)
-        out_corr, corr_cache, corr_shapes, _ = _base_run(model, corr_args, fk, keep)
-    m_clean = _metric(metric, out_clean, B, "clean")
-    m_corr = _metric(metric, out_corr, B, "corrupted")
-    M_clean, M_corr = float(m_clean.mean()), float(m_corr.mean())
-    denom = _denominator(M_clean, M_corr)
+        keep = lambda n: run.want(n) or n in resume_names  # noqa: E731
+        clean_run = base_run(model, run.clean, fk, keep)
+        corr_run = base_run(model, run.corrupted, fk, keep)
+    m_clean = metric_values(metric, clean_run.output, B, "clean")
+    m_corr = metric_values(metric, corr_run.output, B, "corrupted")
+    baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
 
-    site_list = resolve(sel, shapes, model)
+    site_list = resolve(run.sites, clean_run.shapes, model)
     for s in site_list:
-        if s.name not in corr_shapes:
+        if s.name not in corr_run.shapes:
             raise ValueError(f"hook {s.name!r} fired in the clean run but not in the corrupted one; "
                              "fix the number of steps with forward_kwargs")
-    if ablation is None:
-        base_args, base_cache, base_metric = corr_args, corr_cache, m_corr
-    else:
-        base_args, base_cache, base_metric = clean_args, clean_cache, m_clean
-    sources = _Sources(ablation, clean_cache, corr_cache, base_cache, sources)
+    base_cache, base_metric = (corr_run.cache, m_corr) if ablation is None else (clean_run.cache, m_clean)
+    sources = _Sources(ablation, clean_run.cache, corr_run.cache, base_cache, sources)
 
     values = torch.empty(len(site_list), B)
     noop = [False] * len(site_list)
@@ -198,33 +156,33 @@ def patch(
         key = _resume_point(model, s.name) if use_resume else None
         todo.setdefault(key, []).append(i)
 
-    copies = max(1, int(memory_mb * 2**20 // max(1, step_bytes)))
+    copies = max(1, int(memory_mb * 2**20 // max(1, clean_run.step_bytes)))
     n_rows = sum(len(v) for v in todo.values()) * B
     stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
-    run = _Runner(model, base_args, base_cache, fk, metric, B, sources, resume_names, stats)
+    runner = _Runner(model, run.base, base_cache, fk, metric, B, sources, resume_names, stats)
     chunks = [(key, idx[i: i + copies]) for key, idx in sorted(todo.items(), key=lambda kv: (kv[0] is None, kv[0] or ()))
               for i in range(0, len(idx), copies)]
     with torch.no_grad():  # the patched runs, like the base runs, build no autograd graph
         for key, chunk in tqdm(chunks, disable=not progress, desc="patch", leave=False):
             chunk_sites = [site_list[i] for i in chunk]
             if key is None:
-                values[chunk] = run.full(chunk_sites)
+                values[chunk] = runner.full(chunk_sites)
             else:
-                values[chunk] = run.resumed(*key, chunk_sites)
+                values[chunk] = runner.resumed(*key, chunk_sites)
 
     rows = []
     for s, v, skip in zip(site_list, values, noop):
         m = float(v.mean())
-        score = (m - M_corr) / denom
+        score = baselines.score(m)
         rows.append({**s.row(), "metric": m, "score": score, "effect": effect(score, ablation),
                      "status": "no-op" if skip else OK})
     meta = {
-        "metric_clean": M_clean, "metric_corrupted": M_corr, "ablation": ablation, "batch": B,
+        **baselines.meta(ablation, B),
         "sites": len(site_list), "sites_noop": len(site_list) - sum(len(v) for v in todo.values()),
         "copies_per_forward": copies, "rows": n_rows, "resume": use_resume, **stats,
-        "seconds": time.perf_counter() - t_start,
+        "seconds": run.seconds(),
     }
-    return Result("patch", _frame(rows), "score", meta)
+    return Result("patch", frame(rows), "score", meta)
 
 
 # ------------------------------------------------------------------ runner
@@ -237,18 +195,7 @@ class _Sources:
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._memo:
-            base = self.base[name]
-            if self.ablation is None:
-                src = self.clean[name]
-            elif self.ablation == "resample":
-                src = self.corr[name]
-            elif self.ablation == "zero":
-                src = torch.zeros_like(base)
-            else:
-                if not base.is_floating_point():
-                    raise ValueError(f"mean ablation of {name!r} is undefined: its activation is {base.dtype}")
-                src = self.corr[name].mean(0, keepdim=True).expand_as(base)
-            self._memo[name] = src
+            self._memo[name] = ablation_source(self.ablation, name, self.clean, self.corr, self.base[name])
         return self._memo[name]
 
 
@@ -260,8 +207,8 @@ class _Runner:
         self.metric, self.B, self.sources, self.stats = metric, B, sources, stats
         if resume_names:
             loop = model.resume_loop
-            self.T = 1 + max(loop_indices(n)[loop] for n in resume_names if n in base_cache)
-            self.step_of = lambda n: loop_indices(n).get(loop)  # noqa: E731
+            self.T = loop_sizes((n for n in resume_names if n in base_cache), loops=(loop,))[loop]
+            self.step_of = lambda n: HookName.parse(n, (loop,)).loop(loop)  # noqa: E731
             self._refs: dict[int, LoopState] = {}
 
     def hooks(self, sites: Sequence[Site]) -> list[tuple[str, Callable]]:
@@ -275,7 +222,7 @@ class _Runner:
         """Full re-runs of k patched copies in one batch."""
         k = len(sites)
         with _hooked(self.model, self.hooks(sites)):
-            out = self.model(*_repeat(self.args, k), **self.fk)
+            out = self.model(*repeat_batch(self.args, k), **self.fk)
         self.stats["forwards"] += 1
         self.stats["copies_run"] += k
         return _metric_per_copy(self.metric, out, k, self.B)
@@ -290,11 +237,11 @@ class _Runner:
         model, k, B = self.model, len(sites), self.B
         values = torch.empty(k, B)
         alive = torch.arange(k)  # copies still running
-        args = _repeat(self.args, k)
+        args = repeat_batch(self.args, k)
         kwargs = dict(self.fk)
         if t > 0 or inner > 0:
             state = model.resume_state(self.cache, t, inner) if inner else model.resume_state(self.cache, t)
-            kwargs["start"] = _repeat(state, k)
+            kwargs["start"] = repeat_batch(state, k)
         hooks = self.hooks(sites)
         own: dict[str, Tensor] = {}  # what the alive copies recorded at steps >= t
         u = t
@@ -326,7 +273,8 @@ class _Runner:
 
     def _mix(self, own: dict, t: int, n: int) -> dict:
         """What ``resume_state(., t)`` reads: the copies' own entries, else the base run's (repeated)."""
-        return {name: own[name] if name in own else _repeat(self.cache[name], n) for name in self.model.resume_names(t)}
+        return {name: own[name] if name in own else repeat_batch(self.cache[name], n)
+                for name in self.model.resume_names(t)}
 
     def _reference(self, t: int) -> LoopState:
         if t not in self._refs:
@@ -365,36 +313,9 @@ def _patch_hook(entries: list[tuple[int, Site]], src: Tensor, k: int, B: int) ->
 
 
 # --------------------------------------------------------------- helpers
-def _inputs(clean, corrupted) -> tuple[tuple, tuple]:
-    c = tuple(clean) if isinstance(clean, (tuple, list)) else (clean,)
-    r = tuple(corrupted) if isinstance(corrupted, (tuple, list)) else (corrupted,)
-    if len(c) != len(r):
-        raise ValueError(f"clean has {len(c)} inputs but corrupted has {len(r)}")
-    for i, (a, b) in enumerate(zip(c, r)):
-        if torch.is_tensor(a) != torch.is_tensor(b):
-            raise ValueError(f"input {i}: clean is {type(a).__name__}, corrupted is {type(b).__name__}")
-        if torch.is_tensor(a) and (a.shape != b.shape or a.dtype != b.dtype):
-            raise ValueError(f"clean and corrupted inputs must have the same shape and dtype; input {i}: "
-                             f"clean {list(a.shape)} {a.dtype} vs corrupted {list(b.shape)} {b.dtype}")
-    if not c or not torch.is_tensor(c[0]) or c[0].ndim == 0:
-        raise ValueError("the first input must be a tensor with a batch axis")
-    return c, r
-
-
-def _batch_size(args: tuple) -> int:
-    B = args[0].shape[0]
-    for a in args:
-        if torch.is_tensor(a) and a.ndim and a.shape[0] != B:
-            raise ValueError(f"every tensor input needs the same batch size; got {a.shape[0]} and {B}")
-    return B
-
-
 def _all_resume_names(model) -> set[str]:
     """Every hook the resume protocol may read, for every step (and inner index)."""
-    sizes: dict[str, int] = {}
-    for name in model.hook_dict:
-        for loop, i in loop_indices(name).items():
-            sizes[loop] = max(sizes.get(loop, 0), i + 1)
+    sizes = loop_sizes(model.hook_dict, loops=None)  # the resume loop and the inner one
     size = sizes.get(model.resume_loop, 0)
     names = {n for t in range(size + 1) for n in model.resume_names(t)}
     inner = getattr(model, "resume_inner", None)
@@ -405,7 +326,7 @@ def _all_resume_names(model) -> set[str]:
 
 def _resume_point(model, name: str) -> tuple[int, int] | None:
     """(step, inner index) a site's copies can start from; None for hooks outside the loop."""
-    idx = loop_indices(name)
+    idx = HookName.parse(name).indices
     t = idx.get(model.resume_loop)
     if t is None:
         return None
@@ -413,84 +334,19 @@ def _resume_point(model, name: str) -> tuple[int, int] | None:
     return t, (idx.get(inner, 0) if inner else 0)
 
 
-def _base_run(model, args: tuple, fk: dict, keep: Callable[[str], bool]):
-    """One forward: (output, cache of the hooks ``keep`` selects, every fired hook's shape,
-    bytes per batch row of the largest loop step)."""
-    cache: dict[str, Tensor] = {}
-    shapes: dict[str, tuple] = {}
-    nbytes: dict[Any, int] = {}
-
-    def record(act: Tensor, hook) -> None:
-        if not torch.is_tensor(act):
-            return
-        shapes[hook.name] = tuple(act.shape)
-        idx = loop_indices(hook.name)
-        step = next(iter(idx.values()), None)
-        nbytes[step] = nbytes.get(step, 0) + act.numel() * act.element_size()
-        if keep(hook.name):
-            cache[hook.name] = act
-
-    with torch.no_grad():
-        out = model.run_with_hooks(*args, fwd_hooks=[(lambda n: True, record)], **fk)
-    B = args[0].shape[0]
-    return out, cache, shapes, max(nbytes.values(), default=0) // max(1, B)
-
-
-def _metric(metric: Metric, out, B: int, what: str) -> Tensor:
-    return _check_metric(metric(out), B, what).detach().float().cpu()
-
-
-def _check_metric(m, B: int, what: str) -> Tensor:
-    """The metric's value as a [B] tensor, or a clear error."""
-    if isinstance(m, np.ndarray):
-        m = torch.from_numpy(m)
-    if not torch.is_tensor(m) or tuple(m.shape) != (B,):
-        got = list(m.shape) if hasattr(m, "shape") else type(m).__name__
-        raise ValueError(f"metric must return a tensor of shape [batch] = [{B}] (one number per problem); "
-                         f"on the {what} run it returned {got}")
-    return m
-
-
-def _denominator(M_clean: float, M_corr: float) -> float:
-    d = M_clean - M_corr
-    if not np.isfinite(d) or abs(d) < 1e-9 * max(1.0, abs(M_clean), abs(M_corr)):
-        raise ValueError(f"the metric is the same on clean ({M_clean:.6g}) and corrupted ({M_corr:.6g}) inputs, "
-                         "so normalised scores are undefined; choose inputs or a metric that tell them apart")
-    return d
-
-
 def _metric_per_copy(metric: Metric, out, k: int, B: int) -> Tensor:
     values = torch.empty(k, B)
     for j in range(k):
-        values[j] = _metric(metric, _slice(out, j * B, (j + 1) * B, k * B), B, "patched")
+        values[j] = metric_values(metric, _slice(out, j * B, (j + 1) * B, k * B), B, "patched")
     return values
 
 
-def _tree(fn: Callable[[Tensor], Tensor], obj):
-    if torch.is_tensor(obj):
-        return fn(obj)
-    if isinstance(obj, LoopState):
-        return LoopState(obj.t, _tree(fn, obj.carry), _tree(fn, obj.record), obj.inner)
-    if isinstance(obj, dict):
-        return {k: _tree(fn, v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_tree(fn, v) for v in obj)
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return replace(obj, **{f.name: _tree(fn, getattr(obj, f.name)) for f in fields(obj) if f.init})
-    return obj
-
-
-def _repeat(obj, k: int):
-    """Every batch-first tensor repeated k times along the batch (copy-major)."""
-    return _tree(lambda x: x.repeat(k, *[1] * (x.ndim - 1)) if x.ndim else x, obj)
-
-
 def _take(obj, rows: Tensor):
-    return _tree(lambda x: x[rows] if x.ndim else x, obj)
+    return map_tensors(lambda x: x[rows] if x.ndim else x, obj)
 
 
 def _slice(obj, a: int, b: int, n: int):
-    return _tree(lambda x: x[a:b] if x.ndim and x.shape[0] == n else x, obj)
+    return map_tensors(lambda x: x[a:b] if x.ndim and x.shape[0] == n else x, obj)
 
 
 def _rows(copies: Tensor, B: int) -> Tensor:
@@ -553,12 +409,3 @@ def _hooked(model, hooks: list[tuple[str, Callable]]):
                 handle.hook.remove()
                 point.fwd_hooks.remove(handle)
 
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    for col in ("pos", "head"):
-        if col in df and df[col].isna().all():
-            df = df.drop(columns=col)
-        elif col in df:
-            df[col] = df[col].astype("Int64")
-    return df

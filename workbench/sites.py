@@ -11,7 +11,8 @@ reports one row per site::
 
 Names are matched exactly, as glob patterns (``*``, ``?``, ``[..]``), or by a callable
 ``names_filter`` (TransformerLens's convention). Keyword arguments keep only hooks whose
-loop index is in a set: ``steps=range(3)``, ``blocks=[1]``, ``time=[0, 1]``.
+loop index is in a set: ``steps=range(3)``, ``blocks=[1]``, ``time=[0, 1]``. Names are read
+with the grammar of ``workbench.hooks`` (``HookName``).
 
 A selection is *resolved* against the hooks that fired in a run (``Sites.resolve``), since
 only then are the number of steps and positions known. Axis conventions (TransformerLens's):
@@ -34,36 +35,29 @@ from typing import Any, Union
 
 import torch
 
+from workbench.hooks import HookName, template
+
 __all__ = ["Site", "Sites", "SiteSelection", "as_sites", "loop_indices", "component", "site_axes", "LOOP_COLUMNS"]
 
 # Column names for loop indices in result tables ("steps.3.blocks.1" -> step=3, layer=1).
 LOOP_COLUMNS = {"steps": "step", "blocks": "layer", "layers": "layer", "time": "time", "ponder": "ponder"}
 
-_INDEX = re.compile(r"(?:^|\.)([A-Za-z_]\w*)\.(\d+)(?=\.|$)")
 _HEAD_FIRST = ("hook_pattern", "hook_attn_scores")  # [batch, head, query, key]
 _HEAD_THIRD = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")  # [batch, pos, head, d_head]
 
 
 def loop_indices(name: str) -> dict[str, int]:
-    """Every ``<loop>.<index>`` pair in a hook name, outermost first.
+    """Every ``<loop>.<index>`` pair in a hook name, outermost first (``HookName.indices``).
 
     >>> loop_indices("steps.3.blocks.1.attn.hook_z")
     {'steps': 3, 'blocks': 1}
     """
-    return {loop: int(i) for loop, i in _INDEX.findall(name)}
+    return HookName.parse(name).indices
 
 
 def component(name: str) -> str:
-    """The hook name without its loop indices: ``steps.3.blocks.1.attn.hook_z`` -> ``attn.hook_z``."""
-    parts = name.split(".")
-    keep, i = [], 0
-    while i < len(parts):
-        if i + 1 < len(parts) and parts[i + 1].isdigit():
-            i += 2
-            continue
-        keep.append(parts[i])
-        i += 1
-    return ".".join(keep)
+    """The hook name without its indices (``HookName.kind``): ``steps.3.blocks.1.attn.hook_z`` -> ``attn.hook_z``."""
+    return HookName.parse(name).kind
 
 
 def site_axes(name: str, ndim: int) -> tuple[int | None, int | None]:
@@ -292,15 +286,11 @@ def _is_glob(pattern: str) -> bool:
 
 
 def _examples(shapes: Mapping[str, Any]) -> str:
-    from workbench.hooks import template
-
     temps = sorted({template(n) for n in shapes})
     return ", ".join(temps[:10]) + (", ..." if len(temps) > 10 else "")
 
 
 def _nothing_fired(pattern: str, shapes: Mapping[str, Any], loops: dict) -> str:
-    from workbench.hooks import template
-
     fired = sorted(shapes, key=natural_key)
     same = [n for n in fired if template(n) == template(pattern)]
     if same:

@@ -27,7 +27,7 @@ THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 STATES = ("exact", "rollout")  # what a graph-recovery readout of step s starts from
 COMPONENTS = ("hook_attn_out", "hook_mlp_out", "hook_resid_post")
 PAIR_KINDS = ("axis_a", "axis_b", "diagonal", "antidiagonal", "other")
-_ATTENTION_BUDGET = 2**23  # attention elements [batch x head x query x key] per forward
+ATTENTION_BUDGET = 2**23  # attention elements [batch x head x query x key] per forward
 
 
 # ----------------------------------------------------------------- results
@@ -56,7 +56,7 @@ def sample_problems(model: Reasoner, n: int, n_nodes: int | None = None, seed: i
     return ga.sample(task, n, np.random.default_rng([seed, task.n_nodes]))
 
 
-def _steps_for(model: Reasoner, problems: Sequence[ga.Problem]) -> int:
+def steps_for(model: Reasoner, problems: Sequence[ga.Problem]) -> int:
     """Rollout steps for a batch, or a clear error when the model has too few hook points."""
     depth = max(p.depth for p in problems)
     T = model.cfg.steps_for_depth(depth)
@@ -68,7 +68,7 @@ def _steps_for(model: Reasoner, problems: Sequence[ga.Problem]) -> int:
 
 # ----------------------------------------------------------------- batches
 @dataclass
-class _Batch:
+class Batch:
     index: list[int]  # problem indices (into the caller's list)
     problems: list[ga.Problem]
     encs: list[ga.Encoded]
@@ -77,25 +77,25 @@ class _Batch:
     steps: int
 
 
-def _batches(model: Reasoner, problems: Sequence[ga.Problem], batch_size: int, progress: bool,
-             desc: str) -> Iterator[_Batch]:
+def batches(model: Reasoner, problems: Sequence[ga.Problem], batch_size: int, progress: bool,
+            desc: str) -> Iterator[Batch]:
     """Problems in batches of similar length; long ones in smaller batches (attention is L^2)."""
     cfg = model.cfg
     order = sorted(range(len(problems)), key=lambda i: ga.n_tokens(problems[i]))
     chunks, i = [], 0
     while i < len(order):
         L = max(ga.n_tokens(problems[j]) for j in order[i: i + batch_size])
-        size = max(1, min(batch_size, _ATTENTION_BUDGET // (cfg.n_heads * L * L)))
+        size = max(1, min(batch_size, ATTENTION_BUDGET // (cfg.n_heads * L * L)))
         chunks.append(order[i: i + size])
         i += size
     for chunk in tqdm(chunks, disable=not progress, desc=desc, leave=False):
         batch = [problems[j] for j in chunk]
         arr = encode_batch(batch, cfg)
         encs = [ga.encode(p, cfg.scheme, cfg.name_pool) for p in batch]
-        yield _Batch(chunk, batch, encs, arr, torch.from_numpy(arr["factors"]), _steps_for(model, batch))
+        yield Batch(chunk, batch, encs, arr, torch.from_numpy(arr["factors"]), steps_for(model, batch))
 
 
-def _structure(enc: ga.Encoded) -> tuple[np.ndarray, dict[int, int], dict[int, list[int]]]:
+def token_structure(enc: ga.Encoded) -> tuple[np.ndarray, dict[int, int], dict[int, list[int]]]:
     """(variable named at each position or -1 [L], variable -> its defining position,
     defining position of each non-leaf -> its operand positions, left to right)."""
     var = np.where(enc.factors[:, 0] == ga.VAR, enc.factors[:, 1], -1)
@@ -108,7 +108,7 @@ def _structure(enc: ga.Encoded) -> tuple[np.ndarray, dict[int, int], dict[int, l
     return var, define, operands
 
 
-def _allowed(model: Reasoner, tokens: Tensor) -> Tensor:
+def allowed_keys(model: Reasoner, tokens: Tensor) -> Tensor:
     """Keys each query may attend to: [B, L, L] bool."""
     mask = model.layout(tokens).mask  # [B, 1, L|1, L]
     B, L = tokens.shape[:2]

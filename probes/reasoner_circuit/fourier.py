@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from models.reasoner import Reasoner
-from probes.reasoner_circuit.common import COMPONENTS, CircuitResult, PAIR_KINDS, _batches, check_reasoner
+from probes.reasoner_circuit.common import COMPONENTS, PAIR_KINDS, CircuitResult, batches, check_reasoner
 from workbench.codebook import fourier_spectrum
 from workbench.sites import loop_indices
 from workbench.tasks import graph_arith as ga
@@ -90,7 +90,7 @@ def _collect_writes(model: Reasoner, problems: Sequence[ga.Problem], components:
     """
     store: dict[tuple[str, int], list] = {}
     rows = []
-    for batch in _batches(model, problems, batch_size, progress, "fourier"):
+    for batch in batches(model, problems, batch_size, progress, "fourier"):
         picks = []  # (b, q, step) of every multi-operand defining slot
         for b, (p, enc) in enumerate(zip(batch.problems, batch.encs)):
             value = dict(zip((e.target for e in p.equations), p.values))

@@ -18,9 +18,9 @@ from models.reasoner import Reasoner
 from models.reasoner_data import encode_batch
 from probes import reasoner as pr
 from probes.reasoner_circuit.common import (
-    CircuitResult, STATES, THRESHOLDS, _Batch, _batches, _steps_for, _structure, check_reasoner, sample_problems,
+    STATES, THRESHOLDS, Batch, CircuitResult, batches, check_reasoner, sample_problems, steps_for, token_structure,
 )
-from workbench.patching import LoopState
+from workbench.hooks import LoopState
 from workbench.sites import loop_indices
 from workbench.tasks import graph_arith as ga
 
@@ -60,7 +60,7 @@ def attention_edges(model: Reasoner, problems: Sequence[ga.Problem], *,
         raise ValueError(f"states {bad} are unknown; allowed: {STATES}")
     scores = {(name, state): [None] * len(problems) for name in head_sets for state in states}
     node_acc = np.zeros(len(problems))
-    for batch in _batches(model, problems, batch_size, progress, "attention edges"):
+    for batch in batches(model, problems, batch_size, progress, "attention edges"):
         B, L = batch.tokens.shape[:2]
         A = {key: torch.zeros(B, L, L) for key in scores}
         now = {"state": "rollout", "step": None}  # step: the algorithm's step a one-step run stands for
@@ -87,7 +87,7 @@ def attention_edges(model: Reasoner, problems: Sequence[ga.Problem], *,
     return scores, node_acc
 
 
-def _max_attention_hook(batch: _Batch, head_sets: dict, A: dict, now: dict) -> Callable:
+def _max_attention_hook(batch: Batch, head_sets: dict, A: dict, now: dict) -> Callable:
     """A pattern hook keeping, per head set, the max attention of each slot at its writing step."""
     fill = torch.from_numpy(batch.arr["fill_step"])
     writes = torch.from_numpy(_writes(batch.arr))
@@ -149,7 +149,7 @@ def _patching_edges_one(model: Reasoner, problem: ga.Problem, deltas: np.ndarray
         tested = np.sort(rng.choice(tested, nodes, replace=False))
     is_var = arr["factors"][0, :, 0] == ga.VAR
     if state == "rollout":
-        _, cache = model.run_with_cache(tokens, steps=_steps_for(model, [problem]),
+        _, cache = model.run_with_cache(tokens, steps=steps_for(model, [problem]),
                                         names_filter=lambda n: ".bottleneck." in n)
     score = np.full((L, L), np.nan)
     per_copy = cfg.n_heads * L * L * 4 + 16 * L * cfg.d_model * 4  # bytes of one copy's step
@@ -180,7 +180,7 @@ def _patching_edges_one(model: Reasoner, problem: ga.Problem, deltas: np.ndarray
                 new[j, k, 3] = (new[j, k, 3] + d) % p
             rep = None
             if start is not None:
-                rep = _repeat_state(start, len(part))
+                rep = start.repeat(len(part))
                 rep.carry["x"], rep.carry["codes"] = model.embed(new), new
             changed = (run(new, rep) != before).numpy()  # [copies, L]
             for j, (k, _) in enumerate(part):
@@ -188,19 +188,12 @@ def _patching_edges_one(model: Reasoner, problem: ga.Problem, deltas: np.ndarray
     return score
 
 
-def _repeat_state(state: LoopState, k: int) -> LoopState:
-    """A batch-1 loop state repeated k times along the batch."""
-    rep = lambda x: x.repeat(k, *[1] * (x.ndim - 1))  # noqa: E731
-    record = {key: [rep(x) for x in v] for key, v in state.record.items()}
-    return LoopState(state.t, {key: rep(v) for key, v in state.carry.items()}, record, state.inner)
-
-
 def _edge_table(problem: ga.Problem, enc: ga.Encoded, score: np.ndarray) -> pd.DataFrame:
     """Candidate edges parent -> child with score = max over the parent's slots of score[child's slot, .].
 
     Children whose row is NaN (not tested) are left out.
     """
-    var, define, _ = _structure(enc)
+    var, define, _ = token_structure(enc)
     rows = []
     for eq in problem.equations:
         q = define[eq.target]

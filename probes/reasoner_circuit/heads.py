@@ -12,7 +12,7 @@ from torch import Tensor
 
 from models.reasoner import Reasoner
 from probes.reasoner_circuit.common import (
-    CircuitResult, OP_ROUTES, ROUTES, _Batch, _allowed, _batches, _structure, check_reasoner,
+    OP_ROUTES, ROUTES, Batch, CircuitResult, allowed_keys, batches, check_reasoner, token_structure,
 )
 from workbench.sites import loop_indices
 from workbench.tasks import graph_arith as ga
@@ -28,7 +28,7 @@ def route_masks(encs: Sequence[ga.Encoded], L: int) -> dict[str, tuple[np.ndarra
     Q = {r: np.zeros((B, L), bool) for r in ROUTES}
     K = {r: np.zeros((B, L, L), bool) for r in ROUTES}
     for b, enc in enumerate(encs):
-        var, define, operands = _structure(enc)
+        var, define, operands = token_structure(enc)
         for q, ops in operands.items():
             for r in ("gather", "parent_defs", "def_self", "def_other"):
                 Q[r][b, q] = True
@@ -58,7 +58,7 @@ class _RouteTally:
         self.counts: dict[tuple[int, int, str], np.ndarray] = {}  # [2]
         self.base: dict[tuple[int, int, str], np.ndarray] = {}  # [2] uniform-attention mass
 
-    def hook(self, batch: _Batch, masks: dict, allowed: Tensor) -> Callable:
+    def hook(self, batch: Batch, masks: dict, allowed: Tensor) -> Callable:
         fill = torch.from_numpy(batch.arr["fill_step"])
         tensors = {}
         for r, (q, k) in masks.items():
@@ -110,9 +110,9 @@ def head_roles(model: Reasoner, problems: Sequence[ga.Problem], *, batch_size: i
     """
     check_reasoner(model)
     tally = _RouteTally(model.cfg.n_heads)
-    for batch in _batches(model, problems, batch_size, progress, "head roles"):
+    for batch in batches(model, problems, batch_size, progress, "head roles"):
         masks = route_masks(batch.encs, batch.tokens.shape[1])
-        hook = tally.hook(batch, masks, _allowed(model, batch.tokens))
+        hook = tally.hook(batch, masks, allowed_keys(model, batch.tokens))
         model.run_with_hooks(batch.tokens, steps=batch.steps,
                              fwd_hooks=[*fwd_hooks, (lambda n: n.endswith("attn.hook_pattern"), hook)])
     df = tally.frame()

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from models.reasoner import Reasoner
 from probes import reasoner as pr
-from probes.reasoner_circuit.common import CircuitResult, _steps_for, check_reasoner
+from probes.reasoner_circuit.common import CircuitResult, check_reasoner, steps_for
 from workbench.patching import patch
 from workbench.sites import Sites
 from workbench.tasks import graph_arith as ga
@@ -62,7 +62,7 @@ def patching_map(model: Reasoner, problems: Sequence[ga.Problem], *, seed: int =
     frames, skipped = [], {}
     sites = Sites(["steps.*.blocks.*.hook_resid_pre", "steps.*.hook_resid_final"], positions="each")
     for i, problem in enumerate(tqdm(problems, disable=not progress, desc="patching", leave=False)):
-        _steps_for(model, [problem])
+        steps_for(model, [problem])
         try:
             setup = pr.patching_setup(model, [problem], seed=seed + i)
         except ValueError as e:  # the contract: say which problem was left out and why
