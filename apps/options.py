@@ -7,7 +7,10 @@ Every ``type=`` function here raises ``argparse.ArgumentTypeError`` with the all
 
     p.add_argument("--n", type=positive_int, default=None, help="problems (default: 8)")
     add_dataclass_args(p, TrainConfig, types=TRAIN_TYPES, title="training")
-    cfg = from_args(TrainConfig, args)     # a ValueError of the dataclass names the flag: --steps=-5 ...
+    cfg = models.recipes.from_args(TrainConfig, args)   # a ValueError of the dataclass names the flag: --steps=-5 ...
+
+The way back from options to configs (``from_args``), ``preset_of`` and ``check_writable`` live
+with the training recipes (``models.recipes``), which build every family's configs from these options.
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
-import re
 import shlex
 import sys
 import typing
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import Callable, Iterable, Mapping
+
+from models.recipes import check_writable, preset_of  # noqa: F401 - check_writable: for the commands' --out
 
 
 # ------------------------------------------------------------------ value types
@@ -194,24 +196,6 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
         action.help = "default: %(default)s"  # after any preset's set_defaults
 
 
-def from_args(cls, args: argparse.Namespace, skip: tuple[str, ...] = (), **overrides):
-    """``cls`` built from the parsed options; a ValueError of the dataclass names the flags.
-
-    ``steps=-5 must be a whole number >= 1`` from the dataclass reads ``--steps=-5 must be ...``.
-    """
-    given = [f.name for f in fields(cls) if f.name not in skip and f.name not in overrides and hasattr(args, f.name)]
-    values = {name: getattr(args, name) for name in given}
-    values.update(overrides)
-    try:
-        return cls(**values)
-    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
-        message = str(e)
-        for name in sorted(given, key=len, reverse=True):
-            pattern = rf"(?<![\w.-])(?:{re.escape(cls.__name__)}\.)?{re.escape(name)}(?==)"
-            message = re.sub(pattern, _flag(name), message)
-        raise ValueError(message) from e
-
-
 # --------------------------------------------------------- shared option sets
 # The trainer's options (workbench.train.TrainConfig), checked while parsing.
 TRAIN_TYPES: dict[str, Callable[[str], object]] = {
@@ -228,46 +212,26 @@ def default_out(family: str, preset: str | None) -> str:
     return f"runs/{family}-{preset or 'custom'}"
 
 
-def add_train_args(parser: argparse.ArgumentParser, family: str, preset: str | None) -> None:
-    """The trainer's options (``--steps``, ``--out``, ``--resume``, ``--overwrite`` ...)."""
-    from workbench.train import TrainConfig
+def add_preset_arg(parser: argparse.ArgumentParser, presets: Mapping[str, dict], argv: list[str],
+                   what: str = "variant") -> str | None:
+    """``--preset`` (one of ``presets``, a recipe's PRESETS); returns the preset that ``argv`` names.
+
+    Its defaults are set by ``add_train_args``, after every option exists.
+    """
+    parser.add_argument("--preset", choices=sorted(presets), help=f"defaults for a shipped {what}; flags override")
+    return preset_of(argv)
+
+
+def add_train_args(parser: argparse.ArgumentParser, family: str, preset: str | None,
+                   presets: Mapping[str, dict] | None = None) -> None:
+    """The trainer's options (``--steps``, ``--out``, ``--resume``, ``--overwrite`` ...), then the
+    defaults of ``preset`` (an entry of ``presets``) over every option's own."""
+    from workbench.train import TrainConfig  # here: `workbench --help` builds no family's options and needs no torch
 
     add_dataclass_args(parser, TrainConfig, title="training", types=TRAIN_TYPES)
     parser.set_defaults(out=default_out(family, preset))
-
-
-def train_config(args: argparse.Namespace):
-    """The trainer's config from the parsed options, its output folder checked before any work."""
-    from workbench.train import TrainConfig
-
-    cfg = from_args(TrainConfig, args)
-    check_writable(cfg.out)
-    return cfg
-
-
-def preset_of(argv: list[str]) -> str | None:
-    """The value of ``--preset`` in a command line (presets set other options' defaults)."""
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return None
-
-
-# ------------------------------------------------------------------ folders
-def check_writable(path: str | Path, flag: str = "--out") -> None:
-    """Raise ``ValueError`` unless ``path`` is, or can become, a writable folder (creates nothing)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {str(path)!r} is a file, not a folder")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {str(path)!r}: {str(parent)!r} is not writable")
+    if presets and preset in presets:
+        parser.set_defaults(**presets[preset]["args"])
 
 
 # ------------------------------------------------------------------ the command

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +33,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests/ is importable
 
+import models  # noqa: E402
+from models.reasoner import Reasoner, ReasonerConfig  # noqa: E402
+from models.recipes.reasoner import PRESETS  # noqa: E402
+from probes.reasoner import patching_setup  # noqa: E402
 from tests.test_oracles import reference_patch  # noqa: E402
+from workbench.attribution import attribute  # noqa: E402
+from workbench.patching import patch  # noqa: E402
+from workbench.sites import Site, Sites  # noqa: E402
+from workbench.tasks import graph_arith as ga  # noqa: E402
 
 
 def reasoner(name: str):
     """The zoo / folder model, or a fresh one with the shipped architecture."""
-    import models
-    from dataclasses import asdict
-
-    from models.reasoner import Reasoner, ReasonerConfig
-    from workbench.tasks import graph_arith as ga
-
     if name != "reasoner" or "reasoner" in models.zoo_names():
         return models.load(name), name
     # no shipped reasoner: the shipped architecture, freshly initialised
-    from apps.commands.reasoner import PRESETS
-
     arch = {k: v for k, v in PRESETS["full"]["args"].items()
             if k in ("d_model", "n_layers", "n_heads", "d_mlp", "causal", "scheme", "segment_window")}
     torch.manual_seed(0)
@@ -62,11 +65,6 @@ def per_site_loop(model, setup, sites):
 
 
 def main() -> None:
-    from probes.reasoner import patching_setup
-    from workbench.attribution import attribute
-    from workbench.patching import patch
-    from workbench.sites import Sites
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reasoner")
     parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
@@ -94,8 +92,6 @@ def main() -> None:
     t_attr = time.perf_counter() - t0
 
     # the reference: two cached base runs, then one forward per site on a random sample of sites
-    from workbench.sites import Site
-
     t0 = time.perf_counter()
     per_site_loop(model, setup, [])
     t_base = time.perf_counter() - t0
@@ -140,9 +136,6 @@ def main() -> None:
 
 
 def _hardware() -> str:
-    import os
-    import platform
-
     return f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .checkpoints import atomic_write
+from .files import atomic_write
 
 
 def markdown_table(rows: Iterable[dict], floats: str = "{:.3f}") -> str:
