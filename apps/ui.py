@@ -16,6 +16,8 @@ refused with a message naming the field and its allowed range.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import threading
 from contextlib import contextmanager
@@ -30,11 +32,10 @@ from threadpoolctl import threadpool_limits
 
 import models
 from apps import zoo
+from models import registry
 from workbench import checkpoints
 
 FOLDER = "a checkpoint folder…"
-# the model each family's pages open on when the zoo has it
-FLAGSHIPS = {"reasoner": "reasoner", "act": "act-parity", "warp": "warp-phys-msd", "gain": "gain-v1"}
 ROOT_ENV = "WORKBENCH_MODELS_ROOT"
 MAX_PATH_CHARS = 4096
 SEED_MAX = 2**32 - 1  # seeds: 0..SEED_MAX (what numpy's and torch's generators take everywhere)
@@ -190,6 +191,18 @@ def text(label: str, *, limit: int, where=None, area: bool = False, **kwargs) ->
         return None
 
 
+def option(o, *, prefix: str, family: str, where=None):
+    """The field of a study's option (``probes.study.Option``): its value, or ``None`` after a message.
+
+    Its widget key is ``<prefix>_<key>`` (``probe_per_problem``), with the family appended when
+    the option says its default differs between families (``codebook_k_act``)."""
+    key = f"{prefix}_{o.flag}" + (f"_{family}" if o.per_family else "")
+    if o.text:
+        return text(o.label, where=where, limit=o.text, value=str(o.default), key=key, help=o.help or None)
+    return number(o.label, where=where, lo=o.lo, hi=o.hi, value=o.default, key=key, query=o.query,
+                  help=o.help or None)
+
+
 def query_names(*names: str) -> None:
     """Warn about deep-link parameters the page does not take (a misspelt ``?step=`` is not ignored silently)."""
     allowed = ("model",) + names
@@ -266,20 +279,20 @@ def load(name_or_path: str) -> tuple[torch.nn.Module, str]:
 
 
 def _check(model, family: str) -> None:
-    """What the family's pages read from the config, read once here: a bad config is a message."""
-    if family == "reasoner":
-        from apps.adapters import reasoner
-        reasoner.check_model(model)
-    elif family == "act":
-        from apps.adapters import act
-        act.check_model(model)
-    elif family in ("warp", "gru"):
-        from apps.adapters import warp
-        warp.check_model(model)
+    """What the family's pages read from the config, read once here: a bad config is a message.
+
+    The family's adapter (``apps/adapters/<family>.py``, where it has one) says what it needs."""
+    module = f"apps.adapters.{family.replace('-', '_')}"
+    if importlib.util.find_spec(module) is not None:
+        check = getattr(importlib.import_module(module), "check_model", None)
+        if check is not None:
+            check(model)
 
 
 def _ordered(names: list[str], families: tuple[str, ...], prefer: list[str] | None) -> list[str]:
-    first = [n for n in (prefer or []) + [FLAGSHIPS.get(f, "") for f in families] if n in names]
+    known = registry.families()
+    flagships = [known[f].flagship for f in families if f in known]
+    first = [n for n in (prefer or []) + flagships if n in names]
     return list(dict.fromkeys(first + names))
 
 
@@ -291,7 +304,7 @@ def _open(name: str, families: tuple[str, ...], kinds: str) -> Picked:
                                           f"{', '.join(sorted(models.CLASSES))}")
     family = zoo.family_of(folder)
     if family not in families:
-        raise ValueError(f"{name!r} holds a model of the family {zoo.LABELS.get(family, family)} ({cls}); "
+        raise ValueError(f"{name!r} holds a model of the family {zoo.label(family)} ({cls}); "
                          f"this page shows {kinds} models")
     model, cache_key = load(name)
     _check(model, family)
@@ -307,7 +320,7 @@ def pick_model(families: tuple[str, ...], key: str, label: str = "Model",
     a checkpoint that cannot be read or built is such a message, never a traceback.
     """
     names = _ordered(zoo.names_of(*families), families, prefer)
-    kinds = " or ".join(zoo.LABELS[f] for f in families)
+    kinds = " or ".join(zoo.label(f) for f in families)
     choice_key, path_key = f"{key}_choice", f"{key}_path"
     query = st.query_params.get("model")
     if choice_key not in st.session_state and query:

@@ -1,12 +1,15 @@
 """The zoo as the explorer sees it: model families, headline metrics and OOD tables.
 
-A model's family is read from the ``class`` field of its ``config.json``, so listing the
-zoo never loads a model. Pure functions (no Streamlit): the pages and the tests share them.
+A model's family is the registry's (``models.registry``) family of the ``class`` field of its
+``config.json``, so listing the zoo never loads a model. ``FAMILIES`` (family -> its classes),
+``LABELS`` (family -> its name on screen) and ``ANALYSIS_FAMILIES`` (the families the analysis
+pages cover: those with a study) are read from the registry whenever they are used, so a family
+registered later shows up. Pure functions (no Streamlit): the pages and the tests share them.
 An unreadable zoo entry never breaks a listing: ``zoo_table`` shows it as a row saying what is
 wrong, ``names_of`` and ``ood_table`` leave it out.
 
 >>> family_of("models/zoo/act-parity")        # 'act'
->>> names_of("warp")                          # ['warp-msd', 'warp-phys-msd']
+>>> names_of("warp")                          # ['warp-digits', 'warp-lv', 'warp-msd', ...]
 >>> zoo_table()                               # one row per shipped model: family, headline, metric, value
 """
 
@@ -18,19 +21,18 @@ from pathlib import Path
 import pandas as pd
 
 import models
+from models import registry
 from workbench import checkpoints
 
-# family -> the model classes (config.json "class") that belong to it
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "reasoner": ("models.reasoner.Reasoner",),
-    "act": ("models.act.ACT",),
-    "warp": ("models.warp.Warp",),
-    "gru": ("models.gru.GRU",),
-    "gain": ("models.gain.GainCircuit",),
-}
-LABELS = {"reasoner": "Reasoner", "act": "ACT", "warp": "WARP", "gru": "GRU baseline", "gain": "Gain circuit"}
-# families the analysis pages (patching, probing, codebook) cover, as the command line does
-ANALYSIS_FAMILIES = ("reasoner", "act", "warp")
+
+def __getattr__(name: str):
+    if name == "FAMILIES":  # family -> the model classes (config.json "class") that belong to it
+        return {n: f.classes for n, f in registry.families().items()}
+    if name == "LABELS":
+        return {n: f.label for n, f in registry.families().items()}
+    if name == "ANALYSIS_FAMILIES":  # the families the analysis pages (patching, probing, codebook) cover
+        return registry.names(analysed=True)
+    raise AttributeError(f"module 'apps.zoo' has no attribute {name!r}")
 
 
 def class_of(folder: str | Path) -> str:
@@ -45,15 +47,22 @@ def config_of(name_or_path: str | Path) -> dict:
 
 def family_of(name_or_path: str | Path) -> str:
     """The family of a zoo name or checkpoint folder; ``'other'`` for classes of no family."""
-    cls = class_of(models.resolve(name_or_path))
-    return next((fam for fam, classes in FAMILIES.items() if cls in classes), "other")
+    family = registry.family_of_class(class_of(models.resolve(name_or_path)))
+    return family.name if family else "other"
+
+
+def label(family: str) -> str:
+    """A family's name on screen (the name itself for one the registry does not know)."""
+    known = registry.families().get(family)
+    return known.label if known else family
 
 
 def names_of(*families: str) -> list[str]:
     """Zoo names whose family is one of ``families`` (sorted; unreadable entries skipped)."""
-    unknown = [f for f in families if f not in FAMILIES]
+    known = registry.names()
+    unknown = [f for f in families if f not in known]
     if unknown:
-        raise ValueError(f"unknown model family {unknown}; allowed: {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown model family {unknown}; allowed: {', '.join(known)}")
     out = []
     for name in models.zoo_names():
         try:
@@ -103,7 +112,7 @@ def zoo_table() -> pd.DataFrame:
             if cls not in models.CLASSES:
                 raise checkpoints.CheckpointError(f"model class {cls!r} is not one the workbench opens")
             fam = family_of(name)
-            rows.append({"model": name, "family": LABELS.get(fam, fam), **headline(name)})
+            rows.append({"model": name, "family": label(fam), **headline(name)})
         except Exception as e:  # noqa: BLE001 - one bad entry is one row saying what is wrong
             rows.append({"model": name, "family": "?", "headline": f"unreadable: {e}", "metric": "", "value": None})
     return pd.DataFrame(rows, columns=["model", "family", "headline", "metric", "value"])
@@ -135,7 +144,7 @@ def training_size(names: list[str]) -> int | None:
     """The training graph size of the first reasoner in ``names`` (for the OOD figure's marker)."""
     for name in names:
         try:
-            n = int(config_of(name).get("task", {}).get("n_nodes") or 0)
+            n = int(getattr(registry.task_of(name), "n_nodes", 0) or 0)
         except Exception:  # noqa: BLE001 - no usable size in this config: try the next
             continue
         if n:

@@ -1,38 +1,56 @@
-"""Hooked models and the zoo of shipped, trained checkpoints.
+"""Hooked models, the family registry and the zoo of shipped, trained checkpoints.
 
 >>> import models
 >>> print(models.available())          # one line per shipped checkpoint
 >>> model = models.load("reasoner")    # hooked model, eval mode, on the CPU
+>>> models.family_of(model).label      # 'Reasoner' (models/registry.py: one Family per family)
+>>> models.task_of("act-parity")       # ParityConfig(size=16, ...), read from config.json
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import importlib
-
 from workbench import files
 
 ZOO = Path(__file__).parent / "zoo"
 
-# The only classes a checkpoint may name: class path -> (module, attribute) of this package.
-# A module is imported only when a checkpoint of its class is opened.
-CLASSES: dict[str, tuple[str, str]] = {
-    "models.reasoner.Reasoner": ("models.reasoner", "Reasoner"),
-    "models.act.ACT": ("models.act", "ACT"),
-    "models.warp.Warp": ("models.warp", "Warp"),
-    "models.gru.GRU": ("models.gru", "GRU"),
-    "models.gain.GainCircuit": ("models.gain", "GainCircuit"),
-}
 
+def __getattr__(name: str):
+    # ``models.CLASSES`` (class path -> (module, attribute): the only classes a checkpoint may
+    # name) is the registry's live table; the registry is imported on first use
+    if name == "CLASSES":
+        from models import registry
 
-def _importer(module: str, name: str):
-    return lambda: getattr(importlib.import_module(module), name)
+        return registry.CLASSES
+    if name == "registry":
+        import importlib
+
+        return importlib.import_module("models.registry")
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
 
 
 def allowed_classes(extra: dict | None = None) -> dict:
-    """The allow-list ``workbench.checkpoints.load`` takes (``extra``: more, e.g. a test's toy class)."""
-    return {**{path: _importer(*where) for path, where in CLASSES.items()}, **(extra or {})}
+    """The allow-list ``workbench.checkpoints.load`` takes: every registered family's classes
+    (``extra``: more, e.g. a test's toy class). A class is imported only when a checkpoint of
+    it is opened."""
+    from models import registry
+
+    return {**registry.class_table(), **(extra or {})}
+
+
+def family_of(model_or_name):
+    """The registry's ``Family`` of a model, a zoo name or a checkpoint folder."""
+    from models import registry
+
+    return registry.family_of(model_or_name)
+
+
+def task_of(model_or_name, **overrides):
+    """The task a model (or zoo name, or checkpoint folder) was trained on: the task's config dataclass."""
+    from models import registry
+
+    return registry.task_of(model_or_name, **overrides)
 
 
 def zoo_names() -> list[str]:
@@ -45,7 +63,11 @@ def _headline(name: str) -> str:
         for line in card.read_text().splitlines():
             if line.startswith("> "):
                 return line[2:].strip()
-    return files.read_json(ZOO / name / files.CONFIG)["class"]
+    cls = files.read_json(ZOO / name / files.CONFIG)["class"]
+    from models import registry
+
+    family = registry.family_of_class(cls)
+    return f"{family.label}: {family.description}" if family else cls
 
 
 def available() -> str:

@@ -19,15 +19,6 @@ from workbench.tasks import parity as par
 TASKS = ("parity", "addition")
 
 
-def task_config(name: str, config: dict):
-    """The task's config dataclass from its name and stored fields."""
-    if name == "parity":
-        return par.ParityConfig(**config)
-    if name == "addition":
-        return add.AdditionConfig(**config)
-    raise ValueError(f"unknown task {name!r}; allowed: {TASKS}")
-
-
 def model_shape(name: str, task) -> dict:
     """ACTConfig fields that a task fixes (input/output sizes, input steps)."""
     if name == "parity":

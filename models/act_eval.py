@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.tasks import addition as add
 from workbench.tasks import parity as par
 
+from . import registry
 from .act import ACT
-from .act_data import addition_batch, parity_batch, task_config
+from .act_data import addition_batch, parity_batch
 
 DIFFICULTY = {"parity": ("n_nonzero",), "addition": ("digits", "position")}
 
@@ -44,13 +44,13 @@ class ACTEvaluation:
 
 
 def task_of(model: ACT):
-    return task_config(model.cfg.task_name, model.cfg.task)
+    """The model's task (``ParityConfig`` or ``AdditionConfig``): ``models.registry.task_of``."""
+    return registry.task_of(model)
 
 
 def fresh_problems(model: ACT, n: int, seed) -> object:
-    """``n`` fresh problems from the task the model was trained on."""
-    task = task_of(model)
-    return par.sample(task, n, seed) if model.cfg.task_name == "parity" else add.sample(task, n, seed)
+    """``n`` fresh problems from the task the model was trained on (``models.registry.sample``)."""
+    return registry.sample(model, n, seed)
 
 
 @torch.no_grad()

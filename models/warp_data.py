@@ -43,11 +43,6 @@ class Forcing:
         return max(self.min, 1.0 - (1.0 - self.min) * (step - self.start) / self.decay)
 
 
-def task_from_dict(task: dict) -> dy.DynamicsConfig | dg.DigitsConfig:
-    """The task config stored in a model's config.json."""
-    return dy.DynamicsConfig(**task) if "system" in task else dg.DigitsConfig(**task)
-
-
 def task_name(task: dy.DynamicsConfig | dg.DigitsConfig) -> str:
     return task.system if isinstance(task, dy.DynamicsConfig) else "digits"
 

@@ -21,9 +21,10 @@ import torch
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
 
+from . import registry
 from .gru import GRU
 from .warp import Warp
-from .warp_data import task_from_dict, task_name
+from .warp_data import task_name
 
 
 def model_kind(model) -> str:
@@ -36,7 +37,8 @@ def model_kind(model) -> str:
 
 
 def model_task(model):
-    return task_from_dict(model.cfg.task)
+    """The model's task (``DynamicsConfig`` or ``DigitsConfig``): ``models.registry.task_of``."""
+    return registry.task_of(model)
 
 
 @torch.no_grad()

@@ -7,7 +7,17 @@
 On the reasoner, ``probes.reasoner.collect(model, problems, sites)`` gives the same rows as
 ``probes.collect`` over ``probes.reasoner.batches``, without running the steps after a problem settles.
 
-Studies: ``python -m probes.reasoner_values`` (what each (step, layer) of the reasoner
+One study per model family (``probes.study.Study``: patching setup, activation collection,
+probe targets, codebook report) lives in the family's module as ``STUDY``
+(``probes.reasoner``, ``probes.act``, ``probes.warp``); ``probes.study.of(model)`` finds the one
+the model registry (``models.registry``) names for the model's family:
+
+>>> from probes import study
+>>> s = study.of(model)
+>>> acts = s.collect(model, n=500, seed=0)
+>>> res = s.fit(model, acts, s.default_target or next(iter(s.targets(model))))
+
+Scripts: ``python -m probes.reasoner_values`` (what each (step, layer) of the reasoner
 knows about every variable's value, whether it is computed yet, and its depth).
 """
 

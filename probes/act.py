@@ -8,49 +8,37 @@
   and the mean-field state, one row per vector, with targets ``parity``, ``n_nonzero`` and
   ``n_steps`` (N(t)); ``halts`` is the site-dependent target "halts at this ponder step".
 * ``codebook_report``: k-means codebook over the ponder states (ACT has no discrete bottleneck).
+* ``STUDY``: the family's study (``probes.study``) for the command line and the explorer.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 import probes
-from probes import pairs
+from models import registry
 from models.act import ACT
 from models.act_data import parity_batch
-from models.act_eval import task_of
+from probes import pairs
+from probes.study import Experiment, Option, Study, Target
 from workbench import codebook
 from workbench.hooks import stack
 from workbench.results import Result
 from workbench.sites import Site, Sites
 from workbench.tasks import parity as par
 
-__all__ = ["Experiment", "corrupt", "patching_setup", "collect_states", "halts", "codebook_report"]
+__all__ = ["Experiment", "corrupt", "patching_setup", "collect_states", "halts", "codebook_report", "STUDY"]
 
 
-@dataclass
-class Experiment:
-    """Inputs, metric and default sites for ``patch`` / ``attribute``."""
-
-    clean: Tensor
-    corrupted: Tensor
-    metric: callable
-    forward_kwargs: dict
-    sites: Sites
-    description: str
-    gaps: np.ndarray | None = None  # [B] metric(clean run) - metric(corrupted run), each >= margin
-    target_changed: np.ndarray | None = None  # [B] the exact answer differs between clean and corrupted
-
-
-def _parity_only(model: ACT) -> par.ParityConfig:
-    if model.cfg.task_name != "parity":
+def parity_task(model: ACT) -> par.ParityConfig:
+    """The model's task (``models.registry``), if it is parity: the ACT analyses cover parity only."""
+    task = registry.task_of(model)
+    if not isinstance(task, par.ParityConfig):
         raise ValueError(f"the ACT analyses cover the parity task; this model was trained on "
                          f"{model.cfg.task_name!r} (use the Python API with your own inputs and metric)")
-    return task_of(model)
+    return task
 
 
 def corrupt(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -75,7 +63,7 @@ def patching_setup(model: ACT, n: int = 8, seed: int = 0, *, vectors=None, corru
     your own ``corrupted``): a ``ValueError`` names the pairs that break it; sampled (``n``
     vectors): vectors are drawn until ``n`` keep it.
     """
-    task = _parity_only(model)
+    task = parity_task(model)
     rng = np.random.default_rng(seed)
 
     def build(items: list[tuple[np.ndarray, np.ndarray]]) -> Experiment:
@@ -122,7 +110,7 @@ def _experiment(model: ACT, task: par.ParityConfig, clean_v: np.ndarray, corr_v:
 @torch.no_grad()
 def collect_states(model: ACT, n: int = 2000, seed: int = 0, batch_size: int = 500) -> probes.Activations:
     """States after each ponder step (those every batch reaches) and the mean-field state."""
-    task = _parity_only(model)
+    task = parity_task(model)
     problems = par.sample(task, n, np.random.default_rng(seed))
     x = parity_batch(problems)["inputs"]
     n_steps = torch.cat([model(x[i:i + batch_size]).n_steps[:, 0] for i in range(0, n, batch_size)])
@@ -155,7 +143,7 @@ def halts(rows) -> callable:
 @torch.no_grad()
 def codebook_report(model: ACT, n: int = 1000, k: int = 8, seed: int = 0) -> Result:
     """Post-hoc codebook (k-means) over the ponder states, decoded against the parity."""
-    task = _parity_only(model)
+    task = parity_task(model)
     problems = par.sample(task, n, np.random.default_rng(seed))
     _, cache = model.run_with_cache(parity_batch(problems)["inputs"], names_filter=lambda s: s.endswith("hook_state"))
     states = stack(cache, "hook_state", loop="time.0.ponder")  # [ponder steps, n, state]
@@ -163,3 +151,48 @@ def codebook_report(model: ACT, n: int = 1000, k: int = 8, seed: int = 0) -> Res
     rep = codebook.analyze_states(states, k, truth=truth, seed=seed)
     rep.meta.update({"model": "ACT", "states": "time.0.ponder.{n}.hook_state (frozen after a sample halts)"})
     return rep
+
+
+# ------------------------------------------------------------------- study
+class ACTStudy(Study):
+    """ACT on parity: sign flips of one entry, the signed output, ponder-state probes and codebook."""
+
+    family = "act"
+    metrics = ("signed output logit", "clean answer probability")
+    page_sites = ("time.*.ponder.*.hook_state", "none")
+    default_target = "parity"
+    sizes = {"patch": (8, 1, 256), "probe": (400, 20, 5000), "codebook": (300, 10, 5000)}
+
+    def check(self, model) -> None:
+        parity_task(model)
+
+    def options(self, model, analysis: str) -> list[Option]:
+        if analysis != "codebook":
+            return []
+        return [Option("k", "Clusters k", 8, 2, 256, help="clusters of the post-hoc (k-means) codebook",
+                       query="k", per_family=True)]
+
+    def experiment(self, model, n: int, seed: int, **options) -> Experiment:
+        return patching_setup(model, n=n, seed=seed)
+
+    def metric(self, model, experiment: Experiment, name: str):
+        if name != "clean answer probability":
+            return super().metric(model, experiment, name)
+        signed = experiment.metric
+        return lambda out: torch.sigmoid(signed(out))
+
+    def collect(self, model, n: int, seed: int, *, batch_size: int | None = None, progress: bool = False,
+                **options) -> probes.Activations:
+        self.check(model)
+        return collect_states(model, n, seed=seed, **({"batch_size": batch_size} if batch_size else {}))
+
+    def targets(self, model) -> dict[str, Target]:
+        return {"parity": Target("parity", help="the parity of the vector"),
+                "halts": Target(halts, sites="time.*.ponder.*", help="the model halts at this ponder step")}
+
+    def codebook(self, model, n: int, seed: int, k: int = 8, **options) -> Result:
+        self.check(model)
+        return codebook_report(model, n=n, k=k, seed=seed)
+
+
+STUDY = ACTStudy()

@@ -9,40 +9,40 @@
   algorithm has filled it after step t: site-dependent).
 * ``codebook_report``: the codebook analysis of the value factor over a rollout, with the
   one-step repair rate (``models.reasoner_eval.repair_rate``).
+* ``STUDY``: the family's study (``probes.study``) for the command line and the explorer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from models import registry
 from models.reasoner import Reasoner, ReasonerOutput
 from models.reasoner_data import encode_batch
 from probes import pairs
 from probes.core import Activations, ProbeBatch, RowKeeper
+from probes.study import Option, Study, Target
 from workbench import codebook
 from workbench.results import Result
-from workbench.sites import Site, SiteSelection
+from workbench.sites import Site, SiteSelection, Sites
 from workbench.tasks import graph_arith as ga
 
-__all__ = ["task_of", "PatchSetup", "patching_setup", "batches", "collect", "computed", "codebook_report", "value_labels"]
+__all__ = ["task_of", "PatchSetup", "patching_setup", "batches", "collect", "computed", "codebook_report", "value_labels",
+           "STUDY"]
+
+PATCH_SITES = "steps.*.blocks.*.hook_resid_pre"  # default patching sites (x every position)
+PROBE_SITES = "steps.*.blocks.*.hook_resid_post"  # default probing sites
 
 
 def task_of(model: Reasoner, **overrides) -> ga.GraphArithConfig:
-    """The task the model was trained on (``cfg.task``), with optional overrides such as n_nodes."""
-    task = dict(model.cfg.task) or {"modulus": model.cfg.modulus, "name_pool": model.cfg.name_pool}
-    task = {**task, **{k: v for k, v in overrides.items() if v is not None}}
-    if "ops" in task:
-        task["ops"] = tuple(task["ops"])
-    cfg = ga.GraphArithConfig(**task)
-    if "n_nodes" in overrides and overrides["n_nodes"] is not None and cfg.n_leaves > cfg.n_nodes:
-        cfg = replace(cfg, n_leaves=cfg.n_nodes)
-    return cfg
+    """The task the model was trained on, with optional overrides such as n_nodes (``models.registry.task_of``)."""
+    return registry.task_of(model, **overrides)
 
 
 def value_labels(modulus: int) -> list[str]:
@@ -66,6 +66,8 @@ class PatchSetup:
     description: str
     gaps: np.ndarray | None = None  # [B] metric(clean run) - metric(corrupted run), each >= margin
     target_changed: np.ndarray | None = None  # [B] the exact solver's answer differs (always, by construction)
+    sites: Sites = field(default_factory=lambda: Sites(PATCH_SITES, positions="each"))  # the default selection
+    loops: dict = field(default_factory=dict)  # restrictions of the loop axes of hand-typed sites (none)
 
 
 def _corrupt(problem: ga.Problem, rng: np.random.Generator) -> tuple[ga.Problem, int, int]:
@@ -111,7 +113,7 @@ def patching_setup(model: Reasoner, problems: list[ga.Problem] | None = None, *,
     problems): problems are drawn until ``n`` keep it.
     """
     rng = np.random.default_rng(seed)
-    task = task_of(model, n_nodes=n_nodes)
+    task = registry.task_of(model, n_nodes=n_nodes)
 
     def corrupt(batch: list[ga.Problem]) -> list[tuple]:
         return [(p, *_corrupt(p, rng)) for p in batch]
@@ -346,3 +348,73 @@ def codebook_report(model: Reasoner, problems: list[ga.Problem], *, steps: int |
                      "truth": "exact algorithm's state after each step (value once filled, else EMPTY)",
                      "latent_rows": n_latent})
     return rep
+
+
+# ------------------------------------------------------------------- study
+def _names(patterns) -> list[str]:
+    names = [p for p in (patterns.replace(",", " ").split() if isinstance(patterns, str) else patterns) if p]
+    if not names:
+        raise ValueError(f"no sites: enter hook names or glob patterns such as '{PROBE_SITES}'")
+    return names
+
+
+class ReasonerStudy(Study):
+    """The reasoner on graph arithmetic: a changed leaf, the answer's logit difference, probes at
+    each variable's defining position, the value codebook."""
+
+    family = "reasoner"
+    metrics = ("logit difference", "clean answer probability")
+    # the codes are integers, so most code patches are no-ops (clean == corrupted) and cost nothing
+    page_sites = ("steps.*.bottleneck.hook_codes", "each")
+    positions = "each"
+    controls = ("none", "variable")
+    fit_kwargs = {"groups": "problem"}
+    default_target = "computed"
+    sizes = {"patch": (1, 1, 16), "probe": (16, 8, 2000), "codebook": (16, 1, 512)}
+
+    def options(self, model, analysis: str) -> list[Option]:
+        train_n = task_of(model).n_nodes
+        nodes = Option("n_nodes", "Nodes", min(train_n, 16), 2, model.cfg.name_pool, key="nodes", query="nodes",
+                       help=f"graph size (trained on N = {train_n})")
+        if analysis != "probe":
+            return [nodes]
+        return [Option("sites", "Sites (hook names or globs)", PROBE_SITES, text=2000, key="sites"), nodes,
+                Option("per_problem", "Variables per problem", 4, 1, model.cfg.name_pool, query="per_problem",
+                       help="defining positions kept per problem")]
+
+    def experiment(self, model, n: int, seed: int, n_nodes: int | None = None, **options) -> PatchSetup:
+        return patching_setup(model, n=n, n_nodes=n_nodes, seed=seed)
+
+    def metric(self, model, experiment: PatchSetup, name: str):
+        if name != "clean answer probability":
+            return super().metric(model, experiment, name)
+        rows, pos = torch.arange(len(experiment.problems)), experiment.target_pos
+        good = torch.tensor([int(ga.encode(p, model.cfg.scheme, model.cfg.name_pool).answer[q])
+                             for p, q in zip(experiment.problems, pos.tolist())])
+
+        def probability(out: ReasonerOutput) -> Tensor:
+            return out.value_logits[:, -1][rows, pos].softmax(-1)[rows, good]
+
+        return probability
+
+    def problems(self, model, n: int, seed: int, n_nodes: int | None = None) -> list[ga.Problem]:
+        return registry.sample(model, n, np.random.default_rng(seed), n_nodes=n_nodes)
+
+    def collect(self, model, n: int, seed: int, *, batch_size: int | None = None, progress: bool = False,
+                sites=PROBE_SITES, n_nodes: int | None = None, per_problem: int = 4, **options) -> Activations:
+        names = _names(sites)
+        problems = self.problems(model, n, seed, n_nodes)
+        steps = min(model.cfg.steps_for_depth(max(p.depth for p in problems)), model.cfg.max_steps)
+        return collect(model, problems, Sites(names), batch_size=batch_size or 64, per_problem=per_problem,
+                       steps=steps, seed=seed, progress=progress)
+
+    def targets(self, model) -> dict[str, Target]:
+        return {"value": Target("value", help="the variable's value"),
+                "computed": Target(computed, help="the exact algorithm has filled the slot after this step"),
+                "depth": Target("depth", help="the variable's depth in the graph")}
+
+    def codebook(self, model, n: int, seed: int, n_nodes: int | None = None, **options) -> Result:
+        return codebook_report(model, self.problems(model, n, seed, n_nodes), seed=seed)
+
+
+STUDY = ReasonerStudy()

@@ -25,28 +25,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-import probes
+from models import registry
 from probes import reasoner as pr
 from workbench.checkpoints import atomic_write
 from workbench.sites import Sites
-from workbench.tasks import graph_arith as ga
 
-TARGETS = ("value", "computed", "depth")
+TARGETS = registry.get("reasoner").targets  # value, computed, depth
 
 
 def run(model, n: int = 2000, *, n_nodes: int | None = None, per_problem: int = 4, seed: int = 0,
         control_types: str | None = None, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """Collect activations and fit every target; returns one tidy table (site x target)."""
-    problems = ga.sample(pr.task_of(model, n_nodes=n_nodes), n, np.random.default_rng([seed, 1]))
+    problems = registry.sample(model, n, np.random.default_rng([seed, 1]), n_nodes=n_nodes)
     steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
-    acts = pr.collect(model, problems, Sites("steps.*.blocks.*.hook_resid_post"), batch_size=batch_size,
+    acts = pr.collect(model, problems, Sites(pr.PROBE_SITES), batch_size=batch_size,
                       per_problem=per_problem, steps=steps, seed=seed, progress=progress)
-    tables = []
-    for target in TARGETS:
-        y = pr.computed(acts.rows) if target == "computed" else target
-        res = probes.fit(acts, y, target_name=target, types=control_types, groups="problem", seed=seed,
-                         progress=progress)
-        tables.append(res.df)
+    tables = [pr.STUDY.fit(model, acts, target, control=control_types or "none", seed=seed, progress=progress).df
+              for target in TARGETS]
     return pd.concat(tables, ignore_index=True)
 
 

@@ -8,6 +8,7 @@
   ``stride``-th step, one row per trajectory, with each physical parameter as a target
   (m, c, k for the mass-spring-damper; phi, f for the sine; ...), for ridge probes.
 * ``codebook_report``: a k-means codebook over theta_t (WARP has no discrete bottleneck).
+* ``STUDY``: the family's study (``probes.study``) for the command line and the explorer.
 """
 
 from __future__ import annotations
@@ -16,28 +17,36 @@ import numpy as np
 import torch
 
 import probes
+from models import registry
 from models.warp import Warp
 from probes import pairs
-from models.warp_data import task_from_dict
-from probes.act import Experiment
+from probes.study import Experiment, Option, Study, Target
 from workbench import codebook
 from workbench.results import Result
 from workbench.sites import Sites
 from workbench.tasks import dynamics as dy
 
-__all__ = ["patching_setup", "collect_thetas", "codebook_report"]
+__all__ = ["patching_setup", "collect_thetas", "codebook_report", "STUDY"]
 
 
-def _dynamics(model: Warp) -> dy.DynamicsConfig:
-    task = task_from_dict(dict(model.cfg.task)) if model.cfg.task else None
+def dynamics_task(model: Warp) -> dy.DynamicsConfig:
+    """The model's task (``models.registry``), if it is a dynamical system: the WARP analyses cover those."""
+    task = _task(model)
     if not isinstance(task, dy.DynamicsConfig):
         raise ValueError("the WARP analyses cover the dynamical-systems tasks; this model has "
                          f"task {model.cfg.task!r} (use the Python API with your own inputs and metric)")
     return task
 
 
+def _task(model: Warp):
+    try:
+        return registry.task_of(model)
+    except ValueError:
+        return None
+
+
 def _sample(model: Warp, n: int, seed) -> tuple[torch.Tensor, list[dy.Trajectory]]:
-    task = _dynamics(model)
+    task = dynamics_task(model)
     trajs = dy.sample(task, n, np.random.default_rng(seed))
     return torch.from_numpy(dy.stack(trajs)).float(), trajs
 
@@ -62,7 +71,7 @@ def patching_setup(model: Warp, n: int = 4, seed: int = 0, *, clean: torch.Tenso
         pairs.check(exp.target_changed, exp.gaps, margin, [f"trajectory {i}" for i in range(len(clean))],
                     what="trajectory")
         return exp
-    _dynamics(model)
+    dynamics_task(model)
     rng = np.random.default_rng(seed)
 
     def sample(k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,8 +99,9 @@ def _experiment(model: Warp, clean: torch.Tensor, corrupted: torch.Tensor) -> Ex
     changed = (clean[:, 1:] != corrupted[:, 1:]).flatten(1).any(1).numpy()
     gaps = pairs.metric_gaps(model, clean, corrupted, metric, {})
     return Experiment(clean, corrupted, metric, {}, Sites("time.*.hook_theta", time=range(0, T, max(1, T // 16))),
-                      f"{len(clean)} {model.cfg.task.get('system')} trajectories; corrupted: other physical parameters; "
-                      "metric: minus the mean squared error of the one-step predictions of the clean trajectory",
+                      f"{len(clean)} {getattr(_task(model), 'system', 'given')} trajectories; corrupted: other physical "
+                      "parameters; metric: minus the mean squared error of the one-step predictions of the clean "
+                      "trajectory",
                       gaps, changed)
 
 
@@ -118,3 +128,48 @@ def codebook_report(model: Warp, n: int = 500, k: int = 16, seed: int = 0, strid
     rep.meta.update({"model": "WARP", "states": f"time.{{t}}.hook_theta for t in {keep}"})
     rep.df["time"] = keep
     return rep
+
+
+# ------------------------------------------------------------------- study
+class WarpStudy(Study):
+    """WARP on a dynamical system: other physical parameters, the one-step error, theta_t probes."""
+
+    family = "warp"
+    metrics = ("minus one-step MSE",)
+    page_sites = ("time.*.hook_theta", "none")
+    sizes = {"patch": (4, 1, 64), "probe": (200, 20, 2000), "codebook": (100, 10, 2000)}
+
+    def check(self, model) -> None:
+        dynamics_task(model)
+
+    def options(self, model, analysis: str) -> list[Option]:
+        stride = Option("stride", "Every k-th time step", 8, 1, max(1, int(model.cfg.seq_len)),
+                        help="keep theta_t at every k-th time step", query="stride")
+        if analysis == "codebook":
+            return [Option("k", "Clusters k", 16, 2, 256, help="clusters of the post-hoc (k-means) codebook",
+                           query="k", per_family=True)]
+        return [stride]
+
+    def experiment(self, model, n: int, seed: int, stride: int | None = None, **options) -> Experiment:
+        exp = patching_setup(model, n=n, seed=seed)
+        if stride:  # hand-typed sites keep every stride-th time step
+            exp.loops = {"time": range(0, exp.clean.shape[1], stride)}
+        return exp
+
+    def collect(self, model, n: int, seed: int, *, batch_size: int | None = None, progress: bool = False,
+                stride: int = 8, **options) -> probes.Activations:
+        self.check(model)
+        return collect_thetas(model, n, seed=seed, stride=stride, **({"batch_size": batch_size} if batch_size else {}))
+
+    def targets(self, model) -> dict[str, Target]:
+        return {p: Target(p, help=f"the physical parameter {p}") for p in dynamics_task(model).spec.param_names}
+
+    def aliases(self, model) -> dict[str, tuple[str, ...]]:
+        return {"params": tuple(dynamics_task(model).spec.param_names)}
+
+    def codebook(self, model, n: int, seed: int, k: int = 8, **options) -> Result:
+        self.check(model)
+        return codebook_report(model, n=n, k=k, seed=seed)
+
+
+STUDY = WarpStudy()

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from models.act_data import addition_batch, parity_batch
-from models.act_eval import DIFFICULTY, evaluate, fresh_problems, halting_trace, ponder_by, task_of
+from models.act_eval import DIFFICULTY, evaluate, fresh_problems, halting_trace, ponder_by
+from models.registry import task_of
 from workbench.tasks import addition as add
 from workbench.tasks import parity as par
 

@@ -19,7 +19,8 @@ import torch
 
 from models.reasoner_data import encode_batch
 from models.reasoner_eval import ood_task
-from probes.reasoner import task_of, value_labels
+from models.registry import task_of
+from probes.reasoner import value_labels
 from workbench.tasks import graph_arith as ga
 
 STATUSES = ("not yet computed", "correct", "wrong")

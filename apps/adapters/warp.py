@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models import registry
 from models.warp import PHYS_PARAMS
-from models.warp_data import task_from_dict
 from models.warp_eval import theta_pca
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
@@ -28,7 +28,7 @@ def task_of(model) -> dy.DynamicsConfig | dg.DigitsConfig:
     """The task the model was trained on (a dynamical system or the digits)."""
     if not getattr(model.cfg, "task", None):
         raise ValueError("this model stores no task in its config; the page needs the task to sample inputs")
-    return task_from_dict(dict(model.cfg.task))
+    return registry.task_of(model)
 
 
 def check_model(model) -> None:

@@ -10,12 +10,13 @@ site) and an HTML figure to ``--out`` and prints the top rows. The same commands
     workbench codebook reasoner --n 256
     workbench patch act-parity            # ACT: every ponder step's state
 
-Inputs, metrics and probe targets are model specific and come from ``probes``:
-``probes.reasoner`` (a problem, the same problem with one leaf changed, the logit difference
-of the deepest node's answer; probe targets value / computed / depth), ``probes.act``
-(parity vectors with the sign of one nonzero entry flipped, the signed output; targets parity / halts) and
-``probes.warp`` (trajectories with other physical parameters, the one-step error; targets
-the physical parameters).
+Inputs, metrics, probe targets and codebooks are family specific and come from the family's
+study in ``probes`` (``probes.study.Study``), which the model registry (``models.registry``)
+names: ``probes.reasoner`` (a problem, the same problem with one leaf changed, the logit
+difference of the deepest node's answer; probe targets value / computed / depth), ``probes.act``
+(parity vectors with the sign of one nonzero entry flipped, the signed output; targets parity /
+halts) and ``probes.warp`` (trajectories with other physical parameters, the one-step error;
+targets the physical parameters). A model of a family without a study is refused.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ from pathlib import Path
 from apps.options import check_names, check_writable, folder, positive_float, positive_int, seed, threads
 
 # torch, numpy, the models and probes are imported when a command runs, so that parsing (and
-# rejecting) a command line stays fast
-FAMILIES = ("Reasoner", "ACT", "Warp")
+# rejecting) a command line stays fast; the analyses of a model come from its family's study
 
 
 def _load(name: str):
+    """(model, its family's study); a model of a family the analyses do not cover is refused."""
     import models
+    from probes import study
 
     model = models.load(name)
-    if type(model).__name__ not in FAMILIES:
-        raise ValueError(f"{name!r} is a {type(model).__name__}; the analysis commands cover {', '.join(FAMILIES)} "
-                         "(use the Python API with your own inputs and metric for other models)")
-    return model
+    try:
+        return model, study.need(model)
+    except ValueError as e:
+        raise ValueError(f"{name!r}: {e}") from None
 
 
 def _common(p: argparse.ArgumentParser, out: str) -> None:
@@ -60,7 +62,7 @@ def _sites_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=_axis_text, default="none",
                    help="'each', 'none' or comma-separated ints (attention hooks)")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="problems in the batch (default: 1 for the reasoner, 8 else)")
+                   help="problems in the batch (default: the family's: 1 for the reasoner, 8 for ACT, 4 for WARP)")
     p.add_argument("--ablation", choices=["zero", "mean", "resample"], default=None,
                    help="ablate in the clean run instead of patching clean into corrupted")
 
@@ -133,29 +135,26 @@ def _start(args):
     return _load(args.model)
 
 
+def _options(study, model, analysis: str, args) -> dict:
+    """The study's options of ``analysis`` that the command line sets (``--nodes``, ``--k``, ...)."""
+    given = {o.name: getattr(args, o.flag, None) for o in study.options(model, analysis)}
+    return study.checked(model, analysis, {k: v for k, v in given.items() if v is not None})
+
+
 def _setup(args):
     from workbench.sites import Sites
 
-    model = _start(args)
+    model, study = _start(args)
     _check_sites(model, args.sites)
-    family = type(model).__name__
-    if family == "Reasoner":
-        from probes.reasoner import patching_setup
-
-        setup = patching_setup(model, n=args.n or 1, n_nodes=args.nodes, seed=args.seed)
-        default = Sites("steps.*.blocks.*.hook_resid_pre", positions="each")
-    else:
-        from probes import act, warp
-
-        setup = (act if family == "ACT" else warp).patching_setup(model, n=args.n or 8, seed=args.seed)
-        default = setup.sites
+    study.check(model)
+    setup = study.patching(model, args.n, args.seed, **_options(study, model, "patch", args))
     if args.sites:
-        positions = _axis(args.positions) if args.positions else ("each" if family == "Reasoner" else None)
+        positions = _axis(args.positions) if args.positions else _axis(study.positions)
         sites = Sites(args.sites, positions=positions, heads=_axis(args.heads))
     elif args.positions or args.heads != "none":
-        sites = Sites(default.matches, positions=_axis(args.positions or "none"), heads=_axis(args.heads))
+        sites = Sites(setup.sites.matches, positions=_axis(args.positions or "none"), heads=_axis(args.heads))
     else:
-        sites = default
+        sites = setup.sites
     print(setup.description)
     return model, setup, sites
 
@@ -191,20 +190,6 @@ def attribute(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ probe
-TARGETS = {"Reasoner": ("value", "computed", "depth"), "ACT": ("parity", "halts"), "Warp": ("params",)}
-
-
-def _target_names(model) -> list[str]:
-    """The probe targets a model's family offers (WARP: 'params' or one physical parameter)."""
-    family = type(model).__name__
-    if family != "Warp":
-        return list(TARGETS[family])
-    from workbench.tasks import dynamics as dy
-
-    system = dy.SYSTEMS.get(model.cfg.task.get("system"))
-    return ["params", *(system.param_names if system else ())]
-
-
 def add_probe_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     _common(p, "out/analysis")
     p.add_argument("--n", type=positive_int, default=2000, help="problems / sequences")
@@ -212,67 +197,42 @@ def add_probe_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--sites", nargs="+", type=_pattern, default=["steps.*.blocks.*.hook_resid_post"],
                    help="reasoner: hook names or globs (ACT: ponder states; WARP: theta_t every 8 steps)")
     p.add_argument("--targets", nargs="+", default=None,
-                   help="reasoner: value computed depth; ACT: parity halts; WARP: params or one physical parameter "
-                        "(default: all)")
+                   help=f"probe targets, or 'params' for every physical parameter of WARP (default, by family: "
+                        f"{_default_targets()})")
     p.add_argument("--control-types", choices=["none", "variable"], default="none",
-                   help="control task: relabel each sample ('none') or each variable name ('variable', Hewitt & Liang)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+                   help="control task: relabel each sample ('none') or each variable name ('variable', Hewitt & Liang; "
+                        "the reasoner)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="forward batch (default: the family's)")
 
 
-def _activations(model, args):
-    """(activations, {target name: target or (target, fit kwargs)}, fit kwargs) for the model's family."""
-    import numpy as np
+def _default_targets() -> str:
+    from models import registry  # no torch: the registry names its families' parts by module path
 
-    from workbench.sites import Sites
-
-    family = type(model).__name__
-    if family == "ACT":
-        from probes import act
-
-        acts = act.collect_states(model, args.n, seed=args.seed)
-        return acts, {"parity": "parity", "halts": (act.halts(acts.rows), {"sites": "time.*.ponder.*"})}, {}
-    if family == "Warp":
-        from probes import warp
-
-        acts = warp.collect_thetas(model, args.n, seed=args.seed)
-        params = [c for c in acts.rows.columns if c != "item"]
-        return acts, {p: p for p in params}, {}
-    from probes import reasoner as pr
-    from workbench.tasks import graph_arith as ga
-
-    problems = ga.sample(pr.task_of(model, n_nodes=args.nodes), args.n, np.random.default_rng(args.seed))
-    steps = model.cfg.steps_for_depth(max(p.depth for p in problems))
-    acts = pr.collect(model, problems, Sites(args.sites), batch_size=args.batch_size, per_problem=args.per_problem,
-                      steps=steps, seed=args.seed, progress=True)
-    types = None if args.control_types == "none" else "variable"
-    targets = {"value": "value", "computed": pr.computed(acts.rows), "depth": "depth"}
-    return acts, targets, {"types": types, "groups": "problem"}
+    return "; ".join(f"{f.label}: {' '.join(f.targets)}" for f in registry.families().values() if f.analysed)
 
 
 def probe(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    import probes
+    from models import registry
     from workbench.results import Result
 
-    model = _start(args)
-    family = type(model).__name__
+    model, study = _start(args)
+    study.check(model)
     # checked before the activations are collected
-    check_names(args.targets or (), _target_names(model), "--targets")
-    if family == "Reasoner":
-        _check_sites(model, args.sites)
-    acts, targets, kwargs = _activations(model, args)
-    wanted = args.targets or list(TARGETS[family])
-    if family == "Warp" and "params" in wanted:
-        wanted = [t for t in wanted if t != "params"] + [t for t in targets if t not in wanted]
-    bad = [t for t in wanted if t not in targets]
-    if bad:
-        raise ValueError(f"unknown target(s) {bad} for {family}; allowed: {list(targets)}")
+    check_names(args.targets or (), study.target_names(model), "--targets")
+    if args.control_types not in study.controls:
+        raise ValueError(f"--control-types: {args.control_types!r}; allowed for this model: "
+                         f"{', '.join(study.controls)}")
+    options = _options(study, model, "probe", args)
+    if "sites" in options:
+        _check_sites(model, options["sites"])
+    wanted = study.expand(model, args.targets or registry.family_of(model).targets)
+    acts = study.collect(model, args.n, args.seed, batch_size=args.batch_size, progress=True, **options)
     print(f"collected {acts}")
     results = []
     for target in wanted:
-        y, extra = targets[target] if isinstance(targets[target], tuple) else (targets[target], {})
-        res = probes.fit(acts, y, target_name=target, seed=args.seed, progress=True, **kwargs, **extra)
+        res = study.fit(model, acts, target, args.control_types, seed=args.seed, progress=True)
         print(f"{target}: {res.summary(5)}")
         _write(res, args.out, f"probe_{target}")
         results.append(res.df)
@@ -288,20 +248,9 @@ def add_codebook_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def codebook(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    model = _start(args)
-    family = type(model).__name__
-    if family == "Reasoner":
-        from probes.reasoner import codebook_report, task_of
-        from workbench.tasks import graph_arith as ga
-
-        problems = ga.sample(task_of(model, n_nodes=args.nodes), args.n, np.random.default_rng(args.seed))
-        rep = codebook_report(model, problems, seed=args.seed)
-    else:
-        from probes import act, warp
-
-        rep = (act if family == "ACT" else warp).codebook_report(model, n=args.n, k=args.k, seed=args.seed)
+    model, study = _start(args)
+    study.check(model)
+    rep = study.codebook(model, args.n, args.seed, **_options(study, model, "codebook", args))
     cols = [c for c in ("step", "time", "used", "dead", "perplexity", "accuracy", "nmi", "relative_distance")
             if c in rep.df]
     print(rep.df[cols].round(3).to_string(index=False))

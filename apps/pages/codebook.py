@@ -13,41 +13,37 @@ st.caption("Per loop step: codes used, perplexity, dead codes, accuracy of the d
            "algorithm, the embeddings' geometry and the distance of the latents from the codebook. ACT and WARP "
            "have no discrete bottleneck: they get a k-means codebook of their states.")
 
-ui.query_names("samples", "seed", "nodes", "k")
-picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="codebook_model", prefer=zoo.names_of("reasoner"))
+picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="codebook_model")
 if picked is None:
     st.stop()
 model, family = picked.model, picked.family
+try:
+    study = an.check(model, family)  # what the codebook report reads for this family, and its options
+    options = study.options(model, "codebook")
+except ValueError as e:
+    st.error(f"Codebook analysis: {e}")
+    st.stop()
+ui.query_names("samples", "seed", *(o.query for o in options if o.query))
 
-DEFAULT_N = {"reasoner": 16, "act": 300, "warp": 100}
 TITLES = {"usage": "Usage", "accuracy": "Accuracy by depth", "confusion": "Confusion", "pca": "Embeddings (PCA)",
           "fourier": "Fourier spectrum", "drift": "Drift"}
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _report(key, family, n, seed, k, nodes, _model):
-    return an.codebook(_model, family, n, seed, k=k, n_nodes=nodes)
+def _report(key, family, n, seed, options, _model):
+    return an.codebook(_model, family, n, seed, **dict(options))
 
 
-c1, c2, c3 = st.columns(3)
-lo, hi = an.CODEBOOK_N[family]
-n = ui.number("Samples", where=c1, lo=lo, hi=hi, value=DEFAULT_N[family], key=f"codebook_n_{family}",
-              query="samples")
-seed = ui.number("Seed", where=c2, lo=0, hi=ui.SEED_MAX, value=0, key="codebook_seed", query="seed")
-k, nodes = 8, None
-if family == "reasoner":
-    train_n = int(model.cfg.task.get("n_nodes", 16)) if model.cfg.task else 16
-    nodes = ui.number("Nodes", where=c3, lo=2, hi=model.cfg.name_pool, value=min(train_n, 16), key="codebook_nodes",
-                      query="nodes")
-    ui.need(nodes)
-else:
-    k = ui.number("Clusters k", where=c3, lo=2, hi=256, value=8 if family == "act" else 16,
-                  key=f"codebook_k_{family}", query="k")
-ui.need(n, seed, k)
+cols = st.columns(2 + len(options))
+default_n, lo, hi = study.size("codebook")
+n = ui.number("Samples", where=cols[0], lo=lo, hi=hi, value=default_n, key=f"codebook_n_{family}", query="samples")
+seed = ui.number("Seed", where=cols[1], lo=0, hi=ui.SEED_MAX, value=0, key="codebook_seed", query="seed")
+values = {o.name: ui.option(o, prefix="codebook", family=family, where=where) for o, where in zip(options, cols[2:])}
+ui.need(n, seed, *values.values())
 
 with ui.guard("Codebook analysis"):
     with st.spinner("Rolling out and analysing the codes…"):
-        rep = _report(picked.key, family, n, seed, k, nodes, model)
+        rep = _report(picked.key, family, n, seed, tuple(sorted(values.items())), model)
     repair = rep.meta.get("repair")
     cols = st.columns(3)
     cols[0].metric("steps", len(rep.df))
