@@ -4,7 +4,12 @@ One page per model family and one per analysis (``apps/pages/``); every figure c
 pure builder in ``apps/views/``, every model computation from ``apps/adapters/``. A page's
 ``?model=`` query parameter opens it on a zoo name or a checkpoint folder, and its number
 fields take query parameters too (``/reasoner?model=reasoner&steps=4``); values out of range
-are refused with a message.
+are refused with a message. A model page shows one view at a time (a segmented control, not
+tabs, so only the view on screen computes); the view is in the link too
+(``/reasoner?model=reasoner&reasoner_view=Attention``).
+
+Every page runs through this script (page setup, threads, the error guard), also when the
+first request opens a page's URL directly: see ``apps.ui.through_explorer``.
 
 Checkpoint folders outside the zoo open only under the folder named by the environment
 variable ``WORKBENCH_MODELS_ROOT`` (``WORKBENCH_MODELS_ROOT=runs streamlit run
@@ -36,5 +41,5 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-with ui.guard(f"The {page.title} page failed"):  # a last safety net: a message, never a traceback
+with ui.entry(), ui.guard(f"The {page.title} page failed"):  # a last safety net: a message, never a traceback
     page.run()

@@ -59,6 +59,39 @@ def setup_threads() -> None:
     _THREADS_SET = True
 
 
+# ------------------------------------------------------------------ the entry script
+_ENTRY = threading.local()
+
+
+@contextmanager
+def entry():
+    """``apps/explorer.py`` runs the chosen page inside this block (after its page setup)."""
+    _ENTRY.active = True
+    try:
+        yield
+    finally:
+        _ENTRY.active = False
+
+
+def through_explorer() -> None:
+    """The first call of every page: make sure ``apps/explorer.py`` ran first.
+
+    ``apps/pages/`` sits next to the entry script, so Streamlit starts in its older pages-folder
+    mode and runs a page's file directly when the first request of a server (or of a test
+    session) opens that page's URL (``/reasoner?model=...``): the entry script's page setup,
+    threads and error guard would be skipped. The explorer's ``st.navigation`` turns that mode
+    off; here a page reached without the entry script turns it off too and reruns, so the
+    entry script runs and opens the same page with the same query parameters.
+    """
+    if getattr(_ENTRY, "active", False):
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:  # not when a page file is itself the main script
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # ------------------------------------------------------------ messages, not tracebacks
 class Refused(Exception):
     """An input was refused; its message is already on the page."""
@@ -373,3 +406,17 @@ def int_list(text: str, name: str) -> list[int]:
     if not values:
         raise ValueError(f"{name} is empty: enter integers like '0, 10, 40'")
     return values
+
+
+# ---------------------------------------------------------------------- views
+def view_picker(views: list[str], key: str, label: str = "View") -> str:
+    """The one view of a page that is shown, and the only one that computes.
+
+    A segmented control, not tabs: tabs run every tab's code on every rerun, hidden ones
+    included. The choice follows the page's link as ``?<key>=<view>`` (``/reasoner?reasoner_view=Attention``),
+    so every view is deep-linkable; an unknown value falls back to the first view.
+    """
+    if key in st.session_state and st.session_state[key] not in views:
+        del st.session_state[key]
+    chosen = st.segmented_control(label, views, default=views[0], required=True, key=key, bind="query-params")
+    return chosen if chosen in views else views[0]

@@ -47,6 +47,17 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
+def show(at: AppTest, key: str, view: str) -> AppTest:
+    """Choose the view a page shows (its segmented control ``key``) and rerun."""
+    return at.button_group(key=key).set_value(view).run()
+
+
+def widgets(at: AppTest) -> set[str]:
+    """The keys of the input widgets on the page now."""
+    lists = (at.selectbox, at.number_input, at.text_input, at.checkbox, at.radio, at.slider, at.multiselect)
+    return {w.key for widgets in lists for w in widgets if w.key}
+
+
 def charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
@@ -98,7 +109,7 @@ def test_model_picker_rejects_missing_and_wrong_models(tiny):
     at.text_input(key="reasoner_model_path").set_value("").run()
     assert not at.exception and not at.error and at.info
     at.text_input(key="reasoner_model_path").set_value(tiny["reasoner"]).run()
-    assert charts(ok(at)) == 4
+    assert charts(ok(at)) == 1
 
 
 # ---------------------------------------------------------------- reasoner
@@ -109,68 +120,114 @@ MALFORMED_PROBLEMS = [("", "empty problem"), ("20 = x_7; x_7 + x_9 = x_2", "neve
 
 def test_reasoner_page_edits(tiny):
     at = ok(open_page("reasoner", tiny["reasoner"]))
-    assert charts(at) == 4  # state table, attention, step lens, intervention
+    assert charts(at) == 1  # the state table: the one view shown is the one view computed
     for text, rule in MALFORMED_PROBLEMS:
         at.text_area[0].set_value(text).run()
         shows_error(at, "malformed", rule)
         assert charts(at) == 0
     at.text_area[0].set_value("20 = x_7; 3 = x_1; x_7 + x_1 = x_23; x_23 = x_5").run()
-    assert charts(ok(at)) == 4
+    assert charts(ok(at)) == 1
     at.number_input(key="reasoner_steps").set_value(2).run()
     at.checkbox(key="reasoner_operands").check().run()
+    show(at, "reasoner_view", "Attention")
     at.selectbox(key="reasoner_attn_step").set_value(1).run()
     at.selectbox(key="reasoner_attn_layer").set_value(1).run()
     at.selectbox(key="reasoner_attn_head").set_value(3).run()
     at.checkbox(key="reasoner_attn_marks").uncheck().run()
+    assert charts(ok(at)) == 1
+    show(at, "reasoner_view", "Step lens")
     at.selectbox(key="reasoner_lens_slot").set_value("x_23").run()
+    assert charts(ok(at)) == 1
+    show(at, "reasoner_view", "Intervention")
     at.selectbox(key="reasoner_edit_var").set_value(23).run()
     at.number_input(key="reasoner_edit_value").set_value(11).run()
     at.number_input(key="reasoner_edit_step").set_value(1).run()
     at.radio(key="reasoner_edit_where").set_value("every occurrence").run()
-    assert charts(ok(at)) == 4
+    assert charts(ok(at)) == 1
     at.number_input(key="reasoner_steps").set_value(0).run()  # back to the model's own number of steps
     at.number_input(key="reasoner_nodes").set_value(12).run()
     at.button(key="reasoner_sample").click().run()
-    assert charts(ok(at)) == 4 and at.text_area[0].value.count("=") == 12
+    assert charts(ok(at)) == 1 and at.text_area[0].value.count("=") == 12
+
+
+@pytest.mark.parametrize("page, key, views, charts_each", [
+    ("reasoner", "reasoner_view", ["State table", "Attention", "Step lens", "Intervention"], [1, 1, 1, 1]),
+    ("act", "act_view", ["Halting", "Ponder time vs difficulty", "Patch the halting logit"], [2, 1, 1]),
+    ("warp", "warp_view", ["Forecast", "theta_t (PCA)", "Root function", "Spectrum of A", "Physical parameters"],
+     [1, 1, 1, 1, 1])])
+def test_only_the_chosen_view_runs(tiny, page, key, views, charts_each):
+    """A model page runs the code of the view on screen only: the other views' widgets and figures
+    are absent, and their computations (attention, interventions, batches) are not run."""
+    own = {"reasoner": {"Attention": "reasoner_attn_step", "Step lens": "reasoner_lens_slot",
+                        "Intervention": "reasoner_edit_var", "State table": "reasoner_operands"},
+           "act": {"Ponder time vs difficulty": "act_batch_n", "Patch the halting logit": "act_patch_step"},
+           "warp": {"theta_t (PCA)": "warp_pca_k", "Root function": "warp_root_steps"}}[page]
+    at = ok(open_page(page, tiny[page]))
+    for view, n in zip(views, charts_each):
+        show(at, key, view)
+        assert at.button_group(key=key).value == view
+        assert charts(ok(at)) == n, view
+        present = widgets(at)
+        assert all((widget in present) == (v == view) for v, widget in own.items()), (view, present)
+
+
+def test_a_view_is_deep_linkable(tiny):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page("pages/reasoner.py")
+    at.query_params["model"] = tiny["reasoner"]
+    at.query_params["reasoner_view"] = "Step lens"
+    ok(at.run())
+    assert at.button_group(key="reasoner_view").value == "Step lens" and "reasoner_lens_slot" in widgets(at)
 
 
 # --------------------------------------------------------------------- ACT
 def test_act_page_edits(tiny):
     at = ok(open_page("act", tiny["act"]))
-    assert charts(at) == 4
+    assert charts(at) == 2  # the halting view: ponder steps and halting
     field = at.text_input(key=[w.key for w in at.text_input if w.key.startswith("act_text")][0])
     for text, rule in [("+0x000", "not an entry"), ("+0", "exactly 6"), ("", "exactly 6"), ("+0-0+0+", "more than 6")]:
         field.set_value(text).run()
         shows_error(at, "malformed", rule)
     field.set_value("+-00++").run()
     ok(at)
+    show(at, "act_view", "Patch the halting logit")
     at.selectbox(key="act_patch_step").set_value("every ponder step").run()
     at.slider(key="act_patch_offset").set_value(-30.0).run()
+    assert charts(ok(at)) == 1
+    show(at, "act_view", "Ponder time vs difficulty")
     at.number_input(key="act_batch_n").set_value(20).run()
     at.button(key="act_sample").click().run()
-    assert charts(ok(at)) == 4
+    assert charts(ok(at)) == 1
 
 
 # -------------------------------------------------------------------- WARP
 def test_warp_page_edits(tiny):
     at = ok(open_page("warp", tiny["warp"]))
-    assert charts(at) == 5  # forecast, PCA, root, spectrum, physical parameters
+    assert charts(at) == 1  # the forecast; PCA, root, spectrum, physical parameters one at a time
+    show(at, "warp_view", "Root function")
     for steps, rule in [("a, b", "not a list of integers"), ("", "empty"), ("3, 999", "out of range")]:
         at.text_input(key="warp_root_steps").set_value(steps).run()
         shows_error(at, "Root function", rule)
     at.text_input(key="warp_root_steps").set_value("0, 5, 30").run()
     at.number_input(key="warp_seed").set_value(3).run()
     at.number_input(key="warp_context").set_value(20).run()
+    assert charts(ok(at)) == 1
+    show(at, "warp_view", "theta_t (PCA)")
     at.radio(key="warp_pca_k").set_value(3).run()
-    assert charts(ok(at)) == 5
+    assert charts(ok(at)) == 1
+    for view in ("Spectrum of A", "Physical parameters"):
+        assert charts(ok(show(at, "warp_view", view))) == 1
 
 
 def test_warp_page_on_a_digit_model(tiny):
     at = ok(open_page("warp", tiny["warp-digits"]))
-    assert charts(at) == 4  # completion, PCA, root, spectrum (no physical parameters)
+    assert charts(at) == 1  # the completion
     at.number_input(key="warp_digit").set_value(7).run()
     at.number_input(key="warp_context").set_value(10).run()
-    assert charts(ok(at)) == 4
+    assert charts(ok(at)) == 1
+    show(at, "warp_view", "Physical parameters")
+    assert charts(ok(at)) == 0 and at.info  # no physical parameters: the view says so
 
 
 # -------------------------------------------------------------------- gain
@@ -226,3 +283,33 @@ def test_probing_and_codebook_pages_edits(tiny):
     at.number_input(key="codebook_k_act").set_value(3).run()
     at.selectbox(key="codebook_confusion_step").set_value(0).run()
     ok(at)
+
+
+@pytest.mark.parametrize("page", ["reasoner", "act", "patching", "home"])
+def test_a_page_always_runs_through_the_entry_script(tiny, page, monkeypatch):
+    """Streamlit's pages-folder mode would run ``apps/pages/<page>.py`` on its own for the first
+    request of a session that opens its URL; the page hands over to ``apps/explorer.py`` (page
+    setup, threads, the error guard) and is drawn from there, on the same page and link."""
+    seen = []
+    check = ui.through_explorer
+    monkeypatch.setattr(ui, "through_explorer", lambda: (seen.append(getattr(ui._ENTRY, "active", False)), check()))
+    at = open_page(page, tiny["reasoner"] if page != "home" and page != "act" else tiny.get(page))
+    ok(at)
+    assert seen and seen[-1] is True, seen
+    if page != "home":
+        assert at.query_params["model"] and charts(at) >= 1
+
+
+def test_home_links_every_zoo_model_to_its_page():
+    at = ok(open_page("home"))
+    table = at.dataframe[0].value
+    for name, link in zip(table["model"], table["page"]):
+        family = zoo.family_of(name)
+        if family in ("reasoner", "act", "warp", "gain"):
+            assert link == f"/{family}?model={name}"
+    linked = table.dropna(subset=["page"])
+    assert len(linked)
+    name = linked["model"].iloc[0]
+    page = linked["page"].iloc[0].split("?")[0].strip("/")
+    at = ok(open_page(page, name))  # the link opens that page on that model
+    assert at.selectbox(key=f"{page}_model_choice").value == name

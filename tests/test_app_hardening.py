@@ -103,7 +103,7 @@ def test_bad_zoo_entries_are_rows_on_home_and_other_pages_still_work(root, tmp_p
     at = no_traceback(open_page("home"))
     assert at.title[0].value == "Loop workbench" and len(at.dataframe[0].value) == len(table)
     at = no_traceback(open_page("act"))  # opens on the one good entry
-    assert not at.error and charts(at) == 4
+    assert not at.error and charts(at) == 2  # the halting view: ponder steps and halting
     text = errors(open_page("act", model="null"))  # a zoo name whose config is null: a message
     assert "Cannot open the model" in text and "expected a JSON object" in text
 
@@ -131,7 +131,7 @@ def test_folders_outside_the_root_are_refused(root, tmp_path, monkeypatch):
     assert ui.checked_folder(act) == (root / "act").resolve()
     assert ui.checked_folder("reasoner" if "reasoner" in models.zoo_names() else act)  # zoo names need no root
     at = open_page("act", model=act)
-    assert not errors(at) and charts(at) == 4
+    assert not errors(at) and charts(at) == 2  # the halting view
 
 
 # ------------------------------------------------------------------- numbers
@@ -140,7 +140,7 @@ def test_out_of_range_numbers_are_refused_with_their_range(allowed):
     at = open_page("reasoner", model=model, steps=999)
     text = errors(at)
     assert "?steps=999" in text and "Steps: 999 is out of range; allowed 0..16" in text
-    assert at.number_input(key="reasoner_steps").value == 0 and charts(at) == 4  # the default, said so
+    assert at.number_input(key="reasoner_steps").value == 0 and charts(at) == 1  # the default, said so
     at = open_page("reasoner", model=model, nodes="abc", step=3)
     assert "Nodes: 'abc' is not a whole number; allowed 2..128" in errors(at)
     assert "?step=" in at.warning[0].value and "?steps=" in at.warning[0].value  # a misspelt parameter
@@ -148,6 +148,7 @@ def test_out_of_range_numbers_are_refused_with_their_range(allowed):
     assert not errors(at) and at.number_input(key="reasoner_steps").value == 3
     assert at.number_input(key="reasoner_nodes").value == 12
 
+    at.button_group(key="reasoner_view").set_value("Intervention").run()  # the view with the "Value" field
     for key, value, words in [("reasoner_steps", 17, "Steps: 17 is out of range; allowed 0..16"),
                               ("reasoner_steps", -1, "Steps: -1 is out of range; allowed 0..16"),
                               ("reasoner_edit_value", 23, "Value: 23 is out of range; allowed 0..22")]:
@@ -160,13 +161,14 @@ def test_out_of_range_numbers_are_refused_with_their_range(allowed):
 
 def test_out_of_range_numbers_on_other_pages(allowed):
     at = open_page("warp", model=allowed / "warp", context=32)
-    assert "Context (values given): 32 is out of range; allowed 1..31" in errors(at) and charts(at) == 5
+    assert "Context (values given): 32 is out of range; allowed 1..31" in errors(at) and charts(at) == 1
     at.number_input(key="warp_context").set_value(0).run()
     assert "allowed 1..31" in errors(at) and charts(at) == 0
     at = open_page("act", model=allowed / "act")
+    at.button_group(key="act_view").set_value("Ponder time vs difficulty").run()
     at.number_input(key="act_batch_n").set_value(5001).run()
     assert "Fresh problems: 5001 is out of range; allowed 1..5000" in errors(at)
-    assert charts(at) == 3  # only the batch tab is refused
+    assert charts(at) == 0  # the batch view, the one shown, is refused
     at = open_page("codebook", model=allowed / "act", k=1)
     assert "Clusters k: 1 is out of range; allowed 2..256" in errors(at)
 

@@ -38,6 +38,12 @@ _AXIS = {"step": "step t (steps.{t})", "time": "time step t (time.{t})", "ponder
          "layer": "layer l (blocks.{l})", "pos": "position", "head": "head"}
 
 
+def legend_below(fig: go.Figure, y: float = -0.2) -> go.Figure:
+    """Put the legend in a row under the plot: clear of the title above and of colour bars on the right."""
+    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=y, xanchor="left", x=0),
+                             margin=dict(b=110))
+
+
 def axis_title(col: str) -> str:
     """The axis title of an index column: loop indices say which hook index they are."""
     return _AXIS.get(col, col)
@@ -81,7 +87,17 @@ def for_result(result, value: str, **kwargs) -> go.Figure:
         return probe_map(result.df, **kwargs)
     if result.kind == "codebook":
         return codebook_figure(result, **kwargs)
+    if result.kind in DYNAMICS_KINDS:  # the loop-dynamics lab: its builders live with the analyses
+        from workbench import dynamics
+
+        return getattr(dynamics, DYNAMICS_KINDS[result.kind])(result, value=value, **kwargs)
     raise ValueError(f"no figure for result kind {result.kind!r}")
+
+
+# result kind of workbench.dynamics -> its figure builder there
+DYNAMICS_KINDS = {"iteration_lens": "lens_figure", "convergence": "convergence_figure",
+                  "probe_transfer": "transfer_figure", "basin": "basin_figure",
+                  "fixed_points": "fixed_points_figure"}
 
 
 # ------------------------------------------------------------------ sites
@@ -177,9 +193,13 @@ def compare(exact: pd.DataFrame, approx: pd.DataFrame, value: str = "score") -> 
 # ---------------------------------------------------------------- probes
 def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     """Left: probe score (solid) and control-task score (dotted) vs loop step, one line per
-    layer / component. Right: score vs selectivity, one point per site."""
+    layer / component. Right: score vs selectivity, one point per site.
+
+    The x axis is the outermost loop index that varies: an ACT model probed at one input step
+    (``time.0.ponder.{n}``) is drawn against the ponder step n, not stacked at t = 0."""
     metric = metric or ("accuracy" if "accuracy" in df else "r2")
-    y = next((c for c in _OUTER if _present(df, c)), None)
+    loops = [c for c in (*_OUTER, "ponder") if _present(df, c)]
+    y = next((c for c in loops if df[c].nunique() > 1), loops[0] if loops else None)
     df = df.copy()
     group_cols = [c for c in ("target", "component", "layer") if _present(df, c)]
     df["series"] = df[group_cols].apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v))).agg(
@@ -216,9 +236,12 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
         fig.add_hline(y=float(df["chance"].mean()), line_dash="dash", line_color="grey", row=1, col=1,
                       annotation_text="chance")
     fig.update_xaxes(title_text=axis_title(y) if y else "site", row=1, col=1)
+    if y:
+        fig.update_xaxes(dtick=1, tick0=0, row=1, col=1)  # whole loop steps only
     fig.update_xaxes(title_text="selectivity (probe - control; R² clamped at 0)", row=1, col=2)
     fig.update_yaxes(title_text=metric, row=1, col=1)
-    return fig.update_layout(title="Linear probes", height=450)
+    fig.update_yaxes(title_text=metric, row=1, col=2)
+    return legend_below(fig.update_layout(title="Linear probes", height=480), y=-0.22)
 
 
 # --------------------------------------------------------------- codebook

@@ -8,16 +8,20 @@ from apps import ui
 from apps.adapters import act as aa
 from apps.views import act as views
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("Adaptive Computation Time RNN")
 st.caption("At every input step the RNN updates its state a variable number of times (ponders) until the "
            "cumulative halting probability reaches 1 - eps. Edit an input, watch it halt, and patch the "
            "halting logit.")
 
-ui.query_names("seed", "problems")
+ui.query_names("seed", "problems", "act_view")
 picked = ui.pick_model(("act",), key="act_model")
 if picked is None:
     st.stop()
 model, cfg = picked.model, picked.model.cfg
+
+VIEWS = ["Halting", "Ponder time vs difficulty", "Patch the halting logit"]  # one is shown and computed at a time
 
 # ------------------------------------------------------------------ the input
 text_key = f"act_text::{picked.key}"
@@ -59,40 +63,44 @@ with ui.guard("Running the model"):
     c2.metric("mean ponder time N(t)", f"{steps['N'].mean():.2f}")
     c3.metric("answers right", f"{int(steps['correct'].sum())} / {len(steps)}")
 
-    halt_tab, batch_tab, patch_tab = st.tabs(["Halting", "Ponder time vs difficulty", "Patch the halting logit"])
+    view = ui.view_picker(VIEWS, key="act_view")
 
-    with halt_tab, ui.guard("Halting"):
-        st.plotly_chart(views.ponder_steps_figure(steps), key="ponder_steps")
-        trace = aa.trace(model, x)
-        if not cfg.act:
-            st.info("ACT is off for this model (a fixed number of state updates per input): there is no halting "
-                    "probability, only the weight p of the step that is used.")
-        st.plotly_chart(views.halting_figure(trace), key="halting")
-        ui.download_csv(trace, "act_halting.csv", key="halting_csv")
+    if view == "Halting":
+        with ui.guard("Halting"):
+            st.plotly_chart(views.ponder_steps_figure(steps), key="ponder_steps")
+            trace = aa.trace(model, x)
+            if not cfg.act:
+                st.info("ACT is off for this model (a fixed number of state updates per input): there is no halting "
+                        "probability, only the weight p of the step that is used.")
+            st.plotly_chart(views.halting_figure(trace), key="halting")
+            ui.download_csv(trace, "act_halting.csv", key="halting_csv")
 
-    with batch_tab, ui.guard("Ponder time vs difficulty"):
-        b1, b2, b3 = st.columns(3)
-        n = ui.number("Fresh problems", where=b1, lo=1, hi=5000, value=200, step=50, key="act_batch_n",
-                      query="problems")
-        by = b2.selectbox("Difficulty", aa.difficulties(model), key="act_batch_by")
-        seed = ui.number("Seed", where=b3, lo=0, hi=ui.SEED_MAX, value=1, key="act_batch_seed")
-        ui.need(n, seed)
-        with st.spinner("Evaluating fresh problems…"):
-            table = aa.ponder_vs_difficulty(model, int(n), int(seed), by)
-        st.plotly_chart(views.ponder_difficulty_figure(table.assign(model=picked.name), by), key="difficulty")
-        ui.download_csv(table, "act_ponder_by.csv", key="difficulty_csv")
+    if view == "Ponder time vs difficulty":
+        with ui.guard("Ponder time vs difficulty"):
+            b1, b2, b3 = st.columns(3)
+            n = ui.number("Fresh problems", where=b1, lo=1, hi=5000, value=200, step=50, key="act_batch_n",
+                          query="problems")
+            by = b2.selectbox("Difficulty", aa.difficulties(model), key="act_batch_by")
+            seed = ui.number("Seed", where=b3, lo=0, hi=ui.SEED_MAX, value=1, key="act_batch_seed")
+            ui.need(n, seed)
+            with st.spinner("Evaluating fresh problems…"):
+                table = aa.ponder_vs_difficulty(model, int(n), int(seed), by)
+            st.plotly_chart(views.ponder_difficulty_figure(table.assign(model=picked.name), by), key="difficulty")
+            ui.download_csv(table, "act_ponder_by.csv", key="difficulty_csv")
 
-    with patch_tab, ui.guard("Patching the halting logit"):
-        if not cfg.act:
-            st.info("ACT is off for this model: the halting unit is not used, so patching it changes nothing.")
-        p1, p2 = st.columns(2)
-        where = p1.selectbox("Ponder step", ["every ponder step"] + list(range(cfg.max_ponder)), index=1,
-                             key="act_patch_step", help="ponder steps counted from 0 (hook time.{t}.ponder.{n})")
-        offset = p2.slider("Add to the halting logit", min_value=-30.0, max_value=30.0, value=20.0, step=0.5,
-                           key="act_patch_offset", help="large positive: halt here; large negative: keep pondering")
-        hooks = aa.halt_patch(None if where == "every ponder step" else int(where), offset, cfg.max_ponder)
-        patched_steps = aa.per_step(model, x, hooks)
-        st.plotly_chart(views.halting_compare_figure(trace, aa.trace(model, x, hooks)), key="halting_compare")
-        compare = steps[["t", "item", "N", "prediction", "target"]].merge(
-            patched_steps[["t", "N", "prediction"]], on="t", suffixes=("", " patched"))
-        st.dataframe(compare, hide_index=True)
+    if view == "Patch the halting logit":
+        with ui.guard("Patching the halting logit"):
+            if not cfg.act:
+                st.info("ACT is off for this model: the halting unit is not used, so patching it changes nothing.")
+            p1, p2 = st.columns(2)
+            where = p1.selectbox("Ponder step", ["every ponder step"] + list(range(cfg.max_ponder)), index=1,
+                                 key="act_patch_step", help="ponder steps counted from 0 (hook time.{t}.ponder.{n})")
+            offset = p2.slider("Add to the halting logit", min_value=-30.0, max_value=30.0, value=20.0, step=0.5,
+                               key="act_patch_offset", help="large positive: halt here; large negative: keep pondering")
+            hooks = aa.halt_patch(None if where == "every ponder step" else int(where), offset, cfg.max_ponder)
+            patched_steps = aa.per_step(model, x, hooks)
+            compared = views.halting_compare_figure(aa.trace(model, x), aa.trace(model, x, hooks))
+            st.plotly_chart(compared, key="halting_compare")
+            compare = steps[["t", "item", "N", "prediction", "target"]].merge(
+                patched_steps[["t", "N", "prediction"]], on="t", suffixes=("", " patched"))
+            st.dataframe(compare, hide_index=True)

@@ -8,6 +8,8 @@ from apps import ui, zoo
 from apps.adapters import analysis as an
 from workbench.figures import CODEBOOK_VIEWS, codebook_figure
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("Codebook analysis")
 st.caption("Per loop step: codes used, perplexity, dead codes, accuracy of the decoded code against the exact "
            "algorithm, the embeddings' geometry and the distance of the latents from the codebook. ACT and WARP "

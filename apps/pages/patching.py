@@ -10,6 +10,8 @@ from apps.views.analysis import AGGREGATES, loop_grid_figure, top_sites_figure
 from models import registry
 from workbench.figures import site_map
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("Activation patching")
 st.caption("Run a corrupted input, write the clean activation into one site, and measure how much of the clean "
            "behaviour comes back: score 0 = as corrupted, 1 = as clean. Attribution patching estimates the same "

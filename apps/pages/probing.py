@@ -9,6 +9,8 @@ from apps.adapters import analysis as an
 from apps.views.analysis import loop_grid_figure
 from workbench.figures import probe_map
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("Linear probes")
 st.caption("Cache activations at every loop step, fit one linear probe per site on a held-out split, and compare "
            "with a control task of random labels: high selectivity means the feature is readable there.")

@@ -8,12 +8,14 @@ from apps import ui
 from apps.adapters import reasoner as ar
 from apps.views import reasoner as views
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("Recursive latent reasoner")
 st.caption("One shared transformer block applied step after step; after every step a discrete bottleneck "
            "decodes each token's value and feeds it back. Type or sample a graph-arithmetic problem and watch "
            "the variables fill in.")
 
-ui.query_names("nodes", "seed", "steps")
+ui.query_names("nodes", "seed", "steps", "reasoner_view")
 picked = ui.pick_model(("reasoner",), key="reasoner_model")
 if picked is None:
     st.stop()
@@ -30,6 +32,8 @@ def _rollout(key: str, text: str, steps: int, _model) -> ar.Rollout:
 def _lens(key: str, text: str, steps: int, _model):
     return ar.step_lens(_model, ar.parse_problem(_model, text), steps)
 
+
+VIEWS = ["State table", "Attention", "Step lens", "Intervention"]  # one is shown and computed at a time
 
 # ------------------------------------------------------------------ the problem
 text_key = f"reasoner_text::{picked.key}"
@@ -84,66 +88,69 @@ with ui.guard("Running the model"):
     c3.metric("node accuracy", f"{summary['node_accuracy']:.2f}")
     c4.metric("fully solved", "yes" if summary["fully_solved"] else "no")
 
-    state_tab, attn_tab, lens_tab, edit_tab = st.tabs(["State table", "Attention", "Step lens", "Intervention"])
+    view = ui.view_picker(VIEWS, key="reasoner_view")
 
-    with state_tab, ui.guard("State table"):
-        operands = st.checkbox("Also show operand slots (filled by one-hop lookups)", key="reasoner_operands",
-                               disabled=cfg.scheme != "one_hop")
-        table = ar.state_table(ro, operands=operands)
-        st.plotly_chart(views.state_table_figure(table), key="state_table")
-        ui.download_csv(table, "reasoner_state.csv", key="state_csv")
+    if view == "State table":
+        with ui.guard("State table"):
+            operands = st.checkbox("Also show operand slots (filled by one-hop lookups)", key="reasoner_operands",
+                                   disabled=cfg.scheme != "one_hop")
+            table = ar.state_table(ro, operands=operands)
+            st.plotly_chart(views.state_table_figure(table), key="state_table")
+            ui.download_csv(table, "reasoner_state.csv", key="state_csv")
 
-    with attn_tab, ui.guard("Attention"):
-        a1, a2, a3 = st.columns(3)
-        step = a1.selectbox("Step t", list(range(ro.steps)), key="reasoner_attn_step",
-                            help="hooks steps.{t}: the step that produces the table's column t")
-        layer = a2.selectbox("Layer", list(range(cfg.n_layers)), key="reasoner_attn_layer")
-        head = a3.selectbox("Head", ["mean over heads"] + list(range(cfg.n_heads)), key="reasoner_attn_head")
-        mark = st.checkbox("Mark where the exact algorithm reads (operand and definition positions)", value=True,
-                           key="reasoner_attn_marks")
-        with st.spinner("Reading the attention pattern…"):
-            pattern = ar.attention(model, problem, ro.steps, step, layer)
-        shown = pattern.mean(0) if head == "mean over heads" else pattern[int(head)]
-        st.plotly_chart(views.attention_figure(
-            shown, ar.token_labels(ro.enc, cfg.modulus), ar.reads(ro.enc) if mark else None,
-            title=f"Attention at step {step}, layer {layer}, {head if isinstance(head, str) else f'head {head}'}"),
-            key="attention")
+    if view == "Attention":
+        with ui.guard("Attention"):
+            a1, a2, a3 = st.columns(3)
+            step = a1.selectbox("Step t", list(range(ro.steps)), key="reasoner_attn_step",
+                                help="hooks steps.{t}: the step that produces the table's column t")
+            layer = a2.selectbox("Layer", list(range(cfg.n_layers)), key="reasoner_attn_layer")
+            head = a3.selectbox("Head", ["mean over heads"] + list(range(cfg.n_heads)), key="reasoner_attn_head")
+            mark = st.checkbox("Mark where the exact algorithm reads (operand and definition positions)", value=True,
+                               key="reasoner_attn_marks")
+            with st.spinner("Reading the attention pattern…"):
+                pattern = ar.attention(model, problem, ro.steps, step, layer)
+            shown = pattern.mean(0) if head == "mean over heads" else pattern[int(head)]
+            st.plotly_chart(views.attention_figure(
+                shown, ar.token_labels(ro.enc, cfg.modulus), ar.reads(ro.enc) if mark else None,
+                title=f"Attention at step {step}, layer {layer}, {head if isinstance(head, str) else f'head {head}'}"),
+                key="attention")
 
-    with lens_tab, ui.guard("Step lens"):
-        with st.spinner("Decoding every layer of every step…"):
-            lens = _lens(picked.key, text, ro.steps, model)
-        slots = list(dict.fromkeys(lens["slot"]))
-        deepest = problem.equations[max(range(problem.n_nodes), key=lambda i: problem.depths[i])].target
-        slot = st.selectbox("Variable", slots, index=slots.index(f"x_{deepest}") if f"x_{deepest}" in slots else 0,
-                            key="reasoner_lens_slot")
-        st.plotly_chart(views.step_lens_figure(lens[lens.slot == slot], ar.lens_overview(lens), slot=slot),
-                        key="step_lens")
-        ui.download_csv(lens, "reasoner_step_lens.csv", key="lens_csv")
+    if view == "Step lens":
+        with ui.guard("Step lens"):
+            with st.spinner("Decoding every layer of every step…"):
+                lens = _lens(picked.key, text, ro.steps, model)
+            slots = list(dict.fromkeys(lens["slot"]))
+            deepest = problem.equations[max(range(problem.n_nodes), key=lambda i: problem.depths[i])].target
+            slot = st.selectbox("Variable", slots, index=slots.index(f"x_{deepest}") if f"x_{deepest}" in slots else 0,
+                                key="reasoner_lens_slot")
+            st.plotly_chart(views.step_lens_figure(lens[lens.slot == slot], ar.lens_overview(lens), slot=slot),
+                            key="step_lens")
+            ui.download_csv(lens, "reasoner_step_lens.csv", key="lens_csv")
 
-    with edit_tab, ui.guard("Intervention"):
-        st.write("Set a variable to a value after a step (through `steps.{t}.bottleneck.hook_codes`) and watch "
-                 "the later steps change.")
-        if cfg.latent != "discrete":
-            st.warning("This model feeds its residual stream back, not the codes: a code set here changes only "
-                       "that step's output, not the later steps.")
-        variables = [e.target for e in problem.equations]
-        e1, e2, e3, e4 = st.columns(4)
-        var = e1.selectbox("Variable", variables, format_func=lambda v: f"x_{v}", key="reasoner_edit_var")
-        value = ui.number("Value", where=e2, lo=0, hi=cfg.modulus - 1, value=0, key="reasoner_edit_value")
-        at = ui.number("At step t", where=e3, lo=0, hi=max(0, ro.steps - 1), value=0, key="reasoner_edit_step",
-                       help="written into the codes step t outputs (steps.{t}.bottleneck.hook_codes): "
-                            "the table's column t")
-        where = e4.radio("Write at", ar.WHERE, key="reasoner_edit_where")
-        ui.need(value, at)
-        with st.spinner("Running with the intervention…"):
-            edited = ar.intervene(model, problem, ro.steps, int(var), int(value), int(at), where)
-        before, after = ar.state_table(ro), ar.state_table(edited)
-        changed = ar.changed_cells(before, after)
-        new = edited.summary()
-        st.write(f"{len(changed)} cell(s) changed; node accuracy {summary['node_accuracy']:.2f} -> "
-                 f"{new['node_accuracy']:.2f}, fully solved {summary['fully_solved']} -> {new['fully_solved']}.")
-        st.plotly_chart(views.state_table_figure(after, changed, title=f"After setting x_{var} = {value} at step {at} "
-                                                                        "(outlined: changed cells)"),
-                        key="intervention")
-        if len(changed):
-            st.dataframe(changed, hide_index=True)
+    if view == "Intervention":
+        with ui.guard("Intervention"):
+            st.write("Set a variable to a value after a step (through `steps.{t}.bottleneck.hook_codes`) and watch "
+                     "the later steps change.")
+            if cfg.latent != "discrete":
+                st.warning("This model feeds its residual stream back, not the codes: a code set here changes only "
+                           "that step's output, not the later steps.")
+            variables = [e.target for e in problem.equations]
+            e1, e2, e3, e4 = st.columns(4)
+            var = e1.selectbox("Variable", variables, format_func=lambda v: f"x_{v}", key="reasoner_edit_var")
+            value = ui.number("Value", where=e2, lo=0, hi=cfg.modulus - 1, value=0, key="reasoner_edit_value")
+            at = ui.number("At step t", where=e3, lo=0, hi=max(0, ro.steps - 1), value=0, key="reasoner_edit_step",
+                           help="written into the codes step t outputs (steps.{t}.bottleneck.hook_codes): "
+                                "the table's column t")
+            where = e4.radio("Write at", ar.WHERE, key="reasoner_edit_where")
+            ui.need(value, at)
+            with st.spinner("Running with the intervention…"):
+                edited = ar.intervene(model, problem, ro.steps, int(var), int(value), int(at), where)
+            before, after = ar.state_table(ro), ar.state_table(edited)
+            changed = ar.changed_cells(before, after)
+            new = edited.summary()
+            st.write(f"{len(changed)} cell(s) changed; node accuracy {summary['node_accuracy']:.2f} -> "
+                     f"{new['node_accuracy']:.2f}, fully solved {summary['fully_solved']} -> {new['fully_solved']}.")
+            title = f"After setting x_{var} = {value} at step {at} (outlined: changed cells)"
+            st.plotly_chart(views.state_table_figure(after, changed, title=title), key="intervention")
+            if len(changed):
+                st.dataframe(changed, hide_index=True)

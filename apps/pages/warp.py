@@ -10,12 +10,14 @@ from apps.adapters import warp as aw
 from apps.views import warp as views
 from workbench.tasks import dynamics as dy
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("WARP: weight-space linear RNN")
 st.caption("The hidden state theta_t is the weight vector of a small root network, updated linearly by input "
            "differences: theta_t = A theta_{t-1} + B (u_t - u_{t-1}). Sample a trajectory, forecast it from its "
            "context, and look at theta_t and the root network it encodes.")
 
-ui.query_names("digit", "seed", "context")
+ui.query_names("digit", "seed", "context", "warp_view")
 picked = ui.pick_model(("warp",), key="warp_model")
 if picked is None:
     st.stop()
@@ -70,52 +72,58 @@ with ui.guard("Forecasting"):
         st.markdown(f"`{task.spec.description}` with " + ", ".join(f"{k} = {v:.3g}" for k, v in run.params.items()))
     taus = aw.taus(model, len(run.thetas))
 
-    tabs = st.tabs(["Completion" if digits else "Forecast", "theta_t (PCA)", "Root function", "Spectrum of A",
-                    "Physical parameters"])
-    with tabs[0], ui.guard("Forecast"):
-        if run.forecast is None:
-            st.info("This model only classifies: it has no regression head to complete the sequence.")
-        elif digits:
-            st.plotly_chart(views.digits_figure(run.truth[:, 0], run.forecast[:, 0], int(context),
-                                                title=f"Completing a {run.label}"), key="digit")
-        else:
-            # only forecasters of the same system can share the trajectory
-            same = [n for n in zoo.names_of("warp", "gru")
-                    if n != picked.name and zoo.config_of(n).get("task", {}).get("system") == task.system]
-            extra = st.multiselect("Compare with", same, key="warp_compare",
-                                   help="other shipped forecasters of the same system (WARP, WARP-Phys, GRU)")
-            forecasts = {picked.name: run.forecast}
-            for name in extra:
-                forecasts[name] = aw.forecast_run(ui.load(name)[0], traj, int(context)).forecast
-            st.plotly_chart(views.forecast_figure(run.times, run.truth, forecasts, int(context), run.state_names),
-                            key="forecast")
+    first = "Completion" if digits else "Forecast"
+    view = ui.view_picker([first, "theta_t (PCA)", "Root function", "Spectrum of A", "Physical parameters"],
+                          key="warp_view")  # one view is shown and computed at a time
+    if view == first:
+        with ui.guard("Forecast"):
+            if run.forecast is None:
+                st.info("This model only classifies: it has no regression head to complete the sequence.")
+            elif digits:
+                st.plotly_chart(views.digits_figure(run.truth[:, 0], run.forecast[:, 0], int(context),
+                                                    title=f"Completing a {run.label}"), key="digit")
+            else:
+                # only forecasters of the same system can share the trajectory
+                same = [n for n in zoo.names_of("warp", "gru")
+                        if n != picked.name and zoo.config_of(n).get("task", {}).get("system") == task.system]
+                extra = st.multiselect("Compare with", same, key="warp_compare",
+                                       help="other shipped forecasters of the same system (WARP, WARP-Phys, GRU)")
+                forecasts = {picked.name: run.forecast}
+                for name in extra:
+                    forecasts[name] = aw.forecast_run(ui.load(name)[0], traj, int(context)).forecast
+                st.plotly_chart(views.forecast_figure(run.times, run.truth, forecasts, int(context), run.state_names),
+                                key="forecast")
 
-    with tabs[1], ui.guard("theta_t"):
-        k = st.radio("Components", [2, 3], horizontal=True, key="warp_pca_k")
-        coords, explained = aw.pca(run, k=int(k))
-        st.plotly_chart(views.theta_pca_figure(coords, taus, explained, context=int(context)), key="theta_pca")
+    if view == "theta_t (PCA)":
+        with ui.guard("theta_t"):
+            k = st.radio("Components", [2, 3], horizontal=True, key="warp_pca_k")
+            coords, explained = aw.pca(run, k=int(k))
+            st.plotly_chart(views.theta_pca_figure(coords, taus, explained, context=int(context)), key="theta_pca")
 
-    with tabs[2], ui.guard("Root function"):
-        T = len(run.thetas)
-        default = ", ".join(str(s) for s in sorted({0, int(context) - 1, T // 2, T - 1}))
-        chosen = ui.text("Steps (comma-separated)", limit=1000, value=default, key="warp_root_steps",
-                         help=f"steps 0..{T - 1}; each step's root network is queried over tau in [0, 1]")
-        ui.need(chosen)
-        curves, marks = aw.root_curves(model, run, ui.int_list(chosen, "Steps"))
-        st.plotly_chart(views.root_functions_figure(curves, marks), key="root")
+    if view == "Root function":
+        with ui.guard("Root function"):
+            T = len(run.thetas)
+            default = ", ".join(str(s) for s in sorted({0, int(context) - 1, T // 2, T - 1}))
+            chosen = ui.text("Steps (comma-separated)", limit=1000, value=default, key="warp_root_steps",
+                             help=f"steps 0..{T - 1}; each step's root network is queried over tau in [0, 1]")
+            ui.need(chosen)
+            curves, marks = aw.root_curves(model, run, ui.int_list(chosen, "Steps"))
+            st.plotly_chart(views.root_functions_figure(curves, marks), key="root")
 
-    with tabs[3], ui.guard("Spectrum"):
-        st.plotly_chart(views.spectrum_figure(_spectrum(picked.key, model)), key="spectrum")
+    if view == "Spectrum of A":
+        with ui.guard("Spectrum"):
+            st.plotly_chart(views.spectrum_figure(_spectrum(picked.key, model)), key="spectrum")
 
-    with tabs[4], ui.guard("Physical parameters"):
-        names = aw.phys_names(model)
-        if not names or run.phys is None:
-            st.info("This model is plain WARP: its root predicts the next value directly. WARP-Phys models "
-                    "(physics='sine' or 'msd') read physical parameters from theta_t.")
-        else:
-            truth = {k: v for k, v in run.params.items() if k in names}
-            st.plotly_chart(views.phys_params_figure(taus, run.phys, names, truth=truth,
-                                                     context_tau=float(taus[int(context) - 1])), key="phys")
+    if view == "Physical parameters":
+        with ui.guard("Physical parameters"):
+            names = aw.phys_names(model)
+            if not names or run.phys is None:
+                st.info("This model is plain WARP: its root predicts the next value directly. WARP-Phys models "
+                        "(physics='sine' or 'msd') read physical parameters from theta_t.")
+            else:
+                truth = {k: v for k, v in run.params.items() if k in names}
+                st.plotly_chart(views.phys_params_figure(taus, run.phys, names, truth=truth,
+                                                         context_tau=float(taus[int(context) - 1])), key="phys")
 
 st.caption(f"Systems: {', '.join(f'{s.name} ({s.description})' for s in dy.SYSTEMS.values())}; "
-           "digits: scikit-learn's 8x8 digits as 64-pixel sequences.")
+               "digits: scikit-learn's 8x8 digits as 64-pixel sequences.")

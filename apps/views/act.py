@@ -14,6 +14,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.figures import legend_below
+
 
 def ponder_difficulty_figure(table: pd.DataFrame, by: str, title: str | None = None) -> go.Figure:
     """Mean ponder time (±1 std) and error against a difficulty, one line per model.
@@ -35,7 +37,7 @@ def ponder_difficulty_figure(table: pd.DataFrame, by: str, title: str | None = N
     fig.update_yaxes(title_text="mean N(t)", row=1, col=1)
     fig.update_yaxes(title_text="error", range=[-0.02, 1.02], row=1, col=2)
     fig.update_layout(title=title or f"Ponder time against {by.replace('_', ' ')}")
-    return fig
+    return legend_below(fig)
 
 
 def tau_sweep_figure(table: pd.DataFrame, title: str = "Time penalty sweep") -> go.Figure:
@@ -101,7 +103,7 @@ def halting_figure(trace: pd.DataFrame, title: str = "Halting at every ponder st
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
     fig.update_yaxes(title_text="probability", row=1, col=1)
     fig.update_layout(title=title, barmode="overlay")
-    return fig
+    return legend_below(fig)
 
 
 def ponder_sequence_figure(steps: pd.DataFrame, label: str = "digits", title: str = "Ponder time along a sequence"
@@ -131,7 +133,8 @@ def ponder_steps_figure(steps: pd.DataFrame, title: str = "Ponder time per input
                            hovertemplate="t=%{x}: input %{customdata[0]}<br>N(t)=%{y}, R(t)=%{customdata[3]}"
                                          "<br>answer %{customdata[1]} (true %{customdata[2]})<extra></extra>"))
     fig.update_layout(title=title + " (green: right answer, red: wrong)", xaxis_title="input step t",
-                      yaxis_title="ponder steps N(t)", xaxis=dict(dtick=1), yaxis=dict(rangemode="tozero"))
+                      yaxis_title="ponder steps N(t)", xaxis=dict(type="category"),  # one step: one tick, not -0.4..0.4
+                      yaxis=dict(rangemode="tozero", dtick=1 if steps["N"].max() <= 12 else None))
     return fig
 
 
@@ -161,7 +164,7 @@ def halting_compare_figure(clean: pd.DataFrame, patched: pd.DataFrame,
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
     fig.update_yaxes(title_text="cumulative h" if column == "cum_halt" else "weight p", row=1, col=1)
     fig.update_layout(title=title)
-    return fig
+    return legend_below(fig)
 
 
 def _first_n(trace: pd.DataFrame, t: int) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import MISSING_COLOR, missing, reasons
+from workbench.figures import MISSING_COLOR, legend_below, missing, reasons
 
 _ROWS = ("step", "time")  # the outer (recurrent) loop goes down
 _COLS = ("layer", "ponder", "head", "pos")  # the first finer index present goes across
@@ -77,12 +77,12 @@ def loop_grid_figure(df: pd.DataFrame, value: str, agg: str = "max |value|", tit
                                                    "<extra></extra>"), row=1, col=i)
             shown = True
         fig.update_xaxes(title_text=x, row=1, col=i)  # loop indices as in the hook names (step t = steps.{t})
-        fig.update_yaxes(title_text=y, autorange="reversed", row=1, col=i)
+        fig.update_yaxes(title_text=y, autorange="reversed", type="category", row=1, col=i)
     left = f" [grey: {', '.join(f'{n} {k}' for k, n in gone.items())} of {len(df)} sites]" if gone else ""
     fig.update_layout(title=(title or f"{value} by {y} and {x} ({agg} over the other indices)") + left,
                       coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-lim, cmax=lim, colorbar_title=value),
                       height=max(350, 22 * d[y].nunique() + 200))
-    return fig
+    return legend_below(fig) if shown else fig
 
 
 def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | None = None) -> go.Figure:

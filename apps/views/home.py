@@ -7,8 +7,30 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 
+LOWER_BETTER = ("error", "mse", "loss", "perplexity")
+HIGHER_BETTER = ("accuracy", "solved", "acc", "score")
+
+
+def direction(metric: str) -> str:
+    """'lower is better', 'higher is better' or '' (unknown) for a headline metric's name."""
+    m = metric.lower()
+    if any(w in m for w in LOWER_BETTER):
+        return "lower is better"
+    if any(w in m for w in HIGHER_BETTER):
+        return "higher is better"
+    return ""
+
+
+def _panel_title(metric: str) -> str:
+    d = direction(metric)
+    return f"{metric} ({d})" if d else metric
+
+
 def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every shipped model") -> go.Figure:
     """One horizontal bar per model, one panel per headline metric (error, forecast MSE, ...).
+
+    Panels are grouped, lower-is-better metrics first, then higher-is-better, then the rest, and
+    each panel's title says which way is better: no axis mixes the two.
 
     table: ``apps.zoo.zoo_table`` rows (model, family, metric, value); rows without a number
     are left out.
@@ -17,11 +39,13 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
     df = df[df["metric"] != ""]
     if df.empty:
         raise ValueError("no model in the table has a headline number")
-    metrics = list(dict.fromkeys(df["metric"]))
+    order = {"lower is better": 0, "higher is better": 1, "": 2}
+    metrics = sorted(dict.fromkeys(df["metric"]), key=lambda m: order[direction(m)])
     bars = [int((df["metric"] == m).sum()) for m in metrics]
     gap = 110  # pixels between panels: ticks and axis title of one, the title of the next
     height = 160 + sum(26 * b + 20 for b in bars) + gap * (len(metrics) - 1)
-    fig = make_subplots(rows=len(metrics), cols=1, subplot_titles=metrics, row_heights=[26 * b + 20 for b in bars],
+    fig = make_subplots(rows=len(metrics), cols=1, subplot_titles=[_panel_title(m) for m in metrics],
+                        row_heights=[26 * b + 20 for b in bars],
                         vertical_spacing=gap / (height - 160) if len(metrics) > 1 else 0.0)
     for i, metric in enumerate(metrics, start=1):
         g = df[df["metric"] == metric]
@@ -29,7 +53,7 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
                              customdata=g["family"], text=[f"{v:.3g}" for v in g["value"]], textposition="auto",
                              hovertemplate="%{y} (%{customdata})<br>" + metric + " = %{x:.4g}<extra></extra>"),
                       row=i, col=1)
-        fig.update_xaxes(title_text=metric, row=i, col=1)
+        fig.update_xaxes(title_text=_panel_title(metric), row=i, col=1)
         fig.update_yaxes(title_text="model", dtick=1, row=i, col=1)
     fig.update_layout(title=title, height=max(300, height))
     return fig

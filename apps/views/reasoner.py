@@ -15,6 +15,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.figures import legend_below
+
 
 def ood_figure(table: pd.DataFrame, train_n: int | None = None) -> go.Figure:
     """Fully solved vs number of nodes, one line per model (the paper's figure).
@@ -58,6 +60,7 @@ def per_step_figure(per_step: pd.DataFrame) -> go.Figure:
                   color_discrete_sequence=px.colors.sequential.Viridis)
     fig.update_layout(title="Nodes of depth d solved after step t (steps.{t}, from 0)", yaxis_title="solved",
                       xaxis_title="step t")
+    fig.update_xaxes(dtick=1, tick0=0)  # whole steps only
     return fig
 
 
@@ -108,7 +111,8 @@ def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
                                  hoverinfo="skip"))
     fig.update_layout(title=title, xaxis_title=STATE_AXIS, yaxis_title="variable",
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"),
-                      height=max(300, 24 * len(slots) + 160), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+                      height=max(300, 24 * len(slots) + 160))
+    legend_below(fig)
     return fig
 
 
@@ -138,7 +142,8 @@ def attention_figure(pattern: np.ndarray, labels: list[str], reads: pd.DataFrame
     axis = dict(tickmode="array", tickvals=list(range(0, L, step)), ticktext=ticks[::step], tickfont=dict(size=9))
     fig.update_layout(title=title, xaxis=dict(title="key position", **axis),
                       yaxis=dict(title="query position", autorange="reversed", **axis),
-                      height=max(450, min(900, 12 * L + 200)), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+                      height=max(450, min(900, 12 * L + 200)))
+    legend_below(fig)
     return fig
 
 
@@ -170,6 +175,6 @@ def step_lens_figure(at_slot: pd.DataFrame, overview: pd.DataFrame | None = None
                                  hovertemplate="step %{y}, %{x}<br>accuracy %{z:.3f}<extra></extra>"), row=1, col=2)
     for c in range(1, cols + 1):
         fig.update_xaxes(title_text="layer (residual stream after)", row=1, col=c)
-        fig.update_yaxes(title_text="step t (hooks steps.{t})", autorange="reversed", row=1, col=c)
+        fig.update_yaxes(title_text="step t (hooks steps.{t})", autorange="reversed", type="category", row=1, col=c)
     fig.update_layout(title=title, height=max(350, 28 * len(p) + 180))
     return fig

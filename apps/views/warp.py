@@ -18,6 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.figures import legend_below
+
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
@@ -40,9 +42,11 @@ def forecast_figure(times: np.ndarray, truth: np.ndarray, forecasts: dict[str, n
                                      line=dict(color=_PALETTE[i % len(_PALETTE)], dash="dash"), showlegend=j == 0),
                           row=j + 1, col=1)
         fig.add_vline(x=times[context - 1], line_dash="dot", line_color="grey", row=j + 1, col=1)
-    fig.update_layout(title=title + " (dotted line: end of the context)", height=260 * d + 80)
+    for j, name in enumerate(list(state_names)[:d]):
+        fig.update_yaxes(title_text=name, row=j + 1, col=1)
+    fig.update_layout(title=title + " (dotted line: end of the context)", height=260 * d + 160)
     fig.update_xaxes(title_text="time", row=d, col=1)
-    return fig
+    return legend_below(fig, y=-0.3 / d)
 
 
 def theta_pca_figure(coords: np.ndarray, tau: np.ndarray, explained: Optional[np.ndarray] = None,
@@ -57,11 +61,12 @@ def theta_pca_figure(coords: np.ndarray, tau: np.ndarray, explained: Optional[np
     hover = [f"t={t}" for t in range(len(coords))]
     if coords.shape[1] >= 3:
         fig = go.Figure(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], mode="lines+markers",
-                                     marker=marker, line=dict(color="lightgrey"), text=hover))
+                                     marker=marker, line=dict(color="lightgrey"), text=hover,
+                                     name="theta_t (colour: tau)"))
         fig.update_layout(scene=dict(xaxis_title=label[0], yaxis_title=label[1], zaxis_title=label[2]))
     else:
         fig = go.Figure(go.Scatter(x=coords[:, 0], y=coords[:, 1], mode="lines+markers", marker=marker,
-                                   line=dict(color="lightgrey"), text=hover))
+                                   line=dict(color="lightgrey"), text=hover, name="theta_t (colour: tau)"))
         fig.update_layout(xaxis_title=label[0], yaxis_title=label[1])
     if context is not None and 0 < context <= len(coords):
         c = coords[context - 1]
@@ -70,7 +75,8 @@ def theta_pca_figure(coords: np.ndarray, tau: np.ndarray, explained: Optional[np
                  go.Scatter(x=[c[0]], y=[c[1]], mode="markers", name="end of context",
                             marker=dict(color="red", size=12, symbol="x")))
         fig.add_trace(point)
-    fig.update_layout(title=title, showlegend=context is not None)
+    fig.update_layout(title=title, showlegend=context is not None,
+                      legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))  # below: clear of the colour bar
     return fig
 
 
@@ -86,7 +92,8 @@ def spectrum_figure(eigenvalues: np.ndarray, title: str = "Spectrum of A") -> go
                    text=[f"|lambda|={m:.4f}" for m in mag]),
     ])
     fig.update_layout(title=f"{title}: {len(ev)} eigenvalues, max |lambda| = {mag.max():.4f}",
-                      xaxis_title="Re", yaxis_title="Im", yaxis_scaleanchor="x")
+                      xaxis_title="Re(lambda)", yaxis_title="Im(lambda)", yaxis_scaleanchor="x",
+                      legend=dict(orientation="h", yanchor="top", y=-0.15, x=0), height=560)
     return fig
 
 
@@ -108,6 +115,8 @@ def phys_params_figure(tau: np.ndarray, params: np.ndarray, names: Sequence[str]
             fig.add_vline(x=context_tau, line_dash="dot", line_color="grey", row=1, col=j + 1)
     fig.update_layout(title=title, showlegend=False)
     fig.update_xaxes(title_text="tau")
+    for j, name in enumerate(names, start=1):
+        fig.update_yaxes(title_text=f"{name} (read from theta_t)", row=1, col=j)
     return fig
 
 
@@ -144,8 +153,9 @@ def digits_figure(truth: np.ndarray, completion: np.ndarray, context: int, title
     for j, img in enumerate((truth, given, filled)):
         fig.add_trace(go.Heatmap(z=img.reshape(8, 8), colorscale="Greys", zmin=0, zmax=1, showscale=j == 2),
                       row=1, col=j + 1)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=320)
+    fig.update_yaxes(autorange="reversed", title_text="pixel row")
+    fig.update_xaxes(title_text="pixel column")
+    fig.update_layout(title=title, height=340)
     return fig
 
 
@@ -173,6 +183,7 @@ def root_functions_figure(curves: pd.DataFrame, marks: Optional[pd.DataFrame] = 
                                          hovertemplate=f"step {step} decodes here<br>tau=%{{x:.3f}}<br>%{{y:.4f}}"
                                                        "<extra></extra>"), row=1, col=j)
     fig.update_xaxes(title_text="tau")
-    fig.update_yaxes(title_text="root output", row=1, col=1)
+    for j, name in enumerate(outputs, start=1):
+        fig.update_yaxes(title_text=f"root output {name}", row=1, col=j)
     fig.update_layout(title=title + " (diamonds: where each step is decoded)")
-    return fig
+    return legend_below(fig)
