@@ -5,11 +5,13 @@
     workbench eval reasoner --seed 1 --out out/ood
     workbench patch reasoner --positions each
     workbench probe act-parity --targets parity
+    workbench dynamics reasoner --analysis convergence
 
 ``train`` and ``eval`` take a model family (one module per family in apps/commands/, each
 offering ``add_<command>_args(parser, argv)`` and ``<command>(args)``); the analyses ``patch``,
 ``attribute``, ``probe`` and ``codebook`` take any zoo model or checkpoint folder
-(apps/commands/analysis.py).
+(apps/commands/analysis.py); ``dynamics`` runs the loop-dynamics lab on one
+(apps/commands/dynamics.py).
 
 Only the parser that the command line selects is built, so ``workbench --help`` and
 ``workbench list`` import neither torch nor any model. Every expected failure (a bad option
@@ -40,7 +42,11 @@ _HELP = {
     "attribute": "attribution patching (gradient x activation difference) of a zoo model or checkpoint",
     "probe": "linear probes on cached activations of a zoo model or checkpoint",
     "codebook": "codebook / discrete-state analysis of a zoo model or checkpoint",
+    "dynamics": "loop dynamics (iteration lens, convergence, probe transfer, basins, fixed points) of a zoo model "
+                "or checkpoint",
 }
+# commands with a module of their own in apps/commands/ (not a model family)
+OWN_MODULES = ("analysis", "dynamics")
 
 
 class UsageError(Exception):
@@ -73,7 +79,7 @@ def families(command: str | None = None) -> dict[str, str]:
     """
     found = {}
     for m in sorted(pkgutil.iter_modules(apps.commands.__path__), key=lambda m: m.name):
-        if m.name.startswith("_") or m.name == "analysis":
+        if m.name.startswith("_") or m.name in OWN_MODULES:
             continue
         if command is None or re.search(rf"^def add_{command}_args\(", _source(m.name), re.M):
             found[m.name.replace("_", "-")] = f"apps.commands.{m.name}"
@@ -117,6 +123,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             analysis = importlib.import_module("apps.commands.analysis")
             getattr(analysis, f"add_{command}_args")(p, argv)
             p.set_defaults(func=getattr(analysis, command))
+    p = sub.add_parser("dynamics", help=_HELP["dynamics"], description=_sentence(_HELP["dynamics"]))
+    if selected == "dynamics":
+        module = importlib.import_module("apps.commands.dynamics")
+        module.add_dynamics_args(p, argv)
+        p.set_defaults(func=module.dynamics)
     return parser
 
 

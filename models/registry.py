@@ -16,6 +16,7 @@ and imported when first used, so listing the zoo or reading a task stays cheap (
 >>> registry.family_of("models/zoo/act-parity").name      # 'act' (read from config.json only)
 >>> registry.task_of(model)                                # ParityConfig(size=16, ...)
 >>> registry.sample(model, 4, seed=0)                      # 4 fresh problems of that task
+>>> registry.get("act").dynamics.analyses                  # the loop-dynamics lab (models.dynamics_adapters)
 >>> registry.get("warp").presets                           # {"warp-msd": {"args": {...}, "what": "..."}, ...}
 
 Adding a family is new files plus one line at the end of this file,
@@ -31,8 +32,8 @@ from typing import Any, Callable
 
 from workbench import files
 
-__all__ = ["Family", "register", "unregister", "get", "families", "names", "family_of", "family_of_class",
-           "task_of", "sample", "class_table", "CLASSES"]
+__all__ = ["Family", "Dynamics", "ANALYSES", "register", "unregister", "get", "families", "names", "family_of",
+           "family_of_class", "task_of", "sample", "class_table", "CLASSES"]
 
 Ref = Callable | str  # a function, or "module:attribute" imported when first used
 
@@ -43,6 +44,31 @@ def _resolve(ref: Ref | None):
         return ref
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+# the analyses of the loop-dynamics lab (workbench.dynamics), as the command line names them
+ANALYSES = ("lens", "convergence", "transfer", "basin", "fixed-points")
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """How the loop-dynamics lab runs on a family (torch-free; the adapters are imported when used).
+
+    ``adapters``: ``"module:attribute"`` of a ``models.dynamics_adapters.Adapters`` (or of a
+    function ``model -> Adapters``); ``analyses``: those of ``ANALYSES`` that apply; ``example``:
+    the zoo model they run on by default (the family's flagship when empty); ``state``: one line
+    naming the state and the readout.
+    """
+
+    adapters: Ref
+    analyses: tuple[str, ...]
+    example: str = ""
+    state: str = ""
+
+    def __post_init__(self):
+        unknown = [a for a in self.analyses if a not in ANALYSES]
+        if unknown or isinstance(self.analyses, str):
+            raise ValueError(f"dynamics analyses {self.analyses!r}; allowed: {ANALYSES}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class Family:
     targets: tuple[str, ...] = ()  # the probe targets fitted by default
     recipes: str | None = ""  # module with PRESETS: {name: {"args": dict, "what": str}}
     flagship: str = ""  # the zoo model the explorer opens on
+    dynamics: Dynamics | None = None  # the loop-dynamics lab's adapters; None: not covered
 
     def __post_init__(self):
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -98,6 +125,13 @@ class Family:
     def analysed(self) -> bool:
         """Do the analyses (patching, probing, codebooks) cover this family?"""
         return self.study is not None
+
+    @property
+    def dynamics_example(self) -> str:
+        """The zoo model the dynamics lab runs on by default ("" without dynamics adapters)."""
+        if self.dynamics is None:
+            return ""
+        return self.dynamics.example or self.flagship
 
     # ------------------------------------------------------- recipe, presets
     @property
@@ -304,17 +338,28 @@ def gain_task(cfg, **overrides):
 
 
 # ---------------------------------------------------------------- the families
+_DA = "models.dynamics_adapters"
 register(Family("reasoner", "Reasoner",
                 "recurrent transformer with a discrete bottleneck, solving modular-arithmetic graphs one hop a step",
                 classes=("models.reasoner.Reasoner",), task=reasoner_task, study="probes.reasoner",
-                metric="logit difference", targets=("value", "computed", "depth"), flagship="reasoner"))
+                metric="logit difference", targets=("value", "computed", "depth"), flagship="reasoner",
+                dynamics=Dynamics(f"{_DA}:REASONER", ("lens", "convergence", "transfer", "basin"),
+                                  state="steps.{t}.hook_resid_final; readout: the value head")))
 register(Family("act", "ACT", "Graves' Adaptive Computation Time RNN: it ponders a learned number of steps per input",
                 classes=("models.act.ACT",), task=act_task, study="probes.act",
-                metric="signed output logit", targets=("parity", "halts"), flagship="act-parity"))
+                metric="signed output logit", targets=("parity", "halts"), flagship="act-parity",
+                dynamics=Dynamics(f"{_DA}:ACT", ANALYSES,
+                                  state="time.0.ponder.{t}.hook_state; readout: the output logit")))
 register(Family("warp", "WARP", "weight-space linear RNN: the state is the weights of a root network",
                 classes=("models.warp.Warp",), task=sequence_task, study="probes.warp",
-                metric="minus one-step MSE", targets=("params",), flagship="warp-phys-msd"))
+                metric="minus one-step MSE", targets=("params",), flagship="warp-phys-msd",
+                dynamics=Dynamics(f"{_DA}:WARP", ("convergence", "transfer", "fixed-points"),
+                                  state="time.{t}.hook_theta (recurrent mode); no readout")))
 register(Family("gru", "GRU baseline", "GRU forecaster on WARP's tasks, the paper's baseline",
-                classes=("models.gru.GRU",), task=sequence_task, recipes="models.recipes.warp"))
+                classes=("models.gru.GRU",), task=sequence_task, recipes="models.recipes.warp",
+                dynamics=Dynamics(f"{_DA}:GRU", ("convergence", "transfer", "fixed-points"), example="gru-msd",
+                                  state="time.{t}.hook_hidden; no readout")))
 register(Family("gain", "Gain circuit", "recurrent cortical circuit whose neurons adapt only their gains",
-                classes=("models.gain.GainCircuit",), task=gain_task, flagship="gain-v1"))
+                classes=("models.gain.GainCircuit",), task=gain_task, flagship="gain-v1",
+                dynamics=Dynamics(f"{_DA}:GAIN", ANALYSES,
+                                  state="time.{t}.hook_rates (Euler steps); readout: the peak neuron")))
