@@ -1,18 +1,22 @@
-"""Exact and attribution patching of the reasoner's step x layer x position grid, side by side.
+"""Exact patching against the per-site reference and against its own lower bound, per family and size.
 
-Measured in one run on one problem at the training size:
+Measured in one run, one row per case (the reasoner at N=16 over several problem seeds and at
+N=32, ACT's ponder steps, WARP's time steps):
 
-1. ``workbench.patching.patch`` over the full grid of ``steps.*.blocks.*.hook_resid_pre``;
+1. ``workbench.patching.patch`` over the case's grid of sites;
 2. the per-site reference the tests check ``patch`` against (``tests.test_oracles.reference_patch``:
    one ``run_with_hooks`` per site, as TransformerLens's ``generic_activation_patch``, sharing
    no code with ``workbench.patching``) on a random sample of ``--loop-sites`` sites, checked
    against (1) on those sites (target: max abs difference <= 1e-5) and extrapolated to the grid;
-3. ``workbench.attribution.attribute`` over the same grid (one forward + one backward).
+3. the lower bound of (1): the block applications patching cannot avoid (for every site that is
+   not a no-op, each batch row's blocks after the site's point in the run, up to the end; a block
+   is a layer of one reasoner step, one ACT ponder step, one WARP time step) divided by the
+   throughput of plain large-batch forwards (block applications per second, no hooks);
+4. for the reasoner, ``workbench.attribution.attribute`` over the same grid (one forward + one backward).
 
-Targets: (1) >= 20x faster than the loop, (3) >= 100x; the correlation of (3) with (1) is
-reported over the sites where attribution has a gradient path.
+Targets: (1) >= 20x faster than the loop, <= 1.5x its lower bound, identical scores; (4) >= 100x.
 
-    python bench/patching.py [--model reasoner] [--nodes N] [--loop-sites 48] [--out out/bench/patching.json]
+    python bench/patching.py [--cases reasoner-16-s0,...] [--loop-sites 32] [--out out/bench/patching.json]
 
 Without a shipped reasoner the model is freshly initialised with the shipped architecture.
 """
@@ -20,13 +24,15 @@ Without a shipped reasoner the model is freshly initialised with the shipped arc
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,102 +42,188 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import models  # noqa: E402
 from models.reasoner import Reasoner, ReasonerConfig  # noqa: E402
 from models.recipes.reasoner import PRESETS  # noqa: E402
-from probes.reasoner import patching_setup  # noqa: E402
 from tests.test_oracles import reference_patch  # noqa: E402
 from workbench.attribution import attribute  # noqa: E402
+from workbench.hooks import repeat_batch  # noqa: E402
 from workbench.patching import patch  # noqa: E402
 from workbench.sites import Site, Sites  # noqa: E402
 from workbench.tasks import graph_arith as ga  # noqa: E402
 
+DEFAULT_CASES = "reasoner-16-s0,reasoner-16-s1,reasoner-16-s2,reasoner-32-s0,act,warp"
 
-def reasoner(name: str):
+
+@dataclass
+class Case:
+    name: str
+    model: Any
+    clean: Any
+    corrupted: Any
+    metric: Callable
+    forward_kwargs: dict
+    grid: Any
+    block: str  # glob of the hook that ends one block application
+    reasoner: bool = False
+
+
+def reasoner(name: str = "reasoner"):
     """The zoo / folder model, or a fresh one with the shipped architecture."""
     if name != "reasoner" or "reasoner" in models.zoo_names():
         return models.load(name), name
-    # no shipped reasoner: the shipped architecture, freshly initialised
     arch = {k: v for k, v in PRESETS["full"]["args"].items()
             if k in ("d_model", "n_layers", "n_heads", "d_mlp", "causal", "scheme", "segment_window")}
     torch.manual_seed(0)
     return Reasoner(ReasonerConfig(**arch, task=asdict(ga.GraphArithConfig()))).eval(), f"fresh {arch}"
 
 
-def per_site_loop(model, setup, sites):
-    """The reference (one run_with_hooks per site) on ``sites``; returns (metrics, seconds)."""
+def make_case(spec: str, model_name: str) -> Case:
+    if spec.startswith("reasoner"):
+        from probes.reasoner import patching_setup
+
+        _, nodes, seed = spec.split("-")
+        model, _ = reasoner(model_name)
+        s = patching_setup(model, n=1, n_nodes=int(nodes), seed=int(seed[1:]))
+        return Case(spec, model, s.clean, s.corrupted, s.metric, s.forward_kwargs,
+                    Sites("steps.*.blocks.*.hook_resid_pre", positions="each"), "steps.*.blocks.*.hook_resid_post", True)
+    if spec == "act":
+        from probes.act import patching_setup
+
+        model = models.load("act-parity")
+        s = patching_setup(model, n=8, seed=0)
+        return Case(spec, model, s.clean, s.corrupted, s.metric, dict(s.forward_kwargs),
+                    Sites("time.*.ponder.*.hook_state"), "time.*.ponder.*.hook_state")
+    if spec == "warp":
+        from probes.warp import patching_setup
+
+        model = models.load("warp-msd")
+        s = patching_setup(model, n=2, seed=0)
+        return Case(spec, model, s.clean, s.corrupted, s.metric, dict(s.forward_kwargs),
+                    Sites("time.*.hook_theta"), "time.*.hook_output")
+    raise ValueError(f"unknown case {spec!r}; known: {DEFAULT_CASES}")
+
+
+def _args(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+@torch.no_grad()
+def firing_order(case: Case) -> list[str]:
+    """Every hook name of the corrupted run, in the order they fire."""
+    order: list[str] = []
+    case.model.run_with_hooks(*_args(case.corrupted), fwd_hooks=[(lambda n: True, lambda a, hook: order.append(hook.name))],
+                              **case.forward_kwargs)
+    return order
+
+
+@torch.no_grad()
+def lower_bound(case: Case, hooks: list[str], res, rows: int) -> tuple[float, float]:
+    """(seconds, block applications per second): the block applications after each non-no-op
+    site, up to the end of the run, at the throughput of plain forwards of ``rows`` batch rows."""
+    first = {}
+    for i, name in enumerate(hooks):
+        first.setdefault(name, i)
+    blocks = np.array([fnmatch.fnmatchcase(n, case.block) for n in hooks])
+    after = np.cumsum(blocks[::-1])[::-1]  # block firings at positions >= i
+    B = _args(case.corrupted)[0].shape[0]
+    needed = 0
+    for r in res.df.itertuples():
+        if r.status == "ok":
+            i = first[r.hook]
+            needed += int(after[i + 1]) if i + 1 < len(after) else 0
+    needed *= B
+    k = max(1, rows // B)
+    args = repeat_batch(_args(case.corrupted), k)
+    case.model(*args, **case.forward_kwargs)  # warm up
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        case.model(*args, **case.forward_kwargs)
+        best = min(best, time.perf_counter() - t0)
+    throughput = int(blocks.sum()) * k * B / best
+    return needed / throughput, throughput
+
+
+def per_site_loop(case: Case, sites):
     t0 = time.perf_counter()
     triples = [(s.name, s.pos, s.head) for s in sites]
-    values, _, _ = reference_patch(model, setup.clean, setup.corrupted, setup.metric, triples,
-                                   forward_kwargs=setup.forward_kwargs)
+    values, _, _ = reference_patch(case.model, case.clean, case.corrupted, case.metric, triples,
+                                   forward_kwargs=case.forward_kwargs)
     return values, time.perf_counter() - t0
+
+
+def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int) -> dict:
+    kw = case.forward_kwargs
+    case.model(*_args(case.corrupted), **kw)  # warm up
+    t0 = time.perf_counter()
+    exact = patch(case.model, case.clean, case.corrupted, case.metric, case.grid, forward_kwargs=kw, memory_mb=memory_mb)
+    t_exact = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    per_site_loop(case, [])
+    t_base = time.perf_counter() - t0
+    all_sites = [Site(r.hook, None if "pos" not in exact.df or r.pos is None or r.pos != r.pos else int(r.pos))
+                 for r in exact.df.itertuples()]
+    rng = np.random.default_rng(seed)
+    pick = np.arange(len(all_sites)) if loop_sites <= 0 else \
+        np.sort(rng.choice(len(all_sites), min(loop_sites, len(all_sites)), replace=False))
+    loop_metric, t_sample = per_site_loop(case, [all_sites[i] for i in pick])
+    per_site = max(0.0, t_sample - t_base) / len(pick)
+    t_loop = t_base + per_site * len(all_sites)
+    diff = float(np.abs(exact.df.metric.to_numpy()[pick] - loop_metric).max())
+
+    t_bound, throughput = lower_bound(case, firing_order(case), exact, rows)
+    m = exact.meta
+    out = {
+        "case": case.name, "sites": len(all_sites), "sites_noop": m["sites_noop"],
+        "seconds": {"exact": t_exact, "loop_extrapolated": t_loop, "loop_per_site": per_site,
+                    "lower_bound": t_bound},
+        "blocks_per_second": throughput, "loop_sites_timed": int(len(pick)),
+        "max_abs_diff_vs_loop": diff, "speedup_vs_loop": t_loop / t_exact, "ratio_to_lower_bound": t_exact / t_bound
+        if t_bound > 0 else float("inf"),
+        "exact_meta": {k: m[k] for k in ("copies_per_forward", "forwards", "copies_run", "copies_settled", "resume")},
+    }
+    if case.reasoner:
+        t0 = time.perf_counter()
+        approx = attribute(case.model, case.clean, case.corrupted, case.metric, case.grid, forward_kwargs=kw)
+        t_attr = time.perf_counter() - t0
+        ok = approx.df.status == "ok"
+        out["seconds"]["attribution"] = t_attr
+        out["speedup_attribution"] = t_loop / t_attr
+        out["attribution_correlation"] = float(np.corrcoef(exact.df.score[ok], approx.df.score[ok])[0, 1]) \
+            if ok.sum() > 2 else float("nan")
+        out["tokens"], out["steps"] = int(case.clean.shape[1]), kw.get("steps")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="reasoner")
-    parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sites", default="steps.*.blocks.*.hook_resid_pre")
-    parser.add_argument("--loop-sites", type=int, default=48, help="sites timed in the loop (0 = all)")
+    parser.add_argument("--model", default="reasoner", help="the reasoner to use (zoo name or folder)")
+    parser.add_argument("--cases", default=DEFAULT_CASES,
+                        help="comma-separated: reasoner-<nodes>-s<seed>, act, warp")
+    parser.add_argument("--loop-sites", type=int, default=32, help="sites timed in the loop per case (0 = all)")
     parser.add_argument("--memory-mb", type=float, default=512)
+    parser.add_argument("--rows", type=int, default=256, help="batch rows of the throughput forwards")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="out/bench/patching.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, name = reasoner(args.model)
-    setup = patching_setup(model, n=1, n_nodes=args.nodes, seed=args.seed)
-    args.nodes = args.nodes or model.cfg.task["n_nodes"]
-    grid = Sites(args.sites, positions="each")
-    kw = setup.forward_kwargs
-
-    t0 = time.perf_counter()
-    exact = patch(model, setup.clean, setup.corrupted, setup.metric, grid, forward_kwargs=kw,
-                  memory_mb=args.memory_mb)
-    t_exact = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    approx = attribute(model, setup.clean, setup.corrupted, setup.metric, grid, forward_kwargs=kw)
-    t_attr = time.perf_counter() - t0
-
-    # the reference: two cached base runs, then one forward per site on a random sample of sites
-    t0 = time.perf_counter()
-    per_site_loop(model, setup, [])
-    t_base = time.perf_counter() - t0
-    all_sites = [Site(r.hook, int(r.pos)) for r in exact.df.itertuples()]
-    rng = np.random.default_rng(args.seed)
-    pick = np.arange(len(all_sites)) if args.loop_sites <= 0 else \
-        np.sort(rng.choice(len(all_sites), min(args.loop_sites, len(all_sites)), replace=False))
-    loop_metric, t_loop_sample = per_site_loop(model, setup, [all_sites[i] for i in pick])
-    per_site = max(0.0, t_loop_sample - t_base) / len(pick)
-    t_loop = t_base + per_site * len(all_sites)
-    diff = float(np.abs(exact.df.metric.to_numpy()[pick] - loop_metric).max())
-
-    ok = approx.df.status == "ok"
-    corr = float(np.corrcoef(exact.df.score[ok], approx.df.score[ok])[0, 1]) if ok.sum() > 2 else float("nan")
-    m = exact.meta
-    result = {
-        "model": name, "nodes": args.nodes, "tokens": int(setup.clean.shape[1]), "steps": kw["steps"],
-        "sites": len(all_sites), "threads": torch.get_num_threads(), "hardware": _hardware(),
-        "seconds": {"exact": t_exact, "attribution": t_attr, "loop_extrapolated": t_loop,
-                    "loop_per_site": per_site, "loop_sample": t_loop_sample},
-        "loop_sites_timed": int(len(pick)), "loop_extrapolated": args.loop_sites > 0,
-        "max_abs_diff_vs_loop": diff,
-        "speedup_exact": t_loop / t_exact, "speedup_attribution": t_loop / t_attr,
-        "attribution_correlation": corr, "attribution_sites_with_gradient": int(ok.sum()),
-        "exact_meta": {k: m[k] for k in ("sites_noop", "copies_per_forward", "forwards", "copies_run",
-                                         "copies_settled", "metric_clean", "metric_corrupted")},
-    }
-    print(f"reasoner ({name}), one problem N={args.nodes} ({result['tokens']} tokens), {kw['steps']} steps, "
-          f"{len(all_sites)} sites ({args.sites} x position), {torch.get_num_threads()} thread(s)")
-    loop_note = (f"extrapolated from {len(pick)} sites at {per_site:.3f} s/site" if args.loop_sites > 0
-                 else "all sites")
-    print(f"  per-site loop            {t_loop:9.1f} s   ({loop_note})")
-    print(f"  exact patching           {t_exact:9.1f} s   speedup {t_loop / t_exact:7.1f}x (target >= 20x); "
-          f"max |diff| vs loop {diff:.2e} (target <= 1e-5)")
-    print(f"  attribution patching     {t_attr:9.2f} s   speedup {t_loop / t_attr:7.1f}x (target >= 100x); "
-          f"correlation with exact {corr:.3f} over {int(ok.sum())} sites with a gradient path")
-    print(f"  exact: {m['sites_noop']} no-op sites, {m['copies_run']} copies run, {m['copies_settled']} settled "
-          f"after their step, {m['forwards']} forwards of up to {m['copies_per_forward']} copies")
+    results = []
+    print(f"{'case':16s} {'sites':>6s} {'no-op':>6s} {'exact s':>8s} {'loop s':>8s} {'bound s':>8s} "
+          f"{'x loop':>7s} {'/bound':>7s} {'max|diff|':>9s}")
+    for spec in args.cases.split(","):
+        case = make_case(spec.strip(), args.model)
+        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows)
+        results.append(r)
+        s = r["seconds"]
+        extra = (f"   attribution {r['speedup_attribution']:.0f}x loop, corr {r['attribution_correlation']:.3f}"
+                 if "speedup_attribution" in r else "")
+        print(f"{r['case']:16s} {r['sites']:6d} {r['sites_noop']:6d} {s['exact']:8.2f} {s['loop_extrapolated']:8.1f} "
+              f"{s['lower_bound']:8.2f} {r['speedup_vs_loop']:6.1f}x {r['ratio_to_lower_bound']:6.2f}x "
+              f"{r['max_abs_diff_vs_loop']:9.1e}{extra}", flush=True)
+    print("targets: >= 20x the per-site loop, <= 1.5x the lower bound, max |diff| <= 1e-5")
+    summary = {"threads": torch.get_num_threads(), "hardware": _hardware(), "cases": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -65,9 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
-from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, bool_field, check_budget, check_tensor,
-                              choice_field, float_field, int_field, type_field)
+from workbench.hooks import HookedRecurrentModule, HookPoint, LoopState, hook_list
+from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget,
+                              check_tensor, choice_field, float_field, int_field, type_field)
 
 CELLS = ("rnn", "gru", "lstm")
 OUTPUTS = ("binary", "classes")
@@ -238,11 +238,14 @@ class ACT(HookedRecurrentModule):
         return s[:, : self.cfg.hidden]
 
     # --- one input step ----------------------------------------------------------
-    def ponder(self, x: Tensor, s: Tensor, t: int, running: Tensor):
+    def ponder(self, x: Tensor, s: Tensor, t: int, running: Tensor, first: int = 0, past: Optional[dict] = None):
         """Ponder on input x_t [B, input_size] from state s_{t-1} [B, state_size].
 
         running: [B] bool, samples with a real input at this step. Returns the
         mean-field state and output, N(t) and R(t), after the time-step hooks.
+        ``first`` > 0 resumes at ponder step ``first``: the earlier ponder steps are not run but
+        replayed from ``past`` (their recorded ``states``, ``outputs`` and ``halts``), which
+        gives the same halting arithmetic, weights and sums as the recorded run.
         """
         cfg, hooks = self.cfg, self.time[t]
         B = x.shape[0]
@@ -256,6 +259,21 @@ class ACT(HookedRecurrentModule):
         for n in range(steps):
             if not bool(running.any()):
                 break
+            if n < first:  # replayed from the record of a run resumed at ponder step ``first``
+                s, y = past["states"][n], past["outputs"][n]
+                if cfg.act:
+                    p, halts, cum_new = halt_step(cum, past["halts"][n], running, n, cfg.eps, cfg.max_ponder)
+                    R = torch.where(halts, 1 - cum, R)
+                    cum = cum_new
+                else:
+                    halts = running & (n + 1 == steps)
+                    p = halts.to(x.dtype)
+                    R = torch.where(halts, torch.ones_like(R), R)
+                s_mean = s_mean + p[:, None] * s
+                y_mean = y_mean + p[:, None] * y
+                N = torch.where(halts, n + 1, N)
+                running = running & ~halts
+                continue
             ph = hooks.ponder[n]
             flag = x.new_full((B, 1), 1.0 if n == 0 else 0.0)
             x_n = ph.hook_input(torch.cat([x, flag], dim=1))
@@ -290,7 +308,7 @@ class ACT(HookedRecurrentModule):
         return s_mean, y_mean, N, R
 
     # --- the loop ----------------------------------------------------------------
-    def forward(self, inputs: Tensor, mask: Optional[Tensor] = None) -> ACTOutput:
+    def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, start: Optional[LoopState] = None) -> ACTOutput:
         """Run over a batch of input sequences.
 
         Args:
@@ -298,6 +316,7 @@ class ACT(HookedRecurrentModule):
                 floating dtype is accepted and cast to the model's (float32 unless converted).
             mask: [batch, T] bool, True at real steps (default: all). A sequence's real
                 steps must come first; masked steps are skipped (no pondering).
+            start: continue a recorded run of the same inputs from ``resume_state(cache, t, n)``.
 
         Bad inputs raise a ``ValueError`` naming the argument and what is allowed (a wrong type
         or dtype: ``workbench.inputs.InputTypeError``, also a ``TypeError``).
@@ -308,12 +327,56 @@ class ACT(HookedRecurrentModule):
             mask = torch.ones(B, T, dtype=torch.bool, device=inputs.device)
         s = inputs.new_zeros(B, self.cfg.state_size)
         outputs, Ns, Rs = [], [], []
-        for t in range(T):
-            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t])
+        t0, first, past = 0, 0, None
+        if start is not None:
+            t0, first, past = self._resume(start, T)
+            if t0 > 0:
+                s = start.carry["s"]
+                outputs, Ns, Rs = (list(start.record[k]) for k in ("outputs", "n_steps", "remainder"))
+        for t in range(t0, T):
+            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t], first, past)
+            first, past = 0, None
             outputs.append(y)
             Ns.append(N)
             Rs.append(R)
         return ACTOutput(torch.stack(outputs, 1), torch.stack(Ns, 1), torch.stack(Rs, 1), s)
+
+    # --- resuming a recorded run ---------------------------------------------------
+    resume_loop, resume_inner = "time", "ponder"
+    resume_settles = False  # a continuous state: a patched copy does not return to the recorded run
+
+    def resume_names(self, t: int, inner: int = 0) -> list[str]:
+        """The hooks that ``resume_state(cache, t, inner)`` reads (input steps < t; ponder steps
+        < ``inner`` of step t)."""
+        names = [f"time.{s}.{h}" for s in range(t) for h in ("hook_output", "hook_n_steps", "hook_remainder")]
+        if t > 0:
+            names.append(f"time.{t - 1}.hook_state")
+        per_ponder = ("hook_state", "hook_output") + (("hook_halt",) if self.cfg.act else ())
+        return names + [f"time.{t}.ponder.{n}.{h}" for n in range(inner) for h in per_ponder]
+
+    def resume_state(self, cache, t: int, inner: int = 0) -> LoopState:
+        """The state entering input step t (at ponder step ``inner``) of the run recorded in ``cache``."""
+        step = lambda s, h: cache[f"time.{s}.{h}"]  # noqa: E731
+        record = {"outputs": [step(s, "hook_output") for s in range(t)],
+                  "n_steps": [step(s, "hook_n_steps") for s in range(t)],
+                  "remainder": [step(s, "hook_remainder") for s in range(t)]}
+        carry = {"s": step(t - 1, "hook_state")} if t > 0 else {}
+        if inner:
+            ponder = lambda h: [cache[f"time.{t}.ponder.{n}.{h}"] for n in range(inner)]  # noqa: E731
+            record["ponder"] = {"states": ponder("hook_state"), "outputs": ponder("hook_output")}
+            if self.cfg.act:
+                record["ponder"]["halts"] = ponder("hook_halt")
+        return LoopState(t, carry, record, inner)
+
+    def _resume(self, start: LoopState, T: int) -> tuple[int, int, Optional[dict]]:
+        """(input step, ponder step, replayed ponder record) a run continues from; checks ``start``."""
+        if not isinstance(start, LoopState):
+            raise InputTypeError(f"start must be a LoopState from resume_state(cache, t); got {type(start).__name__}")
+        if not 0 <= start.t <= T:
+            raise ValueError(f"start.t={start.t} is out of range; allowed 0..T={T} (input steps)")
+        if start.inner and (start.t >= T or not 0 <= start.inner < self.cfg.max_ponder):
+            raise ValueError(f"start.inner={start.inner} is out of range at start.t={start.t}")
+        return start.t, start.inner, start.record.get("ponder") if start.inner else None
 
     def _check_inputs(self, inputs: Tensor, mask: Optional[Tensor]) -> Tensor:
         """Refuse bad inputs and return them in the model's dtype (see ``workbench.inputs``): a

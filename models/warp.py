@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
+from workbench.hooks import HookedRecurrentModule, HookPoint, LoopState, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget, check_int,
                               check_tensor, choice_field, describe, float_field, int_field, type_field)
 
@@ -506,12 +506,16 @@ class Warp(HookedRecurrentModule):
         tau = self.tau(torch.arange(n)).to(x.device).expand(batch, n)
         return {"thetas": theta, "inputs": u, **self._decode(theta, tau, u, hooks)}
 
-    def _recurrent(self, x: Tensor, feed: Optional[Tensor]) -> dict:
+    def _recurrent(self, x: Tensor, feed: Optional[Tensor], start: Optional[LoopState] = None) -> dict:
         batch, n, _ = x.shape
         At, Bt = self.A.T, self.B.T
         steps: list[dict] = []
         theta = u_prev = None
-        for t in range(n):
+        t0 = 0
+        if start is not None and start.t > 0:  # continue a recorded run: steps < t0 come from its record
+            t0, theta, u_prev = start.t, start.carry["theta"], start.carry["u"]
+            steps = [{k: v[s] for k, v in start.record.items()} for s in range(t0)]
+        for t in range(t0, n):
             hooks = self.time[t]
             u = x[:, t]
             if feed is not None and t > 0:
@@ -530,7 +534,8 @@ class Warp(HookedRecurrentModule):
         return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
 
     def forward(self, x: Tensor, mode: str = "recurrent", context: Optional[int] = None,
-                horizon: Optional[int] = None, feed: Optional[Tensor] = None) -> WarpOutput:
+                horizon: Optional[int] = None, feed: Optional[Tensor] = None,
+                start: Optional[LoopState] = None) -> WarpOutput:
         """Run WARP over a sequence.
 
         Args:
@@ -546,6 +551,8 @@ class Warp(HookedRecurrentModule):
                 is the forecast of x[:, context : context + horizon].
             feed: [batch, T] bool, True = feed the truth, False = the previous prediction
                 (scheduled teacher forcing; recurrent mode).
+            start: continue a recorded recurrent run of the same arguments from
+                ``resume_state(cache, t)`` (theta_{t-1} and the record of steps < t).
         """
         if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
@@ -558,8 +565,51 @@ class Warp(HookedRecurrentModule):
         if mode == "parallel":
             if feed is not None and not bool(feed.all()):
                 raise ValueError("mode='parallel' is teacher-forced; generation (context / feed) needs mode='recurrent'")
+            if start is not None:
+                raise ValueError("start= resumes a recurrent run; mode='parallel' has no loop to resume")
             return WarpOutput(**self._parallel(x))
-        return WarpOutput(**self._recurrent(x, feed))
+        if start is not None:
+            if not isinstance(start, LoopState):
+                raise InputTypeError("start must be a LoopState from resume_state(cache, t); "
+                                     f"got {type(start).__name__}")
+            if not 0 <= start.t <= x.shape[1]:
+                raise ValueError(f"start.t={start.t} is out of range; allowed 0..{x.shape[1]} (time steps)")
+        return WarpOutput(**self._recurrent(x, feed, start))
+
+    # --- resuming a recorded run (recurrent mode) -------------------------------
+    resume_loop = "time"
+    resume_settles = False  # theta is continuous: a patched copy does not return to the recorded run
+
+    def _record_hooks(self) -> dict[str, str]:
+        """What a recurrent run returns per step -> the hook that records it."""
+        keys = {"thetas": "hook_theta", "inputs": "hook_input"}
+        cfg = self.cfg
+        if cfg.physics != "none" or cfg.regress:
+            keys["mean"] = "hook_output"
+            if cfg.gaussian:
+                keys["std"] = "hook_std"
+        if cfg.physics == "none" and cfg.n_classes:
+            keys["logits"] = "hook_logits"
+        if cfg.physics != "none":
+            keys["phys"] = "hook_phys"
+        return keys
+
+    def resume_names(self, t: int, inner: int = 0) -> list[str]:
+        """The hooks that ``resume_state(cache, t)`` reads (all of steps < t)."""
+        return [f"time.{s}.{h}" for s in range(t) for h in self._record_hooks().values()]
+
+    def resume_state(self, cache, t: int, inner: int = 0) -> LoopState:
+        """The state entering time step t of the recurrent run recorded in ``cache``: theta_{t-1} and
+        u_{t-1} (and the prediction fed back at t, when there is one), the outputs of steps < t."""
+        if inner:
+            raise ValueError("WARP has no inner loop to resume in; inner must be 0")
+        record = {k: [cache[f"time.{s}.{h}"] for s in range(t)] for k, h in self._record_hooks().items()}
+        if t == 0:
+            return LoopState(0, {}, record)
+        carry = {"theta": record["thetas"][-1], "u": record["inputs"][-1]}
+        if "mean" in record:  # generation feeds the last prediction back
+            carry["mean"] = record["mean"][-1]
+        return LoopState(t, carry, record)
 
     @torch.no_grad()
     def generate(self, prefix: Tensor, horizon: int) -> Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from models import registry
 from models.reasoner import Reasoner, ReasonerOutput
-from models.reasoner_data import encode_batch
+from models.reasoner_data import encode_batch, pad_stack
 from probes import pairs
 from probes.core import Activations, ProbeBatch, RowKeeper
 from probes.study import Option, Study, Target
@@ -175,10 +175,11 @@ def batches(model: Reasoner, problems: list[ga.Problem], *, batch_size: int = 64
     problem), so every site has a row for every sample. ``collect`` gives the same rows faster.
     """
     T = steps or model.cfg.steps_for_depth(max(p.depth for p in problems))
-    positions = _defining_positions(model, problems, per_problem, seed)
+    encs = _encodings(model, problems)
+    positions = _defining_positions(model, problems, per_problem, seed, encs)
     for start in range(0, len(problems), batch_size):
         ids = np.arange(start, min(start + batch_size, len(problems)))
-        yield _probe_batch(model, problems, ids, positions, T)
+        yield _probe_batch(model, problems, ids, positions, T, encs)
 
 
 def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *, batch_size: int = 64,
@@ -199,7 +200,8 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
         raise ValueError("no problems to collect from")
     cfg = model.cfg
     T = steps or cfg.steps_for_depth(max(p.depth for p in problems))
-    positions = _defining_positions(model, problems, per_problem, seed)
+    encs = _encodings(model, problems)  # each problem encoded once, for positions and every batch
+    positions = _defining_positions(model, problems, per_problem, seed, encs)
     discrete = cfg.latent == "discrete"
     need = np.array([min(T, ga.steps_needed(p.depth, cfg.scheme) + 1) if discrete else T for p in problems])
     length = np.array([ga.n_tokens(p) for p in problems])
@@ -210,7 +212,7 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
         for s in sorted(set(need.tolist()), reverse=True):
             group = order[need[order] == s]
             for start in range(0, len(group), batch_size):
-                batch = _probe_batch(model, problems, group[start: start + batch_size], positions, s)
+                batch = _probe_batch(model, problems, group[start: start + batch_size], positions, s, encs)
                 out, got = keeper.forward(batch)
                 if s < T:
                     codes = out.codes  # [b, s, L, 4]
@@ -222,7 +224,7 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
                 bar.update(len(batch.args[0]))
         left = np.sort(np.concatenate(rerun)) if rerun else np.zeros(0, int)
         for start in range(0, len(left), batch_size):
-            batch = _probe_batch(model, problems, left[start: start + batch_size], positions, T)
+            batch = _probe_batch(model, problems, left[start: start + batch_size], positions, T, encs)
             keeper.add(batch, keeper.forward(batch)[1])
     acts = keeper.activations()
     back = np.lexsort((acts.rows["pos"].to_numpy(), acts.rows["problem"].to_numpy()))
@@ -244,13 +246,22 @@ def _repeat_last_step(got: dict[str, Tensor], s: int, T: int) -> dict[str, Tenso
     return out
 
 
+def _encodings(model: Reasoner, problems: list[ga.Problem]) -> list[ga.Encoded]:
+    """Each problem encoded once (``ga.encode``), checked as ``encode_batch`` checks it."""
+    cfg = model.cfg
+    for i, p in enumerate(problems):
+        if p.modulus != cfg.modulus:
+            encode_batch([p], cfg)  # raises, naming the mismatch
+    return [ga.encode(p, cfg.scheme, cfg.name_pool) for p in problems]
+
+
 def _defining_positions(model: Reasoner, problems: list[ga.Problem], per_problem: int | None,
-                        seed: int) -> list[np.ndarray]:
+                        seed: int, encs: list[ga.Encoded] | None = None) -> list[np.ndarray]:
     """Per problem, the defining positions to keep (``per_problem`` of them at random, sorted)."""
     rng = np.random.default_rng(seed)
     out = []
-    for p in problems:
-        enc = ga.encode(p, model.cfg.scheme, model.cfg.name_pool)
+    for i, p in enumerate(problems):
+        enc = encs[i] if encs is not None else ga.encode(p, model.cfg.scheme, model.cfg.name_pool)
         pos = np.flatnonzero(enc.role == ga.ROLE_DEFINE)
         if per_problem is not None and per_problem < len(pos):
             pos = np.sort(rng.choice(pos, per_problem, replace=False))
@@ -259,12 +270,14 @@ def _defining_positions(model: Reasoner, problems: list[ga.Problem], per_problem
 
 
 def _probe_batch(model: Reasoner, problems: list[ga.Problem], ids: np.ndarray, positions: list[np.ndarray],
-                 steps: int) -> ProbeBatch:
-    """One forward over ``problems[ids]`` for ``steps`` steps, keeping ``positions[id]`` of each."""
+                 steps: int, encodings: list[ga.Encoded] | None = None) -> ProbeBatch:
+    """One forward over ``problems[ids]`` for ``steps`` steps, keeping ``positions[id]`` of each.
+
+    ``encodings``: every problem's ``ga.encode`` (from ``_encodings``), reused instead of encoding again."""
     cfg = model.cfg
     chunk = [problems[i] for i in ids]
-    encs = [ga.encode(p, cfg.scheme, cfg.name_pool) for p in chunk]
-    arr = encode_batch(chunk, cfg)
+    encs = [encodings[i] for i in ids] if encodings is not None else _encodings(model, chunk)
+    arr = pad_stack(encs, cfg.name_pool, cfg.modulus)
     b_idx = np.concatenate([np.full(len(positions[i]), b) for b, i in enumerate(ids)]).astype(int)
     p_idx = np.concatenate([positions[i] for i in ids]).astype(int)
     eq = arr["factors"][b_idx, p_idx]

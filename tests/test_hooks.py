@@ -263,3 +263,25 @@ def test_reasoner_intervention_after_step_t_is_drawn_at_column_t(zoo):
     last = lens[(lens.layer == model.cfg.n_layers) & (lens.slot == "x_23")]
     pos = int(last.pos.iloc[0])
     assert list(last.code) == [int(c) for c in ro.codes[:, pos]]
+
+
+def test_hooks_context_removes_only_its_own_hooks_and_keeps_levels():
+    from tests.test_oracles import LinearLoop
+
+    model = LinearLoop()
+    x = torch.randn(2, 4, 3)
+    seen = []
+    model.add_hook("steps.0.hook_state", lambda a, hook: seen.append("outer"))  # outside any context: stays
+    with model.hooks(fwd_hooks=[("steps.1.hook_state", lambda a, hook: seen.append("ctx")),
+                                (lambda n: n.endswith("hook_mixed"), lambda a, hook: seen.append("filter"))]):
+        with model.hooks(fwd_hooks=[("steps.2.hook_state", lambda a, hook: seen.append("inner"))]):
+            model(x)
+        assert seen.count("inner") == 1
+        seen.clear()
+        model(x)  # the inner context's hook is gone, the outer context's stay
+        assert sorted(seen) == ["ctx", "filter", "filter", "filter", "outer"]
+    seen.clear()
+    model(x)
+    assert seen == ["outer"]
+    model.reset_hooks()
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())

@@ -206,7 +206,7 @@ def test_act_ponder_steps_and_warp_time_steps_batched_equal_loop():
         fast = patch(model, clean, corrupted, metric, sites)
         loop = patch_loop(model, clean, corrupted, metric, sites)
         np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
-        assert "ponder" in fast.df and not fast.meta["resume"]
+        assert "ponder" in fast.df and fast.meta["resume"]  # copies start at their ponder step
     from models.warp import Warp, WarpConfig
 
     torch.manual_seed(0)
@@ -221,7 +221,9 @@ def test_act_ponder_steps_and_warp_time_steps_batched_equal_loop():
     sites = Sites("time.*.hook_theta", time=[0, 3, 6, 9])
     fast, loop = patch(warp, x, xc, err, sites), patch_loop(warp, x, xc, err, sites)
     np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
-    assert list(fast.df.time) == [0, 3, 6, 9] and len(fast.figure().data) == 1
+    assert list(fast.df.time) == [0, 3, 6, 9] and len(fast.figure().data) == 1 and fast.meta["resume"]
+    plain = patch(warp, x, xc, err, sites, reuse_prefix=False)
+    np.testing.assert_allclose(fast.df.metric, plain.df.metric, atol=1e-5, rtol=0)
 
 
 def test_command_line_on_an_act_checkpoint(tmp_path):
@@ -323,3 +325,41 @@ def test_reasoner_and_warp_setups_check_their_contract():
     assert w.target_changed.all() and (w.gaps > 1e-3).all()
     with pytest.raises(ValueError, match=r"trajectory 0: the corruption leaves the target unchanged"):
         pw.patching_setup(warp, clean=w.clean, corrupted=w.clean)
+
+
+@pytest.mark.parametrize("name", ["act-parity", "act-addition", "act-parity-no-act"])
+def test_act_resumes_at_every_time_and_ponder_step_bit_for_bit(name):
+    import models
+
+    model = models.load(name)
+    assert resumable(model) and model.resume_inner == "ponder"
+    x = torch.randn(3, model.cfg.max_time, model.cfg.input_size).sign()
+    mask = torch.ones(3, model.cfg.max_time, dtype=torch.bool)
+    mask[0, -1] = False  # a shorter sequence: masked steps do not ponder
+    out, cache = model.run_with_cache(x, mask)
+    T = x.shape[1]
+    ponders = {t: sum(1 for n in cache if n.startswith(f"time.{t}.ponder.") and n.endswith(".hook_state"))
+               for t in range(T)}
+    for t in range(T + 1):
+        for n in range(ponders.get(t, 1)):
+            state = model.resume_state(cache, t, n)
+            assert set(model.resume_names(t, n)) <= set(cache)
+            got = model(x, mask, start=state)
+            for field in ("outputs", "n_steps", "remainder", "state"):
+                assert torch.equal(getattr(got, field), getattr(out, field)), (t, n, field)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"context": 8, "horizon": 12}])
+def test_warp_resumes_at_every_time_step_bit_for_bit(kwargs):
+    import models
+
+    model = models.load("warp-msd")
+    assert resumable(model)
+    x = torch.randn(2, 20, model.cfg.d_in)
+    out, cache = model.run_with_cache(x, **kwargs)
+    for t in range(out.steps + 1):
+        got = model(x, start=model.resume_state(cache, t), **kwargs)
+        for field in ("thetas", "inputs", "mean"):
+            assert torch.equal(getattr(got, field), getattr(out, field)), (t, field)
+    with pytest.raises(ValueError, match="parallel"):
+        model(x, mode="parallel", start=model.resume_state(cache, 1))

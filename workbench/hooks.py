@@ -243,7 +243,8 @@ class Resumable(Protocol):
     """What a model offers so that a recorded run can be restarted at loop step t.
 
     Patching reuses the shared prefix of a recurrent run with it (``workbench.patching``);
-    ``models.reasoner.Reasoner`` implements it::
+    ``models.reasoner.Reasoner``, ``models.act.ACT`` and ``models.warp.Warp`` (recurrent mode)
+    implement it::
 
         model.resume_loop = "steps"                # the loop whose index t prefixes hook names
         model.resume_names(t) -> list[str]         # hooks that resume_state(cache, t) reads; all
@@ -254,6 +255,9 @@ class Resumable(Protocol):
         model.resume_inner = "blocks"              # optional: an inner loop a step can resume in;
                                                    # then resume_names(t, i) / resume_state(cache, t, i)
                                                    # start step t at inner index i (skipping 0..i-1)
+        model.resume_settles = False               # optional (default True): the carry is continuous, so
+                                                   # a patched run never rejoins the recorded one and
+                                                   # patching runs it to the end in one forward
 
     ``isinstance(model, Resumable)`` (or ``resumable(model)``) says whether a model has it.
     """
@@ -384,10 +388,34 @@ class HookedRecurrentModule(HookedRootModule):
     # ------------------------------------------- TransformerLens entry points
     @contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
-        """TransformerLens's ``hooks`` context, holding the model's lock while the hooks are on."""
+        """TransformerLens's ``hooks`` context, holding the model's lock while the hooks are on.
+
+        The same hooks, levels and removal as TransformerLens's, but leaving the context visits only
+        the hook points this context attached to (TransformerLens walks every hook point of the
+        model, thousands on a looped model): the cost is proportional to the hooks attached.
+        """
+        fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
         self._check_names(name for name, _ in [*fwd_hooks, *bwd_hooks])
-        with self.hook_lock, super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as m:
-            yield m
+        with self.hook_lock:
+            touched: dict[int, HookPoint] = {}
+            try:
+                self.context_level += 1
+                for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+                    for name, hook in pairs:
+                        points = [self.mod_dict[name]] if isinstance(name, str) else \
+                            [hp for n, hp in self.hook_dict.items() if name(n)]
+                        for hp in points:
+                            hp.add_hook(hook, dir=direction, level=self.context_level)
+                            touched[id(hp)] = hp
+                yield self
+            finally:
+                if reset_hooks_end:
+                    if clear_contexts:
+                        self.clear_contexts()
+                    for hp in touched.values():
+                        hp.remove_hooks("both", including_permanent=False, level=self.context_level)
+                    self.is_caching = False
+                self.context_level -= 1
 
     def add_hook(self, name: NameOrFilter, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
         self._check_names([name])

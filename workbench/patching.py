@@ -62,6 +62,7 @@ normalisation, ablation sources, the result table) is in ``workbench.runs``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import weakref
 from contextlib import contextmanager
 from typing import Any
 
@@ -126,8 +127,8 @@ def patch(
 
     with torch.no_grad():
         keep = lambda n: run.want(n) or n in resume_names  # noqa: E731
-        clean_run = base_run(model, run.clean, fk, keep)
-        corr_run = base_run(model, run.corrupted, fk, keep)
+        clean_run = base_run(model, run.clean, fk, keep)  # sizes of every hook: the chunk size
+        corr_run = base_run(model, run.corrupted, fk, keep, measure=False)  # only what patching reads
     m_clean = metric_values(metric, clean_run.output, B, "clean")
     m_corr = metric_values(metric, corr_run.output, B, "corrupted")
     baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
@@ -160,8 +161,12 @@ def patch(
     n_rows = sum(len(v) for v in todo.values()) * B
     stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
     runner = _Runner(model, run.base, base_cache, fk, metric, B, sources, resume_names, stats)
-    chunks = [(key, idx[i: i + copies]) for key, idx in sorted(todo.items(), key=lambda kv: (kv[0] is None, kv[0] or ()))
-              for i in range(0, len(idx), copies)]
+    if use_resume and not runner.settles:
+        chunks = _bands(todo, copies, runner.T)
+    else:
+        chunks = [(key, idx[i: i + copies])
+                  for key, idx in sorted(todo.items(), key=lambda kv: (kv[0] is None, kv[0] or ()))
+                  for i in range(0, len(idx), copies)]
     with torch.no_grad():  # the patched runs, like the base runs, build no autograd graph
         for key, chunk in tqdm(chunks, disable=not progress, desc="patch", leave=False):
             chunk_sites = [site_list[i] for i in chunk]
@@ -207,7 +212,8 @@ class _Runner:
         self.metric, self.B, self.sources, self.stats = metric, B, sources, stats
         if resume_names:
             loop = model.resume_loop
-            self.T = loop_sizes((n for n in resume_names if n in base_cache), loops=(loop,))[loop]
+            self.T = loop_sizes((n for n in resume_names if n in base_cache), loops=(loop,)).get(loop, 0)
+            self.settles = getattr(model, "resume_settles", True)
             self.step_of = lambda n: HookName.parse(n, (loop,)).loop(loop)  # noqa: E731
             self._refs: dict[int, LoopState] = {}
 
@@ -243,6 +249,12 @@ class _Runner:
             state = model.resume_state(self.cache, t, inner) if inner else model.resume_state(self.cache, t)
             kwargs["start"] = repeat_batch(state, k)
         hooks = self.hooks(sites)
+        if not self.settles:  # a continuous carry never returns to the base run's: run to the end at once
+            with _hooked(model, hooks):
+                out = model(*args, **kwargs)
+            self.stats["forwards"] += 1
+            self.stats["copies_run"] += k
+            return _metric_per_copy(self.metric, out, k, B)
         own: dict[str, Tensor] = {}  # what the alive copies recorded at steps >= t
         u = t
         while True:
@@ -313,8 +325,53 @@ def _patch_hook(entries: list[tuple[int, Site]], src: Tensor, k: int, B: int) ->
 
 
 # --------------------------------------------------------------- helpers
-def _all_resume_names(model) -> set[str]:
-    """Every hook the resume protocol may read, for every step (and inner index)."""
+def _bands(todo: dict, copies: int, T: int, waste: float = 0.25) -> list[tuple[Any, list[int]]]:
+    """Chunks of sites with different resume points, each started at its earliest point.
+
+    For models whose patched copies run to the end in one forward (``resume_settles = False``):
+    a copy whose site lies later than the chunk's start recomputes the base run up to its site,
+    which is exact (the prefix is the base run's) and costs ``t_site - t_start`` loop steps; a
+    new chunk starts once that recomputation would exceed ``waste`` of the chunk's own work
+    (``T - t`` steps per copy), so sites spread over a long run are not all started at step 0,
+    and sites close together share one large forward.
+    """
+    chunks = [(None, idx[i: i + copies]) for idx in [todo.get(None, [])] for i in range(0, len(idx), copies)]
+    order = [(key, i) for key in sorted(k for k in todo if k is not None) for i in todo[key]]
+    band: list[int] = []
+    start, work, extra = None, 0, 0
+    for key, i in order:
+        need, over = max(1, T - key[0]), 0 if start is None else key[0] - start[0]
+        if band and (len(band) >= copies or extra + over > waste * (work + need)):
+            chunks.append((start, band))
+            band, start, work, extra = [], None, 0, 0
+        if start is None:
+            start, over = key, 0
+        band.append(i)
+        work, extra = work + need, extra + over
+    if band:
+        chunks.append((start, band))
+    return chunks
+
+
+_RESUME_NAMES: "weakref.WeakKeyDictionary[Any, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def _all_resume_names(model) -> frozenset[str]:
+    """Every hook the resume protocol may read, for every step (and inner index); computed once
+    per model (it depends only on the hook points the model was built with)."""
+    try:
+        return _RESUME_NAMES[model]
+    except (KeyError, TypeError):
+        pass
+    names = frozenset(_resume_names_of(model))
+    try:
+        _RESUME_NAMES[model] = names
+    except TypeError:
+        pass
+    return names
+
+
+def _resume_names_of(model) -> set[str]:
     sizes = loop_sizes(model.hook_dict, loops=None)  # the resume loop and the inner one
     size = sizes.get(model.resume_loop, 0)
     names = {n for t in range(size + 1) for n in model.resume_names(t)}

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from workbench.hooks import HookName
+from workbench.hooks import HookName, exclusive
 from workbench.sites import Site, Sites, SiteSelection, as_sites, names_filter
 
 __all__ = [
@@ -120,27 +120,45 @@ class BaseRun(NamedTuple):
     step_bytes: int  # bytes per batch row of the largest loop step
 
 
-def base_run(model, args: tuple, fk: dict, keep: Callable[[str], bool]) -> BaseRun:
+def base_run(model, args: tuple, fk: dict, keep: Callable[[str], bool], measure: bool = True) -> BaseRun:
     """One forward without gradients, recording what the analyses need (see ``BaseRun``).
 
     A loop step is one iteration of a hook name's outermost loop (``HookName.loops``); hooks
-    outside every loop count as one step together.
+    outside every loop count as one step together. ``measure=False`` records only the hooks
+    ``keep`` selects (``shapes`` then holds those, ``step_bytes`` is 0): a run whose sizes are
+    already known attaches nothing else.
+
+    The recording hooks are plain PyTorch forward hooks on the hook points, attached and removed
+    here under the model's lock, so the run costs one call per recorded hook and nothing per hook
+    point left alone.
     """
     cache: dict[str, Tensor] = {}
     shapes: dict[str, tuple] = {}
     nbytes: dict[Any, int] = {}
 
-    def record(act: Tensor, hook) -> None:
-        if not torch.is_tensor(act):
-            return
-        shapes[hook.name] = tuple(act.shape)
-        step = HookName.parse(hook.name).loops[:1]
-        nbytes[step] = nbytes.get(step, 0) + act.numel() * act.element_size()
-        if keep(hook.name):
-            cache[hook.name] = act
+    def recorder(name: str, kept: bool, step) -> Callable:
+        def record(module, inputs, act) -> None:
+            if not torch.is_tensor(act):
+                return
+            shapes[name] = tuple(act.shape)
+            if measure:
+                nbytes[step] = nbytes.get(step, 0) + act.numel() * act.element_size()
+            if kept:
+                cache[name] = act
+        return record
 
-    with torch.no_grad():
-        out = model.run_with_hooks(*args, fwd_hooks=[(lambda n: True, record)], **fk)
+    handles = []
+    with exclusive(model), torch.no_grad():
+        try:
+            for name, point in model.hook_dict.items():
+                kept = bool(keep(name))
+                if kept or measure:
+                    step = HookName.parse(name).loops[:1] if measure else None
+                    handles.append(point.register_forward_hook(recorder(name, kept, step)))
+            out = model(*args, **fk)
+        finally:
+            for handle in handles:
+                handle.remove()
     B = args[0].shape[0]
     return BaseRun(out, cache, shapes, max(nbytes.values(), default=0) // max(1, B))
 
