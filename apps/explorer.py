@@ -37,6 +37,7 @@ PAGES = {
         st.Page("pages/patching.py", title="Patching", icon=":material/healing:"),
         st.Page("pages/probing.py", title="Probing", icon=":material/search:"),
         st.Page("pages/codebook.py", title="Codebook", icon=":material/grid_view:"),
+        st.Page("pages/dynamics.py", title="Dynamics", icon=":material/cyclone:"),
     ],
 }
 

@@ -313,3 +313,18 @@ def test_home_links_every_zoo_model_to_its_page():
     page = linked["page"].iloc[0].split("?")[0].strip("/")
     at = ok(open_page(page, name))  # the link opens that page on that model
     assert at.selectbox(key=f"{page}_model_choice").value == name
+
+
+def test_dynamics_page_runs_the_lab_on_the_zoo_through_the_registry():
+    at = ok(open_page("dynamics", "reasoner"))
+    assert at.title[0].value == "Loop dynamics"
+    assert len(at.get("plotly_chart")) == 1  # only the chosen analysis computes
+    ok(show(at, "dynamics_view", "Convergence and commit step"))
+    assert "commit" in " ".join(t.value for t in at.text).lower()
+    at = ok(open_page("dynamics", "act-parity"))
+    ok(show(at, "dynamics_view", "Fixed points of the cell"))
+    at = ok(open_page("dynamics", "warp-phys-msd"))
+    views = at.button_group(key="dynamics_view").options
+    assert "Iteration lens" not in [str(v) for v in views]  # WARP has no class readout
+    at.number_input(key="dynamics_n_convergence").set_value(1).run()
+    assert at.error and "out of range" in at.error[0].value and not at.exception
