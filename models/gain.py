@@ -1,10 +1,13 @@
 """A gain-controlled recurrent cortical circuit: fixed recurrent weights, adaptive single-neuron gains.
 
 After "Adaptive coding efficiency in recurrent cortical circuits via gain control" (Duong,
-Bredenberg, Heeger, Simoncelli; arXiv 2305.19869). That paper's full text was not available
-to us: the equations below are **our formulation** of its idea (neurons adapt only their
-gains; propagated through a fixed recurrent network, the gain changes reproduce V1
-adaptation effects), not a transcription of the paper.
+Bredenberg, Heeger, Simoncelli; arXiv 2305.19869). What follows the paper: neurons adapt only
+their gains; the gains trade the fidelity of the stimulus representation against the total
+activity of the network under the current stimulus statistics; propagated through a fixed
+recurrent network, the gain changes give the V1 adaptation effects. The paper's full text
+was not available to us, so the equations below (the circuit, the noise, the fidelity
+measure, the activity cost and their solutions) are **our formulation** of that idea, not a
+transcription of the paper.
 
 Circuit
 -------
@@ -20,45 +23,81 @@ Fixed recurrent weights (local excitation, broad inhibition; symmetric, circulan
 Diagonal gains G = diag(g), g_i >= 0, scale each neuron's total input. Dynamics and steady
 state::
 
-    tau dr/dt = -r + G (f(s) + W r)          r*(s) = (I - G W)^{-1} G f(s)
+    tau dr/dt = -r + G (f(s) + W r)          r*(s) = (I - G W)^{-1} G f(s) = A(g) f(s)
 
 The steady state exists and the dynamics converge to it when the spectral radius of G W is
 below 1; every forward checks this and raises ``UnstableCircuitError`` otherwise. The
 dynamics are integrated with forward Euler (dt/tau <= 1, which keeps Euler stable for any
 stable G W since its eigenvalues then lie in (-1, 1)); Euler's fixed point is r* exactly.
 
-Gain objective (ours)
----------------------
-Given a stimulus distribution p(s), gains minimise activity minus representational capacity::
+Gain objectives (ours). ``GainConfig.objective`` selects one; both are expectations over
+the stimulus distribution p(s) of a gain set, computed by exact quadrature on the config's
+orientation grid.
+
+``objective="fidelity"`` (default): coding fidelity traded against activity
+--------------------------------------------------------------------------------
+The responses are noisy: input noise xi ~ N(0, noise_in^2 I) enters with the feedforward
+drive (so gains and recurrence amplify it like the signal) and output noise
+eta ~ N(0, noise_out^2 I) is added to the rates::
+
+    r = A(g) (f(s) + xi) + eta,     noise covariance N(g) = noise_in^2 A A^T + noise_out^2 I
+
+The stimulus is represented on the circle, x(s) = (cos 2s, sin 2s). Fidelity is the error of
+the best affine decoder x_hat = D r + b (D, b chosen for p(s) and the noise)::
+
+    E(g) = E_{s~p, noise} ||x(s) - x_hat(r)||^2 = tr[ C_xx - C_xr (C_rr + N(g))^{-1} C_rx ]
+
+with C_xx, C_xr = C_xf A^T, C_rr = A C_ff A^T the signal covariances of x and r* under p(s).
+The activity cost is the mean squared steady-state rate, and the gains minimise::
+
+    L(g) = E(g) + alpha * E_{s~p}[ sum_i r*_i(s)^2 ]
+
+E depends on the tuning, not just on mean rates: a flat response with the same means decodes
+nothing (E = tr C_xx, its largest value), so this objective is not homeostatic by
+construction. The cost is squared rather than linear: with E ~ g^2 for a weak neuron, a
+linear cost makes every g_i = 0 a local minimum and the optimum silences neurons near an
+over-represented adapter. Without output noise the fidelity would not depend on the gains;
+without input noise a neuron's signal-to-noise ratio grows without bound with its gain.
+
+Closed form where the formulation allows: for a uniform p(s) on a grid of K orientations with
+K a multiple of n, shifting the stimulus by 180/n deg permutes the neurons, so C_ff, W and A
+for equal gains are circulant and share the Fourier modes; x(s) lives in mode 1. For equal
+gains g, with eigenvalues w_k of W, lambda_k of C_ff, a_k = g / (1 - g w_k)::
+
+    L(g) = tr C_xx - ||C_xf||_F^2 a_1^2 / (a_1^2 (lambda_1 + noise_in^2) + noise_out^2)
+           + alpha * (sum_k a_k^2 lambda_k + n mbar^2 a_0^2)
+
+By the symmetry the gradient at equal gains is along the all-ones vector, so the minimiser of
+this one-variable function (``analytic_gains``: grid search, then bisection on dL/dg) is a
+stationary point of L over all gains; that it is the minimum is checked by gradient descent
+from unequal starts. For a biased p(s) there is no closed form: ``gradient_gains``.
+
+``objective="homeostatic"`` (the ablation): activity against a capacity term
+----------------------------------------------------------------------------------
+::
 
     L(g) = alpha * sum_i rbar_i  -  sum_i log rbar_i  [ + energy/2 * E_s sum_i r*_i(s)^2 ]
     rbar = E_{s~p}[ r*(s; g) ]         (the mean response of each neuron under p)
 
-* ``alpha * sum_i rbar_i`` is the total activity of the network averaged over p(s).
-* ``log rbar_i`` is the fidelity term: among non-negative responses with mean rbar_i the
-  exponential distribution has the largest entropy, 1 + log rbar_i, so ``sum_i log rbar_i``
-  bounds, neuron by neuron, how much the population's responses can tell about s at the
-  activity it spends. It rewards every neuron taking part in the code; the activity term
-  punishes neurons that p(s) drives often. (It is a capacity bound, not the Fisher
-  information; with an over-represented adapter it is the adapter-tuned neurons whose mean
-  drive rises, so they are the ones that turn their gain down.)
-* ``energy`` (default 0) adds a quadratic activity cost; it has no closed form and is
-  solved by gradient descent only.
-
-Analytic optimum (energy = 0). The steady state is linear in f, so its mean under p is the
-steady state of the mean drive m = E_p[f(s)]: rbar = G (m + W rbar). For fixed W and m the
-map g -> rbar is one-to-one on stable gains with positive net drive, with inverse
-g_i = rbar_i / (m_i + (W rbar)_i). In rbar, L is separable and strictly convex:
-dL/drbar_i = alpha - 1/rbar_i = 0, so rbar_i = 1/alpha for every neuron (the population's
-time-averaged responses are equalised: homeostasis). Mapping back::
+It depends on the mean rates only, so any response with the same means scores the same,
+flat or tuned. Closed form (energy = 0): r* is linear in f, so rbar = G (m + W rbar) with
+m = E_p[f(s)]; for fixed W and m the map g -> rbar is one-to-one on stable gains with positive
+net drive, with inverse g_i = rbar_i / (m_i + (W rbar)_i). In rbar, L is separable and strictly
+convex: dL/drbar_i = alpha - 1/rbar_i = 0, so rbar_i = 1/alpha for every neuron (mean
+responses equalised: homeostasis), and::
 
     g_i* = 1 / (alpha * m_i + (W 1)_i)
 
 Because grad_g L = (d rbar/d g)^T grad_rbar L with d rbar/d g = (I - G W)^{-1} diag(m + W rbar)
-invertible, this is the only stationary point over stable gains, and gradient descent on
-L(g) through the recurrent steady state (``gradient_gains``) must find it; a test checks
-the two agree. The optimum exists only when every alpha*m_i + (W 1)_i > 0 and the gains
-it gives are stable; ``analytic_gains`` raises a ``ValueError`` saying which failed.
+invertible, this is the only stationary point over stable gains. The optimum exists only when
+every alpha*m_i + (W 1)_i > 0 and the gains it gives are stable; ``analytic_gains`` raises a
+``ValueError`` saying which failed. ``energy`` > 0 has no closed form (gradient only).
+
+Solvers: ``analytic_gains`` (closed form where it exists), ``gradient_gains`` (BFGS on log g,
+gradient by autograd through the circuit's steady state), ``optimise_gains`` (both sets, the
+closed form where there is one). A fresh ``GainCircuit(cfg)`` holds the optimum of its
+objective for both sets; ``GainCircuit.from_config`` (used to load a checkpoint, whose stored
+gains replace them) does not solve and starts every gain at 0.5 / spectral radius of W.
 
 Hook names (``t`` = Euler step, rates after step t are r((t+1) dt))::
 
@@ -73,7 +112,8 @@ Hook names (``t`` = Euler step, rates after step t are r((t+1) dt))::
 Patching ``hook_gains`` changes the gains of the run (stability is checked after the
 hook), so ``run_with_hooks`` can silence or scale a subpopulation and the tuning curves of
 every other neuron move through W. Patching ``steady.hook_recurrent_drive`` replaces W r*
-in r* = G (f + W r*) without re-equilibrating.
+in r* = G (f + W r*) without re-equilibrating. The noise of the fidelity objective is part of
+the objective only: the forward returns the noise-free rates.
 
 >>> model = GainCircuit(GainConfig())
 >>> s = torch.linspace(-90, 90, 181)[:-1]
@@ -94,11 +134,13 @@ from torch import Tensor, nn
 
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_STEPS, MAX_WIDTH, InputTypeError, check_budget, check_tensor,
-                              describe, float_field, int_field, type_field)
+                              choice_field, describe, float_field, int_field, type_field)
 from workbench.tasks import orientation as ori
 
 GAIN_SETS = ("uniform", "biased")
-DTYPE = torch.float64  # a tiny circuit: exact linear algebra is cheap, and the solvers compare to 1e-6
+OBJECTIVES = ("fidelity", "homeostatic")
+DEFAULT_ALPHA = {"fidelity": 0.005, "homeostatic": 1.0}  # the weight of the activity cost when alpha is not given
+DTYPE = torch.float64  # a tiny circuit: exact linear algebra is cheap, and the solvers are compared closely
 MAX_NEURONS = 1024  # every forward computes the eigenvalues of G W (n^3): ~2 s at this size
 
 
@@ -123,8 +165,11 @@ class GainConfig:
     dt: float = 2.5  # ms; dt/tau <= 1
     max_steps: int = 400  # hook points are built for this many Euler steps
     # gain objective
-    alpha: float = 1.0  # weight of the total activity
-    energy: float = 0.0  # weight of the quadratic activity cost (0: closed-form optimum)
+    objective: str = "fidelity"  # 'fidelity' (decoding error + activity) or 'homeostatic' (the ablation)
+    alpha: Optional[float] = None  # weight of the activity cost; None: 0.005 (fidelity) or 1.0 (homeostatic)
+    noise_in: float = 0.1  # fidelity: s.d. of the input noise (amplified by gains and recurrence)
+    noise_out: float = 0.2  # fidelity: s.d. of the output noise added to the rates
+    energy: float = 0.0  # homeostatic: weight of an extra quadratic activity cost (0: closed-form optimum)
     grid: int = 180  # orientations used for expectations over p(s) and for tuning curves
     uniform: str = "uniform"  # distribution of the gain set 'uniform'
     biased: str = "biased adapter=0 weight=0.5 width=0"  # distribution of the gain set 'biased'
@@ -133,14 +178,21 @@ class GainConfig:
         int_field(self, "n_neurons", 3, MAX_NEURONS)
         int_field(self, "max_steps", 1, MAX_STEPS)
         int_field(self, "grid", 8, MAX_WIDTH)
-        for name in ("kappa", "w_exc_kappa", "tau", "dt", "alpha", "amplitude"):
+        choice_field(self, "objective", OBJECTIVES)
+        if self.alpha is None:
+            self.alpha = DEFAULT_ALPHA[self.objective]
+        for name in ("kappa", "w_exc_kappa", "tau", "dt", "alpha", "amplitude", "noise_out"):
             float_field(self, name, 0.0, lo_open=True)
-        for name in ("baseline", "w_exc", "w_inh", "energy"):
+        for name in ("baseline", "w_exc", "w_inh", "energy", "noise_in"):
             float_field(self, name, 0.0)
         for name in GAIN_SETS:
             type_field(self, name, str, "a distribution such as 'uniform' or 'biased adapter=0 weight=0.5 width=0'")
         if self.dt > self.tau:
             raise ValueError(f"dt={self.dt} > tau={self.tau}: forward Euler needs dt/tau <= 1")
+        if self.objective == "fidelity" and self.energy:
+            raise ValueError(f"energy={self.energy} is the homeostatic objective's extra quadratic cost; the fidelity "
+                             "objective's activity cost is already quadratic (weighted by alpha). Allowed: energy=0 "
+                             "with objective='fidelity', or objective='homeostatic'")
         check_budget(self, "elements of W and of the expectation grid (n_neurons^2 + grid * n_neurons)",
                      self.n_neurons ** 2 + self.grid * self.n_neurons, MAX_ELEMENTS, "grid or n_neurons")
         self.distribution("uniform"), self.distribution("biased")  # parse errors surface here
@@ -188,10 +240,14 @@ class GainCircuit(HookedRecurrentModule):
 
     Buffers: ``preferred`` [n] (degrees), ``W`` [n, n], ``gains`` [n] (the active set, used
     when a forward names none), ``gains_uniform`` and ``gains_biased`` [n] (optimised for
-    the config's two distributions; a fresh model holds their closed-form optimum).
+    the config's two distributions under its objective, ``cfg.objective``).
+
+    ``GainCircuit(cfg)`` solves both sets (``optimise_gains``: the closed form where there is
+    one, else gradient descent); ``solve=False`` skips that and starts every gain at
+    ``start_gains`` (what ``from_config`` does before a checkpoint's gains are loaded).
     """
 
-    def __init__(self, cfg: GainConfig):
+    def __init__(self, cfg: GainConfig, solve: bool = True):
         super().__init__()
         self.cfg = cfg
         n = cfg.n_neurons
@@ -207,11 +263,11 @@ class GainCircuit(HookedRecurrentModule):
         self.steady = SteadyHooks()
         self.time = hook_list(cfg.max_steps, TimeHooks)
         self.setup()
-        # A fresh circuit holds the closed-form optimum of the energy-free objective for both
-        # sets (with energy > 0 it is the start of gradient descent); unstable configs fail here.
-        for name in GAIN_SETS:
-            self.set_gains(name, analytic_gains(self, cfg.distribution(name), closed_form=True))
-        self.gains.copy_(self.gains_uniform)
+        start = start_gains(self)
+        for name in ("active", *GAIN_SETS):
+            self.set_gains(name, start)
+        if solve:  # configs whose optimum is unstable or has no positive gains fail here
+            optimise_gains(self)
 
     # --- inputs -------------------------------------------------------------
     @property
@@ -260,8 +316,8 @@ class GainCircuit(HookedRecurrentModule):
     # --- stability --------------------------------------------------------------
     def spectral_radius(self, gains: Gains = None) -> Tensor:
         """Spectral radius of G W for every distinct row of gains: [rows]."""
-        g = self.gain_set(gains).detach()
-        rows = torch.unique(g.reshape(-1, self.n), dim=0)
+        g = self.gain_set(gains).detach().reshape(-1, self.n)
+        rows = g[:1] if bool((g == g[:1]).all()) else torch.unique(g, dim=0)
         return torch.linalg.eigvals(rows[:, :, None] * self.W).abs().amax(-1)
 
     def check_stable(self, gains: Gains = None) -> None:
@@ -337,19 +393,47 @@ class GainCircuit(HookedRecurrentModule):
     def expectation_grid(self, dist: ori.OrientationDistribution) -> tuple[Tensor, Tensor]:
         """(orientations [K], probabilities [K]) of the grid that expectations over p(s) use."""
         s = ori.grid(self.cfg.grid)
-        return torch.tensor(s, dtype=DTYPE), torch.tensor(ori.density(dist, s), dtype=DTYPE)
+        return torch.tensor(s, dtype=DTYPE, device=self.W.device), torch.tensor(ori.density(dist, s), dtype=DTYPE,
+                                                                                device=self.W.device)
+
+    def transfer(self, gains: Gains = None) -> Tensor:
+        """A(g) = (I - G W)^{-1} G, the steady-state map r* = A f: [n, n] (gains [n])."""
+        g = self.gain_set(gains)
+        if g.ndim != 1:
+            raise ValueError(f"transfer needs one gain vector [n]; got {tuple(g.shape)}")
+        eye = torch.eye(self.n, dtype=DTYPE, device=self.W.device)
+        return torch.linalg.solve(eye - g[:, None] * self.W, torch.diag(g))
+
+    def noise_covariance(self, gains: Gains = None) -> Tensor:
+        """Covariance of the response noise of the fidelity objective: noise_in^2 A A^T + noise_out^2 I, [n, n]."""
+        A = self.transfer(gains)
+        eye = torch.eye(self.n, dtype=DTYPE, device=self.W.device)
+        return self.cfg.noise_in ** 2 * A @ A.T + self.cfg.noise_out ** 2 * eye
 
     def objective(self, gains: Tensor, dist: ori.OrientationDistribution) -> Tensor:
-        """L(g) of the module docstring (differentiable in ``gains`` [n]); +inf if a mean rate is <= 0."""
+        """L(g) of the config's objective (differentiable in ``gains`` [n]); the homeostatic one is +inf if a
+        mean rate is <= 0. The rates come from the circuit's forward (hooks included)."""
         s, p = self.expectation_grid(dist)
         R = self(s, gains=gains)  # [K, n]
+        c = self.cfg
+        if c.objective == "fidelity":
+            return fidelity_loss(R, p, stimulus_code(s), self.noise_covariance(gains), c.alpha)
+        return homeostatic_loss(R, p, c.alpha, c.energy)
+
+    @torch.no_grad()
+    def objective_terms(self, gains: Gains, dist: ori.OrientationDistribution) -> dict:
+        """One gain set under p(s), whatever the config's objective, as floats.
+
+        ``decoding_error`` E(g) of the fidelity objective (noise from the config), ``activity``
+        E_p[sum_i r*_i^2], ``rate_spread`` std/mean of the mean rates, ``objective`` the config's L(g).
+        """
+        g = self.gain_set(gains)
+        s, p = self.expectation_grid(dist)
+        R = self(s, gains=g)
         rbar = p @ R
-        if (rbar <= 0).any():
-            return torch.tensor(math.inf, dtype=DTYPE)
-        loss = self.cfg.alpha * rbar.sum() - torch.log(rbar).sum()
-        if self.cfg.energy:
-            loss = loss + 0.5 * self.cfg.energy * (p @ R.pow(2)).sum()
-        return loss
+        return {"decoding_error": float(decoding_error(R, p, stimulus_code(s), self.noise_covariance(g))),
+                "activity": float((p @ R.pow(2)).sum()), "rate_spread": float(rbar.std(correction=0) / rbar.mean()),
+                "objective": float(self.objective(g, dist))}
 
     # --- config round trip ------------------------------------------------------
     def config_dict(self) -> dict:
@@ -357,16 +441,77 @@ class GainCircuit(HookedRecurrentModule):
 
     @classmethod
     def from_config(cls, config: dict) -> "GainCircuit":
-        return cls(GainConfig(**config))
+        """The circuit of a stored config without solving its gains (a checkpoint's buffers replace them)."""
+        return cls(GainConfig(**config), solve=False)
+
+
+# ------------------------------------------------------------- the objectives
+def stimulus_code(orientations: Tensor) -> Tensor:
+    """x(s) = (cos 2s, sin 2s), the stimulus on the circle (orientation is 180-periodic): [K] deg -> [K, 2]."""
+    t = torch.deg2rad(2.0 * orientations)
+    return torch.stack([torch.cos(t), torch.sin(t)], -1)
+
+
+def _weighted_cov(a: Tensor, b: Tensor, p: Tensor) -> Tensor:
+    return (a - p @ a).T @ ((b - p @ b) * p[:, None])
+
+
+def decoding_error(R: Tensor, p: Tensor, x: Tensor, noise_cov: Tensor) -> Tensor:
+    """Mean squared error of the best affine decoder of ``x`` from noisy responses ``R`` + noise.
+
+    R: [K, n] noise-free responses to K stimuli of probabilities ``p`` [K]; x: [K, d] the target;
+    noise_cov: [n, n] covariance of zero-mean response noise, independent of the stimulus.
+    Returns tr[C_xx - C_xr (C_rr + noise_cov)^{-1} C_rx] (a scalar tensor): tr C_xx for a response
+    that does not vary with the stimulus, less the more the responses say about x.
+    """
+    Cxx, Cxr, Crr = _weighted_cov(x, x, p), _weighted_cov(x, R, p), _weighted_cov(R, R, p)
+    return torch.trace(Cxx) - torch.trace(Cxr @ torch.linalg.solve(Crr + noise_cov, Cxr.T))
+
+
+def fidelity_loss(R: Tensor, p: Tensor, x: Tensor, noise_cov: Tensor, alpha: float) -> Tensor:
+    """The fidelity objective of responses ``R`` [K, n]: decoding_error + alpha * E_p[sum_i r_i^2]."""
+    return decoding_error(R, p, x, noise_cov) + alpha * (p @ R.pow(2)).sum()
+
+
+def homeostatic_loss(R: Tensor, p: Tensor, alpha: float, energy: float = 0.0) -> Tensor:
+    """The homeostatic objective of responses ``R`` [K, n]: alpha sum rbar - sum log rbar (+ energy/2 E sum r^2).
+
+    It sees the mean rates rbar = p @ R only; +inf if one is <= 0.
+    """
+    rbar = p @ R
+    if (rbar <= 0).any():
+        return torch.tensor(math.inf, dtype=R.dtype)
+    loss = alpha * rbar.sum() - torch.log(rbar).sum()
+    if energy:
+        loss = loss + 0.5 * energy * (p @ R.pow(2)).sum()
+    return loss
 
 
 # ----------------------------------------------------------------- gain solvers
-def analytic_gains(model: GainCircuit, dist: ori.OrientationDistribution, closed_form: bool = False) -> Tensor:
-    """Closed-form optimum g_i = 1 / (alpha m_i + (W 1)_i), m = E_p[f(s)]: [n].
+def has_closed_form(model: GainCircuit, dist: ori.OrientationDistribution) -> bool:
+    """Whether ``analytic_gains`` can solve ``dist`` for this circuit's objective (see the module docstring)."""
+    c = model.cfg
+    if c.objective == "homeostatic":
+        return not c.energy
+    p = ori.density(dist, ori.grid(c.grid))
+    return c.grid % c.n_neurons == 0 and bool(np.all(p == p[0]))
 
-    Exact for energy = 0; with energy > 0 it raises unless ``closed_form=True`` asks for the
-    optimum of the energy-free objective (the gradient solver's starting point).
+
+def default_solver(model: GainCircuit, dist: ori.OrientationDistribution) -> str:
+    """'analytic' where there is a closed form for ``dist``, else 'gradient'."""
+    return "analytic" if has_closed_form(model, dist) else "gradient"
+
+
+def analytic_gains(model: GainCircuit, dist: ori.OrientationDistribution, closed_form: bool = False) -> Tensor:
+    """The closed-form optimum of the config's objective for ``dist``: [n].
+
+    homeostatic: g_i = 1 / (alpha m_i + (W 1)_i), m = E_p[f(s)]; with energy > 0 it raises unless
+    ``closed_form=True`` asks for the optimum of the energy-free objective.
+    fidelity: the equal gains minimising the spectral form of L (uniform p(s), grid a multiple of
+    n); any other case raises a ``ValueError`` naming the gradient solver.
     """
+    if model.cfg.objective == "fidelity":
+        return _fidelity_symmetric_gains(model, dist)
     if model.cfg.energy and not closed_form:
         raise ValueError(f"energy={model.cfg.energy}: the objective has no closed form; use the gradient solver "
                          "(gradient_gains, or --solver gradient)")
@@ -381,12 +526,81 @@ def analytic_gains(model: GainCircuit, dist: ori.OrientationDistribution, closed
             "Allowed: alpha * E_p[f_i] + sum_j W_ij > 0 for every neuron; raise alpha or lower w_inh."
         )
     g = 1.0 / denom
+    _check_optimum_stable(model, g, dist)
+    return g
+
+
+def _check_optimum_stable(model: GainCircuit, g: Tensor, dist: ori.OrientationDistribution) -> None:
     rho = float(model.spectral_radius(g).max())
     if rho >= 1.0:
         raise UnstableCircuitError(
             f"the optimal gains for {ori.format_distribution(dist)!r} make the circuit unstable (spectral radius "
             f"of G W = {rho:.4f} >= 1); allowed: a stable optimum. Raise alpha or lower w_exc."
         )
+
+
+def _circulant_spectrum(M: Tensor) -> Tensor:
+    """Eigenvalues of a symmetric circulant matrix by Fourier mode k = 0..n-1: sum_j M_0j cos(2 pi j k / n)."""
+    n = M.shape[0]
+    k = torch.arange(n, dtype=DTYPE, device=M.device)
+    return torch.cos(2 * math.pi * k[:, None] * k[None, :] / n) @ M[0]
+
+
+@torch.no_grad()
+def _fidelity_symmetric_gains(model: GainCircuit, dist: ori.OrientationDistribution) -> Tensor:
+    c, n = model.cfg, model.n
+    if not has_closed_form(model, dist):
+        raise ValueError(
+            f"the fidelity objective has a closed form only for a uniform p(s) on a grid that is a multiple of "
+            f"n_neurons (here {ori.format_distribution(dist)!r}, grid={c.grid}, n_neurons={n}); use the gradient "
+            "solver (gradient_gains, solver='gradient' or --solver gradient)")
+    s, p = model.expectation_grid(dist)
+    F, x = model.feedforward(s), stimulus_code(s)
+    w = _circulant_spectrum(model.W)  # W's eigenvalues by Fourier mode
+    lam = _circulant_spectrum(_weighted_cov(F, F, p))  # C_ff's
+    cxf2 = float(_weighted_cov(x, F, p).pow(2).sum())  # ||C_xf||_F^2, all of it in mode 1
+    trxx = float(torch.trace(_weighted_cov(x, x, p)))
+    nu = lam.clone()
+    nu[0] += n * float((p @ F).mean()) ** 2  # E_p sum r*^2 = sum_k a_k^2 nu_k (the mean drive is mode 0)
+    mu1, so2, alpha = float(lam[1]) + c.noise_in ** 2, c.noise_out ** 2, c.alpha
+
+    def loss(g: Tensor) -> Tensor:  # g [m] -> L [m]
+        a = g[:, None] / (1.0 - g[:, None] * w[None, :])
+        a1 = a[:, 1]
+        return trxx - cxf2 * a1 ** 2 / (a1 ** 2 * mu1 + so2) + alpha * (a ** 2 * nu[None, :]).sum(1)
+
+    def slope(g: float) -> float:  # dL/dg
+        d = 1.0 - g * w
+        a, da = g / d, 1.0 / d ** 2
+        a1 = float(a[1])
+        fid = -cxf2 * 2 * a1 * so2 / (a1 ** 2 * mu1 + so2) ** 2 * float(da[1])
+        return fid + alpha * float((2 * a * nu * da).sum())
+
+    if float(w.abs().max()) > 0:
+        g_max = 1.0 / float(w.abs().max())  # the stability limit of equal gains
+    else:  # no recurrence: no limit; search up to where L rises
+        g_max = 1.0
+        for _ in range(60):
+            if slope(g_max) > 0:
+                break
+            g_max *= 2.0
+    grid = torch.linspace(0.0, g_max, 4001, dtype=DTYPE)[1:-1]
+    j = int(torch.argmin(loss(grid)))
+    if j == len(grid) - 1:
+        raise UnstableCircuitError(f"the fidelity optimum for {ori.format_distribution(dist)!r} lies at the stability "
+                                   "limit of the equal gains; allowed: a stable optimum. Raise alpha or lower w_exc.")
+    lo = float(grid[j - 1]) if j > 0 else 0.0
+    hi = float(grid[j + 1])
+    if j == 0 and slope(float(grid[0])) >= 0:
+        raise ValueError(f"the fidelity optimum for {ori.format_distribution(dist)!r} has all gains at 0: the activity "
+                         "cost outweighs what any response can tell about the stimulus; lower alpha or noise_out")
+    for _ in range(200):  # bisection on dL/dg between a falling and a rising point
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    g = torch.full((n,), 0.5 * (lo + hi), dtype=DTYPE, device=model.W.device)
+    _check_optimum_stable(model, g, dist)
     return g
 
 
@@ -399,19 +613,30 @@ class GradientResult:
     converged: bool
 
 
-def gradient_gains(model: GainCircuit, dist: ori.OrientationDistribution, init: Optional[Tensor] = None,
-                   tol: float = 1e-7, max_iter: int = 5000) -> GradientResult:
-    """Minimise L(g) by gradient descent on log g through the recurrent steady state.
+def start_gains(model: GainCircuit) -> Tensor:
+    """Every gain at half the stability limit, 0.5 / spectral radius of W (1 without recurrence): [n]."""
+    rho = float(model.spectral_radius(torch.ones(model.n, dtype=DTYPE)).max())
+    return torch.full((model.n,), 0.5 / rho if rho > 0 else 1.0, dtype=DTYPE, device=model.W.device)
 
-    Steepest descent with a backtracking (Armijo) step: a step that lowers L is taken and
-    the next one tried twice as long; one that raises L, or leaves the stable region
-    (spectral radius of G W >= 1), is halved. Deterministic. Starts from ``init`` (default:
-    every gain at half the stability limit, 0.5 / spectral radius of W, which knows nothing of
-    the closed form) and stops when max |dL/dlog g| < tol (about the float64 floor of this loss).
+
+# max |dL/dlog g| at which descent stops, well above the level where float64 rounding of L stalls the line
+# search on the shipped circuit (about 2e-10 for the fidelity objective, L ~ 0.07; 3e-13 for the homeostatic one)
+DEFAULT_TOL = {"fidelity": 1e-8, "homeostatic": 1e-7}
+
+
+def gradient_gains(model: GainCircuit, dist: ori.OrientationDistribution, init: Optional[Tensor] = None,
+                   tol: Optional[float] = None, max_iter: int = 3000) -> GradientResult:
+    """Minimise the config's L(g) by gradient-based descent on log g through the recurrent steady state.
+
+    BFGS (quasi-Newton) on u = log g with a backtracking (Armijo) line search; the gradient is
+    autograd's, through the circuit's forward. A step that raises L, or leaves the stable region
+    (spectral radius of G W >= 1), is halved. Deterministic. Starts from ``init`` (default
+    ``start_gains``: equal gains at half the stability limit, which know nothing of any closed
+    form) and stops when max |dL/dlog g| < ``tol`` (default ``DEFAULT_TOL`` of the objective) or
+    when no step lowers L any more (the float64 floor).
     """
-    if init is None:
-        init = torch.full((model.n,), 0.5, dtype=DTYPE) / model.spectral_radius(torch.ones(model.n, dtype=DTYPE)).max()
-    u = torch.log(model.gain_set(init).detach().clone())
+    tol = DEFAULT_TOL[model.cfg.objective] if tol is None else tol
+    u = torch.log(model.gain_set(start_gains(model) if init is None else init).detach().clone())
 
     def value_and_grad(u: Tensor) -> tuple[float, Tensor]:
         u = u.detach().requires_grad_(True)
@@ -427,37 +652,54 @@ def gradient_gains(model: GainCircuit, dist: ori.OrientationDistribution, init: 
     loss, grad = value_and_grad(u)
     if not math.isfinite(loss):
         raise ValueError("gradient_gains: the starting gains are unstable or give a non-positive mean rate")
-    step, it = 1.0, 0
+    H = torch.eye(model.n, dtype=DTYPE, device=u.device)  # inverse-Hessian estimate
+    it = 0
     for it in range(1, max_iter + 1):
         if float(grad.abs().max()) < tol:
             break
-        while step > 1e-16:
-            new_u = u - step * grad
+        d = -H @ grad
+        slope = float(d @ grad)
+        if slope >= 0:  # not a descent direction: restart from steepest descent
+            H = torch.eye(model.n, dtype=DTYPE, device=u.device)
+            d, slope = -grad, -float(grad @ grad)
+        step = 1.0
+        for _ in range(40):
+            new_u = u + step * d
             new_loss, new_grad = value_and_grad(new_u)
-            if new_loss <= loss - 1e-4 * step * float(grad.pow(2).sum()):
-                u, loss, grad = new_u, new_loss, new_grad
-                step *= 2.0
+            if new_loss <= loss + 1e-4 * step * slope:
                 break
             step *= 0.5
         else:
-            break  # no descent step left: at the optimum to machine precision
+            break  # no step lowers L: at the optimum to float64 precision
+        sv, yv = new_u - u, new_grad - grad
+        sy = float(sv @ yv)
+        if sy > 0:
+            if it == 1:
+                H = H * (sy / float(yv @ yv))  # scale the first estimate to the objective's curvature
+            rho = 1.0 / sy
+            V = torch.eye(model.n, dtype=DTYPE, device=u.device) - rho * torch.outer(sv, yv)
+            H = V @ H @ V.T + rho * torch.outer(sv, sv)
+        u, loss, grad = new_u, new_loss, new_grad
     g = torch.exp(u).detach()
     gnorm = float(grad.abs().max())
     return GradientResult(g, loss, gnorm, it, gnorm < tol)
 
 
-def optimise_gains(model: GainCircuit, solver: str = "analytic") -> dict:
-    """Solve both gain sets of the config with ``solver`` ('analytic' or 'gradient') and store them.
+def optimise_gains(model: GainCircuit, solver: str = "auto") -> dict:
+    """Solve both gain sets of the config and store them.
 
-    Returns a summary per set: the objective value, the spectral radius, and for the gradient
-    solver its iterations and final gradient.
+    ``solver``: 'auto' (the closed form where there is one, else gradient descent), 'analytic'
+    (raises where there is no closed form) or 'gradient'. Returns a summary per set: the solver
+    used, the objective value, the spectral radius, and for gradient descent its iterations and
+    final gradient.
     """
-    if solver not in ("analytic", "gradient"):
-        raise ValueError(f"solver={solver!r}; allowed: analytic, gradient")
+    if solver not in ("auto", "analytic", "gradient"):
+        raise ValueError(f"solver={solver!r}; allowed: auto, analytic, gradient")
     out = {}
     for name in GAIN_SETS:
         dist = model.cfg.distribution(name)
-        if solver == "analytic":
+        used = default_solver(model, dist) if solver == "auto" else solver
+        if used == "analytic":
             g, extra = analytic_gains(model, dist), {}
         else:
             res = gradient_gains(model, dist)
@@ -465,8 +707,7 @@ def optimise_gains(model: GainCircuit, solver: str = "analytic") -> dict:
         model.set_gains(name, g)
         with torch.no_grad():
             loss = float(model.objective(g, dist))
-        out[name] = {"distribution": ori.format_distribution(dist), "objective": loss,
+        out[name] = {"distribution": ori.format_distribution(dist), "solver": used, "objective": loss,
                      "spectral_radius": float(model.spectral_radius(g).max()), **extra}
     model.use_gains("uniform")
     return out
-

@@ -2,12 +2,13 @@
 
 Gains optimised for a uniform p(s) are the *before* (unadapted) condition; gains optimised
 for a biased p(s), the adapter over-represented, are *after*. Only the gains differ; W and
-the feedforward tuning are the same. Three effects are measured against the uniform
-condition, as in the V1 experiments (Benucci, Saleem & Carandini 2013):
+the feedforward tuning are the same. Which objective the gains optimise is the model's
+(``cfg.objective``: 'fidelity', or the 'homeostatic' ablation). Three effects are measured
+against the uniform condition, as in the V1 experiments (Benucci, Saleem & Carandini 2013):
 
 1. **Response maxima and minima**: per neuron, the largest and smallest steady-state
-   response over orientations. Expected: both fall for neurons tuned near the adapter and
-   rise for neurons tuned far from it (the mean responses are equalised).
+   response over orientations. Expected: both fall for neurons tuned near the adapter (the
+   paper's direction); we also expect, and list, that both rise for neurons tuned far from it.
 2. **Tuning-curve repulsion**: the shift of each neuron's tuning-curve peak, signed so that
    positive is away from the adapter. Expected: positive for neurons on the adapter's flanks
    (neurons at the adapter or orthogonal to it cannot shift, by symmetry). In the circuit the
@@ -17,6 +18,11 @@ condition, as in the V1 experiments (Benucci, Saleem & Carandini 2013):
    biased ensemble (weighted by p(s)), before vs after. Expected: lower for pairs tuned near
    the adapter, the neurons the over-represented stimulus drives together. All-pair and
    far-pair means are reported beside it.
+
+Besides: the spread of the mean rates under the biased p(s) (homeostasis: exact for the
+homeostatic objective by construction, partial and emergent for the fidelity one), and the
+coding terms of both gain sets under the biased p(s): the decoding error, the activity and
+the model's own objective (which the adapted gains must lower).
 
 Tuning curves and expectations use the circuit's orientation grid (``GainConfig.grid``),
 exact quadrature over p(s); ``sampled_correlations`` repeats effect 3 on stimuli drawn by the
@@ -38,7 +44,7 @@ import torch
 
 from workbench.tasks import orientation as ori
 
-from .gain import GainCircuit, analytic_gains, gradient_gains
+from .gain import GainCircuit, analytic_gains, default_solver, gradient_gains
 
 NEAR_DEG = 30.0  # "tuned near the adapter": |preferred - adapter| <= NEAR_DEG
 FAR_DEG = 60.0  # "tuned far from the adapter": |preferred - adapter| >= FAR_DEG
@@ -55,6 +61,7 @@ class AdaptationResult:
     preferred: np.ndarray  # [n] degrees
     adapter: float
     distribution: str  # the biased distribution, text format
+    objective: str = "fidelity"  # the objective the gains optimise (the model's cfg.objective)
 
     def pairs(self) -> pd.DataFrame:
         """Tidy pair table (i < j): preferred orientations, group, correlations."""
@@ -110,7 +117,9 @@ def run(model: GainCircuit, biased: Optional[ori.OrientationDistribution] = None
 
     ``biased`` defaults to the config's biased distribution. ``solver`` picks the after gains:
     ``'stored'`` (the model's biased set; only for the config's distribution), ``'analytic'``
-    or ``'gradient'`` (solved here for ``biased``).
+    (the closed form; a ``ValueError`` where the objective has none for ``biased``),
+    ``'gradient'`` (descent from the stored biased gains) or ``'auto'`` (the closed form where
+    there is one, else gradient descent), solved here for ``biased``.
     """
     dist = biased or model.cfg.distribution("biased")
     if dist.kind != "biased":
@@ -118,14 +127,15 @@ def run(model: GainCircuit, biased: Optional[ori.OrientationDistribution] = None
     if solver == "stored":
         if dist != model.cfg.distribution("biased"):
             raise ValueError("solver='stored' uses the model's biased gain set, which was optimised for "
-                             f"{model.cfg.biased!r}; for another distribution use solver='analytic' or 'gradient'")
+                             f"{model.cfg.biased!r}; for another distribution use solver='auto', 'analytic' or "
+                             "'gradient'")
         after = model.gains_biased.clone()
-    elif solver == "analytic":
+    elif solver not in ("auto", "analytic", "gradient"):
+        raise ValueError(f"solver={solver!r}; allowed: stored, auto, analytic, gradient")
+    elif (default_solver(model, dist) if solver == "auto" else solver) == "analytic":
         after = analytic_gains(model, dist)
-    elif solver == "gradient":
-        after = gradient_gains(model, dist).gains
     else:
-        raise ValueError(f"solver={solver!r}; allowed: stored, analytic, gradient")
+        after = gradient_gains(model, dist, init=model.gains_biased).gains
     before = model.gains_uniform.clone()
 
     s = ori.grid(model.cfg.grid)
@@ -173,6 +183,11 @@ def run(model: GainCircuit, biased: Optional[ori.OrientationDistribution] = None
     spread = lambda r: float(np.std(r) / np.mean(r))  # noqa: E731
     add("homeostasis", "spread (std/mean) of the mean rates under the biased p(s)",
         spread(n.mean_rate_before), spread(n.mean_rate_after), "<0")
+    t0, t1 = model.objective_terms(before, dist), model.objective_terms(after, dist)
+    add("coding", "decoding error of (cos 2s, sin 2s) under the biased p(s)", t0["decoding_error"], t1["decoding_error"])
+    add("coding", "activity E[sum_i r_i^2] under the biased p(s)", t0["activity"], t1["activity"])
+    add("coding", f"the model's ({model.cfg.objective}) objective under the biased p(s)", t0["objective"],
+        t1["objective"], "<0")
 
     tuning = pd.concat([
         pd.DataFrame({"condition": cond, "neuron": np.repeat(np.arange(len(pref)), len(s)),
@@ -181,7 +196,7 @@ def run(model: GainCircuit, biased: Optional[ori.OrientationDistribution] = None
         for cond, R in (("before", R0), ("after", R1))
     ], ignore_index=True)
     return AdaptationResult(neurons, pd.DataFrame(rows), tuning, c0, c1, cref, pref, dist.adapter,
-                            ori.format_distribution(dist))
+                            ori.format_distribution(dist), model.cfg.objective)
 
 
 @torch.no_grad()

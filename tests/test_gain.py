@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import models
-from models.gain import (GAIN_SETS, GainCircuit, GainConfig, UnstableCircuitError, analytic_gains, gradient_gains,
-                         optimise_gains)
+from models.gain import (DEFAULT_ALPHA, GAIN_SETS, GainCircuit, GainConfig, UnstableCircuitError, analytic_gains,
+                         decoding_error, default_solver, fidelity_loss, gradient_gains, has_closed_form,
+                         homeostatic_loss, optimise_gains, start_gains, stimulus_code)
 from models.gain_experiment import patched_tuning, peak_orientation, run, tuning_curves
 from workbench.hooks import UnknownHookError, stack
 from workbench.tasks import orientation as ori
@@ -14,7 +15,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model():
+    """The default circuit: the fidelity objective, both sets solved (closed form / gradient descent)."""
     return GainCircuit(GainConfig()).eval()
+
+
+@pytest.fixture(scope="module")
+def homeostatic():
+    """The ablation: the same circuit with the homeostatic objective."""
+    return GainCircuit(GainConfig(objective="homeostatic")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +30,17 @@ def result(model):
     return run(model)
 
 
+@pytest.fixture(scope="module")
+def ablation(homeostatic):
+    return run(homeostatic)
+
+
 def stimuli(k=180):
     return torch.tensor(ori.grid(k), dtype=torch.float64)
+
+
+def rel(a, b):
+    return float(((a - b).abs() / b.abs()).max())
 
 
 # ------------------------------------------------------------ dynamics and hooks
@@ -106,15 +123,15 @@ def test_patching_gains_of_a_subpopulation_moves_tuning_curves(model):
     assert (shift[right] > 0.2).all() and (shift[left] < -0.2).all()  # repelled on both sides
     assert (patched.max(0)[group] < clean.max(0)[group]).all()
     # patching never edits the stored gain set
-    assert torch.equal(model.gains_uniform, GainCircuit(GainConfig()).gains_uniform)
+    assert torch.equal(model.gains_uniform, analytic_gains(model, model.cfg.distribution("uniform")))
 
 
 # --------------------------------------------------------------------- stability
 def test_unstable_weights_are_rejected_with_a_clear_error():
-    # strong narrow excitation on top of balanced inhibition: the optimal gains cannot be stable
+    # strong narrow excitation on top of balanced inhibition: the homeostatic optimum cannot be stable
     with pytest.raises(UnstableCircuitError, match="optimal gains for 'uniform' make the circuit unstable"):
-        GainCircuit(GainConfig(w_exc=40.0, w_exc_kappa=4.0, w_inh=8.0))
-    circuit = GainCircuit(GainConfig())
+        GainCircuit(GainConfig(objective="homeostatic", w_exc=40.0, w_exc_kappa=4.0, w_inh=8.0))
+    circuit = GainCircuit(GainConfig(), solve=False)
     circuit.W.mul_(3.0)  # stronger recurrence under the same gains
     with pytest.raises(UnstableCircuitError, match=r"spectral radius of G W is \d\.\d+ >= 1.*w_exc, w_inh"):
         circuit(stimuli(4))
@@ -141,65 +158,156 @@ def test_unstable_or_negative_gains_are_rejected(model):
         model(s, gains=rows)
 
 
-def test_analytic_optimum_needs_positive_net_drive():
+def test_homeostatic_optimum_needs_positive_net_drive():
     with pytest.raises(ValueError, match="no optimum with positive gains.*raise alpha or lower w_inh"):
-        GainCircuit(GainConfig(w_inh=20.0))
+        GainCircuit(GainConfig(objective="homeostatic", w_inh=20.0))
     with pytest.raises(ValueError, match="dt=20.0 > tau=10.0"):
         GainConfig(dt=20.0)
     with pytest.raises(ValueError, match="biased=.*character 7: unknown key 'adaptor'"):
         GainConfig(biased="biased adaptor=0")
 
 
-# ------------------------------------------------------------------ gain solvers
-@pytest.mark.parametrize("name", GAIN_SETS)
-def test_analytic_and_gradient_gains_agree(model, name):
-    dist = model.cfg.distribution(name)
-    exact = analytic_gains(model, dist)
-    # starts from constant gains, not from the closed form; stops at max |dL/dlog g| < 1e-6, ten times
-    # the float64 floor of this loss (about 1e-7, where the descent can stall), which leaves the
-    # gains within about 1e-6 of the closed form
-    res = gradient_gains(model, dist, tol=1e-6)
-    assert res.converged and res.iterations > 5
-    assert torch.allclose(res.gains, exact, rtol=1e-5)
-    # the optimum equalises the mean responses at 1/alpha (homeostasis)
+# ------------------------------------------------------------------- the objectives
+def test_the_objective_is_a_config_switch():
+    assert GainConfig().objective == "fidelity" and GainConfig().alpha == DEFAULT_ALPHA["fidelity"]
+    assert GainConfig(objective="homeostatic").alpha == 1.0 and GainConfig(alpha=0.02).alpha == 0.02
+    with pytest.raises(ValueError, match="objective='entropy'; allowed: .*'fidelity', 'homeostatic'"):
+        GainConfig(objective="entropy")
+    with pytest.raises(ValueError, match="energy=0.5 is the homeostatic objective's"):
+        GainConfig(energy=0.5)
+    with pytest.raises(ValueError, match="noise_out=0.0 is out of range"):
+        GainConfig(noise_out=0.0)
+    # the resolved alpha is stored: a config round trip keeps the objective and its weight
+    cfg = GainCircuit(GainConfig(objective="homeostatic", n_neurons=12, grid=36), solve=False).config_dict()
+    assert cfg["objective"] == "homeostatic" and cfg["alpha"] == 1.0
+    assert GainCircuit.from_config(cfg).config_dict() == cfg
+
+
+def test_fidelity_is_not_homeostatic(model):
+    """A flat response with the same mean rates: the same homeostatic score, a much worse fidelity score."""
+    dist = model.cfg.distribution("biased")
     s, p = model.expectation_grid(dist)
-    assert torch.allclose(p @ model(s, gains=exact), torch.full((model.n,), 1 / model.cfg.alpha, dtype=torch.float64), rtol=1e-9)
-    # and is a minimum: random stable perturbations raise the objective
+    x = stimulus_code(s)
+    tuned = model(s, gains="biased")                              # the fidelity optimum's responses
+    flat = (p @ tuned).expand_as(tuned)                           # no tuning, the same mean rate per neuron
+    assert torch.allclose(p @ flat, p @ tuned, rtol=1e-12)
+    noise = model.noise_covariance("biased")
+    a = model.cfg.alpha
+    # the homeostatic objective cannot tell them apart ...
+    assert torch.allclose(homeostatic_loss(flat, p, 1.0), homeostatic_loss(tuned, p, 1.0), rtol=1e-12)
+    # ... the fidelity objective can: the flat response decodes nothing (error = tr C_xx, the prior variance)
+    prior = float(torch.trace((x - p @ x).T @ ((x - p @ x) * p[:, None])))
+    assert float(decoding_error(flat, p, x, noise)) == pytest.approx(prior, rel=1e-9)
+    assert prior > 0.5 and float(decoding_error(tuned, p, x, noise)) < 0.1 * prior
+    assert float(fidelity_loss(flat, p, x, noise, a)) > float(fidelity_loss(tuned, p, x, noise, a)) + 0.5
+    # and its optimum does not equalise the mean rates (the homeostatic optimum does, exactly)
+    rbar = p @ tuned
+    assert float(rbar.std() / rbar.mean()) > 0.05
+
+
+def test_homeostatic_ablation_equalises_mean_rates(homeostatic):
+    for name in GAIN_SETS:
+        s, p = homeostatic.expectation_grid(homeostatic.cfg.distribution(name))
+        rbar = p @ homeostatic(s, gains=name)
+        assert torch.allclose(rbar, torch.full_like(rbar, 1 / homeostatic.cfg.alpha), rtol=1e-9)
+
+
+# ------------------------------------------------------------------ gain solvers
+def test_closed_form_exists_only_where_the_formulation_allows(model, homeostatic):
+    assert has_closed_form(model, ori.UNIFORM) and default_solver(model, ori.UNIFORM) == "analytic"
+    biased = model.cfg.distribution("biased")
+    assert not has_closed_form(model, biased) and default_solver(model, biased) == "gradient"
+    with pytest.raises(ValueError, match="closed form only for a uniform p.*use the gradient solver"):
+        analytic_gains(model, biased)
+    odd = GainCircuit(GainConfig(n_neurons=12, grid=16, max_steps=5))  # 16 is no multiple of 12: no symmetry
+    assert not has_closed_form(odd, ori.UNIFORM)
+    assert has_closed_form(homeostatic, biased)
+    assert not has_closed_form(GainCircuit(GainConfig(objective="homeostatic", energy=0.5), solve=False), biased)
+
+
+def test_fidelity_closed_form_and_gradient_descent_agree(model):
+    """The uniform set: the equal-gain closed form vs descent over all 36 gains from unequal starts."""
+    dist = model.cfg.distribution("uniform")
+    exact = analytic_gains(model, dist)
+    assert torch.equal(model.gains_uniform, exact) and torch.allclose(exact, exact[0])
     gen = torch.Generator().manual_seed(0)
+    starts = [model.gains_biased, exact * torch.exp(0.3 * torch.randn(model.n, generator=gen, dtype=torch.float64))]
+    for init in starts:
+        assert rel(init, exact) > 0.1  # a start away from the closed form
+        res = gradient_gains(model, dist, init=init)
+        assert res.converged and res.iterations > 5
+        # the descent stops at max |dL/dlog g| < 1e-8 (float64 stalls near 2e-10); the gains then sit within
+        # about 1e-5 of the closed form, and 1e-3 leaves a wide margin
+        assert rel(res.gains, exact) < 1e-3
+        assert res.loss >= float(model.objective(exact, dist)) - 1e-12
+    # a minimum: random perturbations raise the objective
     base = float(model.objective(exact, dist))
     for _ in range(5):
         g = exact * torch.exp(0.05 * torch.randn(model.n, generator=gen, dtype=torch.float64))
         assert float(model.objective(g, dist)) > base
 
 
+def test_biased_fidelity_optimum_does_not_hang_on_the_start(model):
+    dist = model.cfg.distribution("biased")
+    stored = model.gains_biased
+    gen = torch.Generator().manual_seed(1)
+    res = gradient_gains(model, dist, init=start_gains(model) * torch.exp(0.3 * torch.randn(
+        model.n, generator=gen, dtype=torch.float64)))
+    assert res.converged and rel(res.gains, stored) < 1e-3
+    # symmetric about the adapter (neuron i at +d and its mirror at -d)
+    pref = model.preferred.numpy()
+    mirror = [int(np.argmin(np.abs(ori.circular_distance(pref, -p)))) for p in pref]
+    assert rel(stored[mirror], stored) < 1e-3
+
+
+@pytest.mark.parametrize("name", GAIN_SETS)
+def test_homeostatic_closed_form_and_gradient_agree(homeostatic, name):
+    dist = homeostatic.cfg.distribution(name)
+    exact = analytic_gains(homeostatic, dist)
+    other = homeostatic.gain_set([n for n in GAIN_SETS if n != name][0])
+    for init in (None, other):  # equal gains at half the stability limit; the other set's optimum
+        res = gradient_gains(homeostatic, dist, init=init)
+        assert res.converged and res.iterations > 3
+        assert rel(res.gains, exact) < 1e-4  # observed about 1e-8
+    gen = torch.Generator().manual_seed(0)
+    base = float(homeostatic.objective(exact, dist))
+    for _ in range(5):
+        g = exact * torch.exp(0.05 * torch.randn(homeostatic.n, generator=gen, dtype=torch.float64))
+        assert float(homeostatic.objective(g, dist)) > base
+
+
 def test_energy_term_has_no_closed_form_and_gradient_descent_solves_it():
-    circuit = GainCircuit(GainConfig(energy=0.5))
+    circuit = GainCircuit(GainConfig(objective="homeostatic", energy=0.5))
     dist = circuit.cfg.distribution("biased")
     with pytest.raises(ValueError, match="no closed form"):
         analytic_gains(circuit, dist)
-    summary = optimise_gains(circuit, "gradient")
-    assert all(v["converged"] for v in summary.values())
+    summary = optimise_gains(circuit, "auto")
+    assert all(v["converged"] and v["solver"] == "gradient" for v in summary.values())
     energy_free = analytic_gains(circuit, dist, closed_form=True)
     assert float(circuit.objective(circuit.gains_biased, dist)) < float(circuit.objective(energy_free, dist))
-    effects = run(circuit).effects
-    assert effects.loc[effects.expected != "", "reproduced"].all()
+    assert run(circuit).reproduced()
+    with pytest.raises(ValueError, match="solver='newton'"):
+        optimise_gains(circuit, "newton")
 
 
 # -------------------------------------------------------- the adaptation effects
+# Generous margins: each bound is a fraction (about half or less) of the value the shipped configuration gives.
 def test_gains_fall_near_the_adapter(result):
     n = result.neurons
     assert np.allclose(n.gain_before, n.gain_before[0])  # uniform p(s): one gain for all
     at, orth = n.distance.abs().idxmin(), n.distance.abs().idxmax()
-    assert n.gain_after[at] < 0.9 * n.gain_before[at] and n.gain_after[orth] > n.gain_before[orth]
-    by_distance = n.assign(d=n.distance.abs()).groupby("d").gain_after.mean()
-    assert (np.diff(by_distance.values) >= -1e-12).all()  # lowest at the adapter, rising away from it
+    assert n.gain_after[at] < 0.95 * n.gain_before[at] and n.gain_after[orth] > 1.05 * n.gain_before[orth]
+    near = n.distance.abs() <= 25  # within 25 deg all fall (most, by 35%, at 15 deg); at 30 deg they rise again
+    assert (n.gain_after[near] < n.gain_before[near]).all() and n.gain_after.min() > 0.3 * n.gain_before[0]
 
 
-def test_effect_1_maxima_and_minima(result):
-    n = result.neurons
+def test_effect_1_maxima_and_minima_fall_near_the_adapter(result):
+    n, e = result.neurons, result.effects.set_index("measure").change
     at, orth = n.distance.abs().idxmin(), n.distance.abs().idxmax()
-    assert n.max_after[at] < n.max_before[at] and n.min_after[at] < n.min_before[at]
-    assert n.max_after[orth] > n.max_before[orth] and n.min_after[orth] > n.min_before[orth]
+    assert n.max_after[at] < 0.9 * n.max_before[at] and n.min_after[at] < 0.9 * n.min_before[at]
+    assert n.max_after[orth] > 1.1 * n.max_before[orth] and n.min_after[orth] > 1.1 * n.min_before[orth]
+    assert e[e.index.str.startswith("mean response maximum, neurons within")].item() < -0.1   # observed -0.24
+    assert e[e.index.str.startswith("mean response minimum, neurons within")].item() < -0.01  # observed -0.03
     assert (n[["min_before", "min_after"]] >= 0).all().all()  # responses stay non-negative
 
 
@@ -207,7 +315,7 @@ def test_effect_2_peaks_shift_away_from_the_adapter(result):
     n = result.neurons
     flank = (n.distance.abs() > 0) & (n.distance.abs() < 90)
     assert (n.shift_away[flank] > 0).all()
-    assert n.shift_away.max() > 2.0  # degrees
+    assert n.shift_away[flank].mean() > 0.3 and n.shift_away.max() > 0.8  # degrees; observed 0.67 and 1.53
     assert np.allclose(n.shift_away[~flank], 0, atol=1e-9)  # at and orthogonal to the adapter: symmetric
 
 
@@ -222,38 +330,63 @@ def test_effect_2_repulsion_needs_the_recurrence():
 def test_effect_3_decorrelation_near_the_adapter(result):
     pairs = result.pairs()
     near = pairs[pairs.group == "near"]
-    assert near.corr_after.mean() < near.corr_before.mean() - 0.05
+    assert near.corr_after.mean() < near.corr_before.mean() - 0.05  # observed -0.12
     assert (near.corr_after < near.corr_before + 1e-12).mean() > 0.9
     # the biased ensemble raises near-pair correlations above the uniform-ensemble reference
     assert near.corr_before.mean() > near.corr_reference.mean()
 
 
-def test_all_expected_effects_reproduced_and_fast(result):
-    assert result.reproduced()
-    assert set(result.effects.effect) == {"maxima/minima", "repulsion", "decorrelation", "homeostasis"}
+def test_fidelity_gives_partial_homeostasis_and_a_better_code(result, ablation):
+    e, h = result.effects.set_index("measure"), ablation.effects.set_index("measure")
+    spread = "spread (std/mean) of the mean rates under the biased p(s)"
+    assert e.after[spread] < 0.5 * e.before[spread] and e.after[spread] > 0.05  # partial: 0.42 -> 0.11
+    assert h.after[spread] < 1e-9  # the ablation equalises exactly
+    err, act = e.index[e.index.str.startswith("decoding error")][0], e.index[e.index.str.startswith("activity")][0]
+    assert e.change[err] < 0 and e.change[act] < 0  # adapting lowers both under the fidelity objective
+
+
+def test_all_expected_effects_reproduced_by_both_objectives(result, ablation):
+    for res, objective in ((result, "fidelity"), (ablation, "homeostatic")):
+        assert res.reproduced() and res.objective == objective
+        assert set(res.effects.effect) == {"maxima/minima", "repulsion", "decorrelation", "homeostasis", "coding"}
+    # the ablation's effects, for comparison (the numbers of docs/gain.md)
+    a = ablation.effects.set_index("measure").change
+    assert a[a.index.str.startswith("mean peak shift")].item() > 1.0
 
 
 def test_other_adapters_repel_too(model):
     dist = ori.biased(adapter=40.0, weight=0.3, width=5.0)
-    res = run(model, dist, solver="analytic")
+    res = run(model, dist, solver="auto")
     assert res.reproduced()
+    with pytest.raises(ValueError, match="closed form only"):
+        run(model, dist, solver="analytic")
     with pytest.raises(ValueError, match="solver='stored'"):
         run(model, dist, solver="stored")
     with pytest.raises(ValueError, match="needs a biased distribution"):
-        run(model, ori.UNIFORM, solver="analytic")
+        run(model, ori.UNIFORM, solver="auto")
 
 
 # --------------------------------------------------------------------- the zoo
-def test_shipped_checkpoint_loads_with_both_gain_sets():
+def test_shipped_checkpoints_load_with_both_gain_sets():
     circuit = models.load("gain-v1")
-    assert isinstance(circuit, GainCircuit)
+    assert isinstance(circuit, GainCircuit) and circuit.cfg.objective == "fidelity"
+    uniform, biased = (circuit.cfg.distribution(n) for n in GAIN_SETS)
+    assert torch.allclose(circuit.gains_uniform, analytic_gains(circuit, uniform), rtol=1e-10)
+    # the biased set is a minimum of the fidelity objective: its gradient is far below the 1e-6 asked here
+    u = torch.log(circuit.gains_biased).requires_grad_(True)
+    (grad,) = torch.autograd.grad(circuit.objective(torch.exp(u), biased), u)
+    assert float(grad.abs().max()) < 1e-6
+    for name in ("gain-v1", "gain-homeostatic"):
+        metrics = models.metrics(name)
+        assert metrics["evaluation"]["all_reproduced"]
+        fresh = run(models.load(name)).effects
+        stored = {r["measure"]: r["change"] for r in metrics["evaluation"]["effects"]}
+        assert np.allclose(fresh.change, [stored[m] for m in fresh.measure])
+    ablation = models.load("gain-homeostatic")
+    assert ablation.cfg.objective == "homeostatic"
     for name in GAIN_SETS:
-        assert torch.allclose(circuit.gain_set(name), analytic_gains(circuit, circuit.cfg.distribution(name)), rtol=1e-10)
-    metrics = models.metrics("gain-v1")
-    assert metrics["evaluation"]["all_reproduced"]
-    fresh = run(circuit).effects
-    stored = {r["measure"]: r["change"] for r in metrics["evaluation"]["effects"]}
-    assert np.allclose(fresh.change, [stored[m] for m in fresh.measure])
+        assert torch.allclose(ablation.gain_set(name), analytic_gains(ablation, ablation.cfg.distribution(name)),
+                              rtol=1e-10)
 
 
 # ------------------------------------------------------------------- figures

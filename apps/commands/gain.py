@@ -25,7 +25,7 @@ from apps.options import (add_dataclass_args, check_writable, command_line, fold
                           positive_float, positive_int, seed, threads, whole)
 from apps.views import gain as views
 from models import recipes
-from models.gain import GainCircuit, GainConfig
+from models.gain import GainCircuit, GainConfig, default_solver
 from models.gain_experiment import run, sampled_correlations
 from models.recipes import gain as recipe
 from workbench.tasks import orientation as ori
@@ -87,8 +87,7 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     if not isinstance(model, GainCircuit):
         raise ValueError(f"{args.model!r} is a {type(model).__name__}, not a GainCircuit")
     dist = ori.parse(args.biased) if args.biased else model.cfg.distribution("biased")
-    solver = args.solver or ("stored" if dist == model.cfg.distribution("biased") else
-                             "gradient" if model.cfg.energy else "analytic")
+    solver = args.solver or ("stored" if dist == model.cfg.distribution("biased") else default_solver(model, dist))
     result = run(model, dist, solver=solver)
     sampled = sampled_correlations(model, result, args.n_samples, args.seed)
     out = Path(args.out)

@@ -7,11 +7,14 @@ import streamlit as st
 from apps import ui
 from apps.views import gain as views
 from models import gain_experiment
+from models.gain import default_solver
 from workbench.tasks import orientation as ori
 
 st.title("Gain-controlled recurrent circuit")
 st.caption("36 orientation-tuned neurons with fixed recurrent weights adapt only their gains to the stimulus "
-           "distribution; the gain changes, propagated through the recurrence, reproduce V1's adaptation effects.")
+           "distribution, trading coding fidelity against activity (gain-v1; gain-homeostatic is the ablation whose "
+           "gains only equalise mean rates); the gain changes, propagated through the recurrence, reproduce V1's "
+           "adaptation effects.")
 
 ui.query_names()
 picked = ui.pick_model(("gain",), key="gain_model")
@@ -37,11 +40,13 @@ except ValueError as e:
     st.stop()
 
 with ui.guard("The adaptation experiment"):
-    solver = "stored" if dist == model.cfg.distribution("biased") else "analytic"
+    solver = "stored" if dist == model.cfg.distribution("biased") else default_solver(model, dist)
     with st.spinner("Solving the gains and measuring the effects…"):
         result = _experiment(picked.key, ori.format_distribution(dist), solver, model)
-    st.caption(f"before: gains for the uniform distribution; after: gains for '{result.distribution}' "
-               f"({'the stored set' if solver == 'stored' else 'solved here in closed form'}).")
+    how = {"stored": "the stored set", "analytic": "solved here in closed form",
+           "gradient": "solved here by gradient descent"}[solver]
+    st.caption(f"objective: {model.cfg.objective}. before: gains for the uniform distribution; after: gains for "
+               f"'{result.distribution}' ({how}).")
     figures = views.all_figures(result)
     titles = {"effects": "Effects", "tuning": "Tuning curves", "shift": "Repulsion", "maxmin": "Maxima / minima",
               "correlations": "Correlations", "gains": "Gain profile"}

@@ -88,7 +88,7 @@ def correlation_figure(before: np.ndarray, after: np.ndarray, preferred: Sequenc
     return fig
 
 
-def gain_profile_figure(neurons: pd.DataFrame, adapter: float = 0.0) -> go.Figure:
+def gain_profile_figure(neurons: pd.DataFrame, adapter: float = 0.0, objective: Optional[str] = None) -> go.Figure:
     """The gains optimised for the uniform and for the biased distribution vs preferred orientation."""
     d = neurons.sort_values("preferred")
     fig = go.Figure()
@@ -97,11 +97,12 @@ def gain_profile_figure(neurons: pd.DataFrame, adapter: float = 0.0) -> go.Figur
     fig.add_trace(go.Scatter(x=d.preferred, y=d.gain_after, mode="lines+markers", name="biased p(s)",
                              line=dict(color="crimson")))
     _adapter_line(fig, adapter)
-    fig.update_layout(title="Gain profile", xaxis_title="preferred orientation (deg)", yaxis_title="gain g_i")
+    title = "Gain profile" + (f" ({objective} objective)" if objective else "")
+    fig.update_layout(title=title, xaxis_title="preferred orientation (deg)", yaxis_title="gain g_i")
     return fig
 
 
-def effects_figure(effects: pd.DataFrame) -> go.Figure:
+def effects_figure(effects: pd.DataFrame, objective: Optional[str] = None) -> go.Figure:
     """The signed measures with an expected direction: change after - before, one bar each."""
     d = effects[effects.expected != ""]
     colors = ["seagreen" if ok else "crimson" for ok in d.reproduced]
@@ -110,7 +111,8 @@ def effects_figure(effects: pd.DataFrame) -> go.Figure:
                            hovertemplate="change %{x:.3f}<br>before %{customdata[0]:.3f}, after %{customdata[1]:.3f}"
                                          "<br>expected %{customdata[2]}<extra></extra>"))
     fig.add_vline(x=0, line_color="grey")
-    fig.update_layout(title="Adaptation effects (green: direction as expected)", xaxis_title="after - before",
+    title = "Adaptation effects" + (f", {objective} objective" if objective else "") + " (green: direction as expected)"
+    fig.update_layout(title=title, xaxis_title="after - before",
                       yaxis=dict(autorange="reversed"), margin=dict(l=420))
     return fig
 
@@ -118,10 +120,10 @@ def effects_figure(effects: pd.DataFrame) -> go.Figure:
 def all_figures(result) -> dict[str, go.Figure]:
     """Every figure of the experiment from a ``models.gain_experiment.AdaptationResult`` (plain data)."""
     return {
-        "effects": effects_figure(result.effects),
+        "effects": effects_figure(result.effects, result.objective),
         "tuning": tuning_figure(result.tuning, adapter=result.adapter),
         "shift": shift_figure(result.neurons),
         "maxmin": maxmin_figure(result.neurons),
         "correlations": correlation_figure(result.corr_before, result.corr_after, result.preferred),
-        "gains": gain_profile_figure(result.neurons, adapter=result.adapter),
+        "gains": gain_profile_figure(result.neurons, adapter=result.adapter, objective=result.objective),
     }
