@@ -10,7 +10,8 @@ for _ in $(seq 120); do
 import json, sys
 run = sys.argv[1]
 a = json.load(open(f"{run}/train_state.json"))["step"]
-b = json.load(open(f"{run}/metrics.json"))["step"]
+m = json.load(open(f"{run}/metrics.json"))
+b = m.get("step", m.get("train", {}).get("step"))  # a checkpoint's metrics, or the final ones
 sys.exit(0 if a == b else 1)
 PY
     then
