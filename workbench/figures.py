@@ -87,14 +87,14 @@ def for_result(result, value: str, **kwargs) -> go.Figure:
         return probe_map(result.df, **kwargs)
     if result.kind == "codebook":
         return codebook_figure(result, **kwargs)
-    if result.kind in DYNAMICS_KINDS:  # the loop-dynamics lab: its builders live with the analyses
-        from workbench import dynamics
+    if result.kind in DYNAMICS_KINDS:  # the loop-dynamics lab: workbench/dynamics_figures.py
+        from workbench import dynamics_figures
 
-        return getattr(dynamics, DYNAMICS_KINDS[result.kind])(result, value=value, **kwargs)
+        return getattr(dynamics_figures, DYNAMICS_KINDS[result.kind])(result, value=value, **kwargs)
     raise ValueError(f"no figure for result kind {result.kind!r}")
 
 
-# result kind of workbench.dynamics -> its figure builder there
+# result kind of workbench.dynamics -> its builder in workbench.dynamics_figures
 DYNAMICS_KINDS = {"iteration_lens": "lens_figure", "convergence": "convergence_figure",
                   "probe_transfer": "transfer_figure", "basin": "basin_figure",
                   "fixed_points": "fixed_points_figure"}
