@@ -353,12 +353,13 @@ register(Family("act", "ACT", "Graves' Adaptive Computation Time RNN: it ponders
 register(Family("warp", "WARP", "weight-space linear RNN: the state is the weights of a root network",
                 classes=("models.warp.Warp",), task=sequence_task, study="probes.warp",
                 metric="minus one-step MSE", targets=("params",), flagship="warp-phys-msd",
-                dynamics=Dynamics(f"{_DA}:WARP", ("convergence", "transfer", "fixed-points"),
-                                  state="time.{t}.hook_theta (recurrent mode); no readout")))
+                dynamics=Dynamics(f"{_DA}:WARP", ANALYSES,
+                                  state="time.{t}.hook_theta (recurrent mode); readout: the root network "
+                                        "decoded from theta_t at the last step's query")))
 register(Family("gru", "GRU baseline", "GRU forecaster on WARP's tasks, the paper's baseline",
                 classes=("models.gru.GRU",), task=sequence_task, recipes="models.recipes.warp",
-                dynamics=Dynamics(f"{_DA}:GRU", ("convergence", "transfer", "fixed-points"), example="gru-msd",
-                                  state="time.{t}.hook_hidden; no readout")))
+                dynamics=Dynamics(f"{_DA}:GRU", ANALYSES, example="gru-msd",
+                                  state="time.{t}.hook_hidden; readout: the forecast of the next value")))
 register(Family("gain", "Gain circuit", "recurrent cortical circuit whose neurons adapt only their gains",
                 classes=("models.gain.GainCircuit",), task=gain_task, flagship="gain-v1",
                 dynamics=Dynamics(f"{_DA}:GAIN", ANALYSES,

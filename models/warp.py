@@ -58,6 +58,7 @@ decoded from the patched steps, since the trajectory was already computed: the
 >>> out.mean.shape, out.thetas.shape                 # [batch, T, 2], [batch, T, D]
 >>> gen = model(x[:, :32], context=32, horizon=96)   # forecast 96 steps from 32
 >>> f = model.root_at(40, x)                         # root MLP at step 40: f(tau, u) -> u_next
+>>> model.decode_theta(out.thetas[:, 40], 127, x[:, 127])["mean"]   # theta_40's forecast at step 127
 """
 
 from __future__ import annotations
@@ -449,9 +450,9 @@ class Warp(HookedRecurrentModule):
             return self.theta0.expand(u0.shape[0], -1)
         return self._hyper_features(u0) @ self.hyper_W.T + self.hyper_b
 
-    def _root(self, theta: Tensor, h: Tensor, hooks: RootHooks) -> Tensor:
-        """Run the root MLP whose weights are theta [..., D] on inputs h [..., n_in]."""
-        h = hooks.hook_in(h)
+    def _root(self, theta: Tensor, h: Tensor, hooks: Optional[RootHooks] = None) -> Tensor:
+        """Run the root MLP whose weights are theta [..., D] on inputs h [..., n_in] (hooks: none when None)."""
+        h = hooks.hook_in(h) if hooks is not None else h
         act = ACTIVATIONS[self.cfg.root_act]
         last = len(self.layout) - 1
         # one split (not a slice per tensor): its backward writes one gradient, not one per piece
@@ -460,8 +461,8 @@ class Warp(HookedRecurrentModule):
             W, b = pieces[2 * l].unflatten(-1, (o, i)), pieces[2 * l + 1]
             h = (W @ h.unsqueeze(-1)).squeeze(-1) + b
             if l < last:
-                h = hooks.layers[l].hook_post(act(hooks.layers[l].hook_pre(h)))
-        return hooks.hook_out(h)
+                h = act(h) if hooks is None else hooks.layers[l].hook_post(act(hooks.layers[l].hook_pre(h)))
+        return hooks.hook_out(h) if hooks is not None else h
 
     def _decode(self, theta: Tensor, tau: Tensor, u: Tensor, hooks: StepHooks) -> dict:
         h = tau_features(self.cfg, tau)
@@ -488,6 +489,27 @@ class Warp(HookedRecurrentModule):
             if K.shape[0] < n:
                 power = power @ power
         return K[:n]
+
+    def decode_theta(self, theta: Tensor, t: int, u: Optional[Tensor] = None) -> dict:
+        """Every head of the root networks with weights theta [batch, D], read at step t's coordinate
+        tau(t) on the inputs u [batch, d_in]: ``{"mean": [batch, d_in], "logits": [batch, classes], ...}``.
+
+        Batched and without hooks (the iteration lens decodes every theta_s at one query). At the
+        theta_t and u_t of a recurrent run it equals step t's outputs.
+        """
+        cfg = self.cfg
+        if not isinstance(theta, Tensor) or theta.ndim != 2 or theta.shape[1] != cfg.d_theta:
+            raise ValueError(f"theta must be [batch, {cfg.d_theta}]; got {describe(theta)}")
+        check_int(t, "t", 0, cfg.seq_len - 1, " (a time step of this model)")
+        needs_u = cfg.root_takes_x or cfg.physics == "msd"
+        if needs_u and (not isinstance(u, Tensor) or u.shape != (theta.shape[0], cfg.d_in)):
+            raise ValueError(f"this root reads the current input: give u [batch={theta.shape[0]}, {cfg.d_in}]; "
+                             f"got {describe(u)}")
+        tau = self.tau(t).to(theta).expand(theta.shape[0])
+        h = tau_features(cfg, tau)
+        if cfg.root_takes_x:
+            h = torch.cat([h, u.to(theta)], dim=-1)
+        return head(cfg, self._root(theta, h), tau, u.to(theta) if u is not None else None)
 
     # --- the two modes --------------------------------------------------------
     def _parallel(self, x: Tensor) -> dict:

@@ -296,3 +296,58 @@ def test_state_hook_forms_agree_and_bad_templates_name_the_hooks():
         dyn.convergence(model, x, state_hooks="steps.0.hook_out")
     with pytest.raises(ValueError, match="out of range"):
         dyn.basin(model, x, state_hooks=STATE, readout=counter_readout(3), steps=[9], forward_kwargs={"steps": 4})
+
+
+# ------------------------------------------------------------------ real-valued answers (a forecast)
+def test_values_lens_convergence_and_basin_of_a_contraction_have_known_answers():
+    # h_{t+1} = h_t / 2 + 1 from h = 0: the state after step t is (2 - 2^-t) (1, 1), the fixed point 2 (1, 1)
+    model = looped(Affine(0.5 * torch.eye(2), torch.ones(2)))
+    x, T = torch.zeros(3, 2), 12
+    kw = dict(state_hooks=STATE, readout=lambda h: h, answers="values", forward_kwargs={"steps": T})
+    lens = dyn.iteration_lens(model, x, target=torch.full((3, 2), 2.0), **kw)
+    by = lens.tables["by_step"]
+    dist = math.sqrt(2) * 2 * 0.5 ** (np.arange(T) + 1)  # ||h_t - fixed point||
+    np.testing.assert_allclose(by["error_target"], dist, rtol=1e-5)
+    # the same answer: within tol = 0.01 of max(1, ||2 (1, 1)||) = 0.0283, from step 6 on
+    assert by["accuracy"].tolist() == [0.0] * 6 + [1.0] * 6
+    assert lens.df[lens.df.step == T - 1]["error_final"].eq(0).all()
+    conv = dyn.convergence(model, x, **kw)
+    assert (conv.tables["examples"]["commit_step"] == 6).all()
+    # eps = 0 returns at once; a kick of half the state's norm at step 0 dies out by 0.5 a step
+    res = dyn.basin(model, x, eps=(0.0, 0.5), steps=[0], samples=2, **kw)
+    zero, kick = res.df[res.df.eps == 0.0], res.df[res.df.eps == 0.5]
+    assert zero["returns"].all() and not zero["changed"].any() and (zero["recovery_time"] == 0).all()
+    assert (zero["perturbation"] == 0).all()
+    clean = np.sqrt(2) * (2 - 2 * 0.5 ** (np.arange(T) + 1))
+    off = 0.5 * np.sqrt(2) * 0.5 ** np.arange(T)  # ||h'_u - h_u|| after a kick of 0.5 ||h_0|| at step 0
+    first = int(np.argmax(off <= 0.01 * np.maximum(1, clean)))
+    assert kick["returns"].all() and (kick["recovery_time"] == first).all()
+    np.testing.assert_allclose(kick["ratio"], 0.5 ** (T - 1), rtol=1e-3)  # float32 rounding
+
+
+def test_basin_in_one_forward_equals_one_forward_per_copy():
+    x = torch.rand(4, 1) + 0.5
+    model = looped(Affine(torch.tensor([[0.9]]), torch.tensor([0.2])))
+    kw = dict(readout=lambda h: h, state_hooks=STATE, eps=(0.1, 2.0), steps=3, samples=2,
+              forward_kwargs={"steps": 8})
+    one, many = dyn.basin(model, x, **kw), dyn.basin(model, x, batch_size=8, **kw)  # 8 rows = one copy
+    assert one.meta["forwards"] == 1 and many.meta["forwards"] == 6
+    assert one.meta["perturbed_steps"] == [0, 4, 7]  # steps=3: three evenly spaced steps
+    assert one.df.equals(many.df)
+
+
+def test_bad_answers_and_sizes_are_refused_naming_what_is_allowed():
+    model = looped(Counter())
+    x = torch.zeros(2, 1)
+    kw = dict(state_hooks=STATE, readout=counter_readout(3), forward_kwargs={"steps": 3})
+    with pytest.raises(ValueError, match="answers='vector'; allowed: 'classes'.*'values'"):
+        dyn.iteration_lens(model, x, answers="vector", **kw)
+    with pytest.raises(ValueError, match="eps=.*finite sizes >= 0"):
+        dyn.basin(model, x, eps=(-1.0,), **kw)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        dyn.basin(model, x, batch_size=0, **kw)
+    with pytest.raises(ValueError, match="answers='values' needs real-valued readout"):
+        dyn.iteration_lens(model, x, answers="values", state_hooks=STATE, readout=lambda h: h.long(),
+                           forward_kwargs={"steps": 3})
+    with pytest.raises(ValueError, match="probe='svm'; allowed: 'logistic', 'ridge'"):
+        dyn.probe_transfer(np.zeros((2, 8, 3)), np.arange(8) % 2, probe="svm")

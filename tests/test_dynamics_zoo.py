@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOPED = ("reasoner", "act", "warp", "gru", "gain")
 
 COLUMNS = {
-    "lens": {"step", "example", "pred", "final", "matches_final", "rank_final"},
+    "lens": {"step", "example", "matches_final"},
     "convergence": {"step", "example", "update_norm", "relative_update", "dist_to_final", "cos_update", "norm"},
     "transfer": {"train_step", "test_step", "score", "control", "selectivity", "n_train", "n_test"},
     "basin": {"step", "eps", "example", "returns", "changed", "recovery_time", "ratio"},
@@ -44,18 +44,21 @@ def zoo():
     return out
 
 
-CASES = [(f, a) for f in LOOPED for a in registry.get(f).dynamics.analyses]
+CASES = [(f, a) for f in LOOPED for a in da.analyses_of(f)]
 
 
-def test_every_looped_family_has_adapters_and_they_agree_with_the_registry(zoo):
+def test_every_looped_family_has_adapters_and_every_analysis_that_makes_sense():
     for name in LOOPED:
         family = registry.get(name)
         assert family.dynamics is not None and family.dynamics_example in models.available()
-        a = da.adapters(zoo[name])
-        assert a.family == name and a.analyses == family.dynamics.analyses
-        assert set(a.analyses) >= {"convergence", "transfer"}
-    assert [c[1] for c in CASES].count("lens") == 3  # reasoner, ACT, gain have a readout
-    assert ("reasoner", "fixed-points") not in CASES and ("warp", "lens") not in CASES
+        a = da.family_adapters(name)
+        assert a.family == name and a.analyses == da.analyses_of(name)
+        assert set(family.dynamics.analyses) <= set(a.analyses)  # the registry's torch-free list
+        for analysis in a.analyses:  # the page's quick settings
+            assert 2 <= da.page_defaults(a, analysis)["n"] <= 64
+    # every family decodes an answer; only the reasoner's step mixes positions (no cell of one row)
+    assert [c[1] for c in CASES].count("lens") == [c[1] for c in CASES].count("basin") == 5
+    assert [f for f, an in CASES if an == "fixed-points"] == ["act", "warp", "gru", "gain"]
 
 
 def test_importing_the_registry_stays_torch_free():
@@ -72,6 +75,10 @@ def test_each_analysis_runs_on_each_flagship(zoo, family, analysis):
     res = da.run(zoo[family], analysis, n=N[family], seed=0, **OPTIONS.get(analysis, {}))
     assert isinstance(res, DynamicsResult)
     assert COLUMNS[analysis] <= set(res.df.columns), (family, analysis, list(res.df.columns))
+    if analysis == "lens":  # classes: predictions and ranks; real values (a forecast): distances
+        extra = {"values": {"error_final", "error_target"}, "classes": {"pred", "final", "rank_final"}}
+        assert extra[res.meta["answers"]] <= set(res.df.columns)
+        assert res.meta["answers"] == ("values" if family in ("warp", "gru") else "classes")
     assert res.meta["model_family"] == family and res.meta["analysis"] == analysis
     assert res.summary()
     if (family, analysis) == ("act", "fixed-points"):
@@ -93,6 +100,21 @@ def test_reasoner_lens_and_convergence_say_when_the_answer_commits(zoo):
     assert "by_difficulty" in conv.tables  # commit step against the problem's depth
 
 
+def test_reasoner_basin_resumed_at_step_t_equals_runs_from_step_0(zoo):
+    kw = dict(n=2, seed=0, eps=(0.5,), max_steps=3, samples=1)
+    resumed, full = da.run(zoo["reasoner"], "basin", **kw), da.run(zoo["reasoner"], "basin", resume=False, **kw)
+    assert resumed.meta["resumed"] and resumed.meta["forwards"] == 3 and full.meta["forwards"] == 1
+    for col in ("returns", "changed", "recovery_time"):
+        assert resumed.df[col].equals(full.df[col]), col
+
+
+def test_reasoner_transfer_reads_every_answer_position_split_by_problem(zoo):
+    res = da.run(zoo["reasoner"], "transfer", n=8, seed=0, positions="all", max_steps=3, probe="ridge")
+    assert res.meta["probe_target"] == "value at every answer position"
+    assert res.meta["train_examples"] + res.meta["test_examples"] == 8  # problems, not positions
+    assert res.df["n_train"].iloc[0] + res.df["n_test"].iloc[0] > 8 * 10
+
+
 def test_gain_fixed_point_is_the_steady_state(zoo):
     model = zoo["gain"]
     res = da.run(model, "fixed-points", n=4, seed=0, n_starts=4)
@@ -104,8 +126,13 @@ def test_gain_fixed_point_is_the_steady_state(zoo):
 
 
 def test_an_analysis_that_does_not_apply_is_refused(zoo):
-    with pytest.raises(ValueError, match="does not apply to the warp family"):
-        da.run(zoo["warp"], "lens")
+    with pytest.raises(ValueError, match="does not apply to the reasoner family .*attention mixes positions.*"
+                                         "allowed: lens, convergence, transfer, basin"):
+        da.run(zoo["reasoner"], "fixed-points")
+    with pytest.raises(ValueError, match="positions='all' needs answer positions.*allowed: 'deepest'"):
+        da.run(zoo["gain"], "transfer", n=8, positions="all")
+    with pytest.raises(ValueError, match="max_steps=0"):
+        da.run(zoo["gain"], "basin", n=4, max_steps=0)
     with pytest.raises(ValueError, match="unknown analysis"):
         da.run(zoo["gain"], "nope")
     with pytest.raises(ValueError, match="n=1"):
@@ -183,8 +210,14 @@ def test_the_command_writes_csv_and_html_and_prints_the_summary(capsys, tmp_path
     assert {"dynamics_convergence.csv", "dynamics_convergence.html"} <= {p.name for p in tmp_path.iterdir()}
 
 
+def test_the_command_runs_the_page_settings_with_quick(capsys, tmp_path):
+    assert main(["dynamics", "gru-msd", "--analysis", "basin", "--quick", "--n", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "basin:" in out and "0.1" in out and "wrote" in out
+
+
 @pytest.mark.parametrize("argv,expected", [
-    (["warp-phys-msd", "--analysis", "lens"], "does not apply to the WARP family"),
+    (["reasoner", "--analysis", "fixed-points"], "does not apply to the Reasoner family"),
     (["reasoner", "--analysis", "fixed-points"], "allowed: lens, convergence, transfer, basin"),
     (["gain-v1", "--analysis", "spectrum"], "invalid choice"),
     (["gain-v1"], "--analysis"),

@@ -18,6 +18,8 @@ step t" is the activation at the hook that holds it (``steps.{t}.hook_out`` for 
 * ``readout``: ``state -> logits`` (``[batch, ..., classes]``; a last axis of size 1 is one binary
   logit, class 1 when > 0) or ``state -> predictions`` (an integer tensor ``[batch, ...]``).
   Every axis between the batch and the classes is an answer *position* (``pos`` in the tables).
+  With ``answers="values"`` the readout gives real-valued answers ``[batch, ..., d]`` (a forecast,
+  a solution vector), compared by distance: two agree when ``||a - b|| <= tol * max(1, ||b||)``.
 
 plus ``forward_kwargs`` for the model's call (e.g. ``{"steps": 9}``). ``model`` is any
 TransformerLens ``HookedRootModule`` with those hooks: the zoo's models, or any PyTorch model
@@ -54,6 +56,7 @@ __all__ = [
     "iteration_lens",
     "probe_transfer",
     "rollout_states",
+    "spaced_steps",
     "state_names",
 ]
 
@@ -81,7 +84,8 @@ class DynamicsResult(Result):
         if self.kind == "iteration_lens":
             t = self.tables["by_step"]
             t = t[t["layer"].isna()] if "layer" in t else t
-            cols = [c for c in ("step", "match_final", "rank_final", "accuracy", "rank_target") if c in t]
+            cols = [c for c in ("step", "match_final", "rank_final", "error_final", "accuracy", "rank_target",
+                                "error_target") if c in t]
             lines.append(f"{m['steps']} steps, {m['items']} answers; per step:")
             lines.append(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         elif self.kind == "convergence":
@@ -259,11 +263,61 @@ def _broadcast_items(x: Tensor, P: int, what: str) -> Tensor:
     raise ValueError(f"{what} has {x.shape[1]} answers per example; the readout gives {P}")
 
 
-def _frame(cols: dict, P: int) -> pd.DataFrame:
-    df = pd.DataFrame(cols)
-    if P == 1 and "pos" in df:
-        df = df.drop(columns="pos")
-    return df
+def _mean(x: np.ndarray) -> float:
+    """The mean of the finite values (NaN when there are none), without a warning."""
+    x = np.asarray(x, dtype=float)
+    ok = np.isfinite(x)
+    return float(x[ok].mean()) if ok.any() else float("nan")
+
+
+# ------------------------------------------------------------ answers: classes or values
+ANSWERS = ("classes", "values")
+VALUE_TOL = 0.01  # real-valued answers agree when ||a - b|| <= tol * max(1, ||b||)
+
+
+def _check_answers(answers: str, tol: float) -> None:
+    if answers not in ANSWERS:
+        raise ValueError(f"answers={answers!r}; allowed: 'classes' (the readout gives logits or integer "
+                         "predictions) or 'values' (real-valued answers such as a forecast, compared by distance)")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"tol={tol!r} must be a number >= 0 (values agree when ||a - b|| <= tol * max(1, ||b||))")
+
+
+def _values(x, B: int, what: str = "readout") -> Tensor:
+    """[B, P, D] float from real-valued answers [B] (one value), [B, D] or [B, ..., D]."""
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.shape[:1] != (B,):
+        raise ValueError(f"{what} must return [batch={B}, ...]; got {list(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"answers='values' needs real-valued {what} [batch, ..., d]; got {x.dtype}")
+    x = x.detach().float()
+    x = x[:, None] if x.ndim == 1 else x
+    return x.reshape(B, -1, x.shape[-1])
+
+
+def _read(x, B: int, answers: str, what: str = "readout") -> tuple[Tensor, Optional[Tensor]]:
+    """classes: (predictions [B, P] long, logits [B, P, C] or None); values: (answers [B, P, D], None)."""
+    return _decode(x, B, what) if answers == "classes" else (_values(x, B, what), None)
+
+
+def _agree(a: Tensor, b: Tensor, answers: str, tol: float) -> Tensor:
+    """[..., P] bool: the answers a and b are the same (classes: equal; values: within tol)."""
+    if answers == "classes":
+        return a == b
+    return (a - b).norm(dim=-1) <= tol * b.norm(dim=-1).clamp_min(1.0)
+
+
+def _answers_like(x, B: int, P: int, answers: str, what: str) -> Tensor:
+    """Given answers (final, target) as [B, P] long (classes) or [B, P, D] float (values)."""
+    if answers == "classes":
+        return _broadcast_items(_items(x, B, what).long(), P, what)
+    v = _values(x, B, what)
+    if v.shape[1] == P:
+        return v
+    if v.shape[1] == 1:
+        return v.expand(-1, P, -1)
+    raise ValueError(f"{what} has {v.shape[1]} answers per example; the readout gives {P}")
 
 
 # ------------------------------------------------------------ iteration lens
@@ -278,6 +332,8 @@ def iteration_lens(
     layer_readout: Optional[Readout] = None,
     final=None,
     mask=None,
+    answers: str = "classes",
+    tol: float = VALUE_TOL,
     forward_kwargs: Optional[Mapping] = None,
 ) -> DynamicsResult:
     """The model's own readout applied to the state after every step (and every layer inside one).
@@ -285,20 +341,28 @@ def iteration_lens(
     Args:
         model, inputs: a hooked model and its input (or a tuple of positional inputs), batch first.
         state_hooks, readout: the adapters of the module docstring.
-        target: the true answers, [batch] or [batch, positions] (integers), optional.
+        target: the true answers, [batch] or [batch, positions] (integers; ``answers="values"``:
+            [batch, ..., d] floats), or a function ``t -> answers`` when every step has its own
+            (a forecaster's next value), optional.
         layer_hooks: a template with ``{t}`` and ``{l}`` (``"steps.{t}.blocks.{l}.hook_resid_post"``):
             also read the residual after every layer inside a step (``layer_readout``, default
             ``readout``, maps it to logits).
         final: the final answers to compare with (default: the readout of the last state).
         mask: [batch, positions] bool, the answers to keep (e.g. no padding).
+        answers: ``"classes"`` (the readout gives logits or integer predictions) or ``"values"``
+            (real-valued answers [batch, ..., d], e.g. a forecast: compared by distance, and the
+            same when ||a - b|| <= ``tol`` * max(1, ||b||)).
         forward_kwargs: keyword arguments of the model's call.
 
     Returns:
         ``DynamicsResult`` ``df``: one row per (step, layer, example, pos) read: ``pred``, ``final``,
         ``matches_final``, ``rank_final`` (0 = the final answer is the top class), and with a target
-        ``target``, ``correct``, ``rank_target``, ``prob_target``. ``layer`` is empty for the state after
-        the step. ``tables["by_step"]``: the means per step and layer.
+        ``target``, ``correct``, ``rank_target``, ``prob_target``. With ``answers="values"``:
+        ``error_final`` (||pred - final||), ``matches_final``, and with a target ``error_target``,
+        ``correct`` (within tol). ``layer`` is empty for the state after the step.
+        ``tables["by_step"]``: the means per step and layer.
     """
+    _check_answers(answers, tol)
     args, fk = _as_args(inputs), dict(forward_kwargs or {})
     names = state_names(model, state_hooks)
     layers = _layer_names(model, layer_hooks) if layer_hooks else {}
@@ -313,42 +377,62 @@ def iteration_lens(
                 if tt == t and lname in cache:
                     reads.append((t, l, lname, (layer_readout or readout)(cache[lname])))
             reads.append((t, None, name, readout(cache[name])))
-    decoded = [(t, l, n, *_decode(x, B)) for t, l, n, x in reads]
+    decoded = [(t, l, n, *_read(x, B, answers)) for t, l, n, x in reads]
     P = decoded[-1][3].shape[1]
-    fin = decoded[-1][3] if final is None else _broadcast_items(_items(final, B, "final").long(), P, "final")
-    tgt = None if target is None else _broadcast_items(_items(target, B, "target").long(), P, "target")
+    fin = decoded[-1][3] if final is None else _answers_like(final, B, P, answers, "final")
+    if target is None or callable(target):
+        target_at = (lambda t: None) if target is None else (  # noqa: E731
+            lambda t: _answers_like(target(t), B, P, answers, f"target({t})"))
+    else:
+        tgt = _answers_like(target, B, P, answers, "target")
+        target_at = lambda t: tgt  # noqa: E731
     keep = None if mask is None else _broadcast_items(_items(mask, B, "mask").bool(), P, "mask").reshape(-1).numpy()
     ex, pos = np.repeat(np.arange(B), P), np.tile(np.arange(P), B)
-    frames, summary = [], []
+    if keep is not None:
+        ex, pos = ex[keep], pos[keep]
+    m = len(ex)
+    columns: dict[str, list] = {}
+    summary = []
     for t, l, name, pred, logits in decoded:
         if pred.shape[1] != P:
             raise ValueError(f"the readout of {name!r} gives {pred.shape[1]} answers per example; the last state's "
                              f"gives {P}")
-        cols: dict[str, Any] = {"step": t, "layer": l, "hook": name, "example": ex, "pos": pos,
-                                "pred": pred.reshape(-1).numpy(), "final": fin.reshape(-1).numpy()}
-        cols["matches_final"] = cols["pred"] == cols["final"]
-        cols["rank_final"] = (_rank(logits, fin) if logits is not None else torch.full((B, P), float("nan"))
-                              ).reshape(-1).numpy()
-        if tgt is not None:
-            cols["target"] = tgt.reshape(-1).numpy()
-            cols["correct"] = cols["pred"] == cols["target"]
-            if logits is not None:
-                cols["rank_target"] = _rank(logits, tgt).reshape(-1).numpy()
-                probs = logits.softmax(-1).gather(-1, tgt.clamp(0, logits.shape[-1] - 1)[..., None])[..., 0]
-                cols["prob_target"] = probs.reshape(-1).numpy()
-            else:
-                cols["rank_target"] = cols["prob_target"] = np.full(B * P, np.nan)
-        frame = pd.DataFrame(cols)
+        tgt = target_at(t)
+        cols: dict[str, Any] = {}
+        if answers == "classes":
+            cols["pred"], cols["final"] = pred.reshape(-1).numpy(), fin.reshape(-1).numpy()
+        cols["matches_final"] = _agree(pred, fin, answers, tol).reshape(-1).numpy()
+        if answers == "values":
+            cols["error_final"] = (pred - fin).norm(dim=-1).reshape(-1).numpy()
+            if tgt is not None:
+                cols["error_target"] = (pred - tgt).norm(dim=-1).reshape(-1).numpy()
+                cols["correct"] = _agree(pred, tgt, answers, tol).reshape(-1).numpy()
+        else:
+            cols["rank_final"] = (_rank(logits, fin) if logits is not None else torch.full((B, P), float("nan"))
+                                  ).reshape(-1).numpy()
+            if tgt is not None:
+                cols["target"] = tgt.reshape(-1).numpy()
+                cols["correct"] = cols["pred"] == cols["target"]
+                if logits is not None:
+                    cols["rank_target"] = _rank(logits, tgt).reshape(-1).numpy()
+                    probs = logits.softmax(-1).gather(-1, tgt.clamp(0, logits.shape[-1] - 1)[..., None])[..., 0]
+                    cols["prob_target"] = probs.reshape(-1).numpy()
+                else:
+                    cols["rank_target"] = cols["prob_target"] = np.full(B * P, np.nan)
         if keep is not None:
-            frame = frame[keep]
-        frames.append(frame)
-        row = {"step": t, "layer": l, "hook": name, "n": len(frame),
-               "match_final": frame["matches_final"].mean(), "rank_final": frame["rank_final"].mean()}
-        if tgt is not None:
-            row.update(accuracy=frame["correct"].mean(), rank_target=frame["rank_target"].mean(),
-                       prob_target=frame["prob_target"].mean())
+            cols = {c: v[keep] for c, v in cols.items()}
+        cols = {"step": np.full(m, t), "layer": np.full(m, np.nan if l is None else l), "hook": np.full(m, name),
+                "example": ex, "pos": pos, **cols}
+        for c, v in cols.items():
+            columns.setdefault(c, []).append(v)
+        row = {"step": t, "layer": l, "hook": name, "n": m, "match_final": _mean(cols["matches_final"])}
+        extra = ("error_final", "correct", "error_target") if answers == "values" else (
+            "rank_final", "correct", "rank_target", "prob_target")
+        for c in extra:
+            if c in cols:
+                row["accuracy" if c == "correct" else c] = _mean(cols[c])
         summary.append(row)
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.DataFrame({c: np.concatenate(v) for c, v in columns.items()})
     df["layer"] = df["layer"].astype("Int64")
     if P == 1:
         df = df.drop(columns="pos")
@@ -356,9 +440,11 @@ def iteration_lens(
     by_step["layer"] = by_step["layer"].astype("Int64")
     if not layers:
         df, by_step = df.drop(columns="layer"), by_step.drop(columns="layer")
-    meta = {"steps": T, "items": int(len(frames[-1])), "positions": P, "state_hooks": fired,
-            "layer_hooks": layer_hooks, "has_target": tgt is not None}
-    return DynamicsResult("iteration_lens", df, "correct" if tgt is not None else "matches_final", meta,
+    has_target = target is not None
+    meta = {"steps": T, "items": m, "positions": P, "state_hooks": fired,
+            "layer_hooks": layer_hooks, "has_target": has_target, "answers": answers,
+            "tol": tol if answers == "values" else None}
+    return DynamicsResult("iteration_lens", df, "correct" if has_target else "matches_final", meta,
                           {"by_step": by_step})
 
 
@@ -373,11 +459,11 @@ def _vectors(states: Tensor) -> Tensor:
     return s.reshape(s.shape[0], s.shape[1], -1, s.shape[-1])
 
 
-def _commit(preds: Tensor) -> Tensor:
-    """preds [T, ...] -> [...] the first step t with preds[s] == preds[-1] for every s >= t."""
-    differs = preds != preds[-1:]
-    T = preds.shape[0]
-    idx = torch.arange(T).view(T, *[1] * (preds.ndim - 1)).expand_as(preds)
+def _commit(differs: Tensor) -> Tensor:
+    """differs [T, ...] bool (the answer at step t differs from the final one) -> [...] the first step t
+    after which it never differs."""
+    T = differs.shape[0]
+    idx = torch.arange(T).view(T, *[1] * (differs.ndim - 1)).expand_as(differs)
     last = torch.where(differs, idx, torch.full_like(idx, -1)).amax(0)
     return last + 1
 
@@ -393,6 +479,8 @@ def convergence(
     mask=None,
     rtol: float = FIXED_RTOL,
     atol: float = FIXED_ATOL,
+    answers: str = "classes",
+    tol: float = VALUE_TOL,
     forward_kwargs: Optional[Mapping] = None,
 ) -> DynamicsResult:
     """How the state settles: update norms, distance to the final state, fixed point, commit step.
@@ -413,6 +501,8 @@ def convergence(
     **Commit step.** With a ``readout``: the first step t after which the decoded answer never
     changes (pred_s = pred_{T-1} for every s >= t); 0 when the first step already has it. When the
     readout gives one answer per example while the state has positions, the commit is per example.
+    With ``answers="values"`` (a real-valued readout, e.g. a forecast) an answer "does not change"
+    while it stays within ``tol`` * max(1, ||final||) of the final one.
 
     Args:
         difficulty: one number per example ([batch]); tables gain a ``difficulty`` column and
@@ -456,17 +546,23 @@ def convergence(
         more = torch.full((B, P), float("nan"))
     fixed = more <= atol + rtol * norms[-1]
     # decoded answers and the commit step
-    preds = commit = None
+    preds = changed = commit = None
     if readout is not None:
+        _check_answers(answers, tol)
         with torch.no_grad():
-            preds = torch.stack([_decode(readout(states[t]), B)[0] for t in range(T)])  # [T, B, Q]
-        commit = _commit(preds)  # [B, Q]
-        if preds.shape[2] != P:
-            if preds.shape[2] == 1:
-                preds, commit = preds.expand(-1, -1, P), commit.expand(-1, P)
+            preds = torch.stack([_read(readout(states[t]), B, answers)[0] for t in range(T)])  # [T, B, Q(, D)]
+        commit = _commit(~_agree(preds, preds[-1:], answers, tol))  # [B, Q]
+        changed = torch.cat([torch.zeros_like(commit, dtype=torch.bool)[None],
+                             ~_agree(preds[1:], preds[:-1], answers, tol)])  # [T, B, Q]
+        if answers == "values":
+            preds = None  # no one column holds a vector answer
+        if commit.shape[1] != P:
+            if commit.shape[1] == 1:
+                commit, changed = commit.expand(-1, P), changed.expand(-1, -1, P)
+                preds = None if preds is None else preds.expand(-1, -1, P)
             else:  # answers do not line up with state positions: commit per example
                 commit = commit.amax(1, keepdim=True).expand(-1, P)
-                preds = None
+                preds = changed = None
     diff = None
     if difficulty is not None:
         diff = np.asarray(difficulty.detach().cpu() if isinstance(difficulty, Tensor) else difficulty)
@@ -480,7 +576,8 @@ def convergence(
                 "cos_update": cos[t].reshape(-1).numpy(), "norm": norms[t].reshape(-1).numpy()}
         if preds is not None:
             cols["pred"] = preds[t].reshape(-1).numpy()
-            cols["changed"] = (preds[t] != preds[t - 1]).reshape(-1).numpy() if t else np.zeros(B * P, bool)
+        if changed is not None:
+            cols["changed"] = changed[t].reshape(-1).numpy()
         if diff is not None:
             cols["difficulty"] = diff[ex]
         frames.append(pd.DataFrame(cols))
@@ -509,7 +606,8 @@ def convergence(
             agg.update(mean_commit_step=("commit_step", "mean"), median_commit_step=("commit_step", "median"))
         tables["by_difficulty"] = examples.groupby("difficulty", as_index=False).agg(**agg)
     meta = {"steps": T, "items": len(examples), "positions": P, "tolerance": f"atol {atol:g} + rtol {rtol:g} * ||h||",
-            "rtol": rtol, "atol": atol, "one_more_step": "step_fn" if step_fn is not None else "last update",
+            "rtol": rtol, "atol": atol, "answers": answers if readout is not None else None,
+            "one_more_step": "step_fn" if step_fn is not None else "last update",
             "fixed_point_rate": float(fixed.float().mean()),
             "median_last_update": float(np.nanmedian(examples["last_update"])) if T >= 2 else float("nan"),
             "median_commit_step": float(examples["commit_step"].median()) if commit is not None else None,
@@ -546,6 +644,7 @@ def probe_transfer(
     test_size: float = 0.3,
     seed: int = 0,
     standardize: bool = True,
+    groups=None,
 ) -> DynamicsResult:
     """Fit a linear probe on the state at step i and test it at every step j: the whole matrix.
 
@@ -555,12 +654,16 @@ def probe_transfer(
             (e.g. ``rollout_states(...)`` or ``workbench.hooks.stack(cache, ...)``).
         target: [batch] (or [batch, pos]) labels: integers / bools / strings give classification
             (``LogisticRegression``, accuracy), floats regression (``Ridge``, R²).
-        probe: a scikit-learn estimator (cloned for every fit) instead of the default.
+        probe: ``"logistic"`` (the default for classes: ``LogisticRegression``), ``"ridge"`` (closed
+            form and quick: ``RidgeClassifier`` for classes), or a scikit-learn estimator (cloned for
+            every fit). Real-valued targets use ``Ridge`` unless an estimator is given.
         control: ``"shuffle"`` (the labels permuted across examples, one permutation for every
             step), an array of control labels of the target's shape (a control task), or None.
         test_size: share of *examples* held out: train and test never share an example, even
             when each example has several positions.
         standardize: z-score the activations (fit on the training examples of step i).
+        groups: [batch] ids: rows with the same id count as one example of the split (e.g. several
+            answer positions of one problem, flattened into rows); default: every row its own.
 
     Returns:
         ``DynamicsResult``: one row per (train_step, test_step): ``score`` (accuracy or R² on the
@@ -569,7 +672,7 @@ def probe_transfer(
         share of the test labels; 0 for R²), ``status`` ("ok", or "constant target").
     """
     from sklearn.base import clone
-    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
     from sklearn.model_selection import GroupShuffleSplit
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -580,8 +683,14 @@ def probe_transfer(
     if shape[: y.ndim] != y.shape or len(shape) != y.ndim + 1:
         raise ValueError(f"each step's activations {list(shape)} must be the target's shape {list(y.shape)} plus one "
                          "feature axis ([batch, d] for a [batch] target, [batch, pos, d] for [batch, pos])")
-    B = y.shape[0]
-    groups = np.repeat(np.arange(B), int(np.prod(y.shape[1:], dtype=int)))
+    if groups is None:
+        groups = np.repeat(np.arange(y.shape[0]), int(np.prod(y.shape[1:], dtype=int)))
+    else:
+        groups = np.asarray(groups.detach().cpu() if isinstance(groups, Tensor) else groups)
+        if groups.shape != y.shape[:1]:
+            raise ValueError(f"groups must be one id per row, shape [{y.shape[0]}]; got {list(groups.shape)}")
+        groups = np.repeat(groups, int(np.prod(y.shape[1:], dtype=int)))
+    B = len(np.unique(groups))
     X = [a.reshape(-1, a.shape[-1]) for a in arrays]
     y = y.reshape(-1)
     regression = y.dtype.kind == "f"
@@ -604,9 +713,16 @@ def probe_transfer(
     train, test = next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(X[0], y, groups))
     metric = "r2" if regression else "accuracy"
 
+    if isinstance(probe, str) and probe not in ("logistic", "ridge"):
+        raise ValueError(f"probe={probe!r}; allowed: 'logistic', 'ridge' or a scikit-learn estimator")
+
     def make():
-        base = clone(probe) if probe is not None else (Ridge(alpha=1.0) if regression
-                                                       else LogisticRegression(max_iter=2000))
+        if probe is not None and not isinstance(probe, str):
+            base = clone(probe)
+        elif regression:
+            base = Ridge(alpha=1.0)
+        else:
+            base = RidgeClassifier(alpha=1.0) if probe == "ridge" else LogisticRegression(max_iter=2000)
         return make_pipeline(StandardScaler(), base) if standardize else base
 
     def fit(labels):
@@ -620,12 +736,18 @@ def probe_transfer(
         return fitted
 
     def scores(fitted, labels):
+        """[i, j]: the probe of step i on the held-out rows of step j (one predict per probe)."""
         out = np.full((len(X), len(X)), np.nan)
         if fitted is None:
             return out
+        Xt, yt = np.concatenate([Xj[test] for Xj in X]), labels[test]
         for i, m in enumerate(fitted):
-            for j, Xj in enumerate(X):
-                out[i, j] = m.score(Xj[test], labels[test])
+            pred = m.predict(Xt).reshape(len(X), len(test))
+            if regression:
+                ss_tot = float(((yt - yt.mean()) ** 2).sum())
+                out[i] = 1 - ((pred - yt) ** 2).sum(1) / ss_tot if ss_tot > 0 else np.nan
+            else:
+                out[i] = (pred == yt).mean(1)
         return out
 
     main = scores(fit(y), y)
@@ -652,6 +774,17 @@ def probe_transfer(
 
 
 # -------------------------------------------------------------------- basin
+def spaced_steps(T: int, k: int) -> list[int]:
+    """k steps evenly spaced from 0 to T - 1 (all T when k >= T; the last one when k = 1)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{k!r} steps: give an integer >= 1")
+    if T <= k:
+        return list(range(T))
+    if k == 1:
+        return [T - 1]
+    return sorted({round(i * (T - 1) / (k - 1)) for i in range(k)})
+
+
 def _repeat_batch(obj, k: int, B: int):
     """Every tensor with a batch axis of size B repeated k times along it (copy-major); others kept."""
     return map_tensors(lambda x: x.repeat(k, *[1] * (x.ndim - 1)) if x.ndim and x.shape[0] == B else x, obj)
@@ -678,42 +811,64 @@ def basin(
     state_hook: Optional[StateHooks] = None,
     perturb: Union[str, Callable[[Tensor, float, torch.Generator], Tensor]] = "noise",
     eps: Sequence[float] = (0.01, 0.1, 1.0),
-    steps: Optional[Sequence[int]] = None,
+    steps: Union[Sequence[int], int, None] = None,
     samples: int = 4,
     relative: bool = True,
     answer: Optional[Callable[[Any], Tensor]] = None,
     mask=None,
+    answers: str = "classes",
+    tol: float = VALUE_TOL,
+    batch_size: int = 2048,
+    resume: bool = True,
     seed: int = 0,
     forward_kwargs: Optional[Mapping] = None,
 ) -> DynamicsResult:
     """Perturb the state after step t by size eps and follow the rollout: does it return, how fast?
 
-    For every step t in ``steps`` (default: all) and size in ``eps``, ``samples`` perturbed copies of
-    the batch run in one forward (``run_with_hooks``: the hook holding the state after step t
-    returns the perturbed state); the states after every later step are read back.
+    Every (step t, size eps, sample) is one perturbed copy of the batch; the copies run together,
+    stacked along the batch axis (``batch_size`` rows per forward at most): the hook holding the
+    state after step t returns the perturbed state of the copies perturbed at t, and the states
+    after every later step are read back. The whole grid runs in one forward; with ``resume`` and
+    a model that offers the resume protocol on the loop of the state hooks
+    (``workbench.hooks.Resumable``: the reasoner, WARP), the copies perturbed at step t run in one
+    forward per t that starts at step t from the unperturbed run's state, so no step before t is
+    computed again.
 
     Args:
         readout, state_hooks: the adapters of the module docstring (``state_hook`` is an alias).
         perturb: ``"noise"`` (a random direction per state vector, norm eps * ||h|| with
             ``relative``, else eps) or ``fn(state, eps, generator) -> state`` (e.g. one wrong code).
+        steps: the steps t perturbed: a list, an int k (k evenly spaced steps from 0 to T - 1 of
+            the steps that ran), or None (all).
         answer: ``fn(model output) -> answers [batch, ...]``; the final answer compared (default: the
             readout of the last state).
         mask: [batch, positions] bool, the answers to keep (e.g. no padding).
+        answers: ``"classes"`` (logits or integer predictions) or ``"values"`` (real-valued answers,
+            e.g. a forecast: the same when ||a - b|| <= ``tol`` * max(1, ||b||)).
+        batch_size: rows per forward (copies x batch); more copies run in further forwards.
+        resume: restart at step t where the model can (see above); False: every copy from step 0.
 
     Returns:
         ``DynamicsResult``: one row per (step, eps, sample, example, pos): ``returns`` (the final
         answer equals the unperturbed run's), ``changed`` (the decoded answer differed from the
         unperturbed run's at some step >= t), ``recovery_time`` (steps after t until the decoded
-        answers equal the unperturbed run's at every later step; NaN when they never do),
-        ``perturbation`` (||h'_t - h_t|| over the example's whole state), ``final_distance``
-        (||h'_{T-1} - h_{T-1}||) and ``ratio`` (final_distance / perturbation: < 1 the state
-        itself returns, > 1 it runs away). ``tables["by_step"]``: rates and medians per (step, eps).
+        answers equal the unperturbed run's at every later step; 0: they never differed; NaN when
+        they never do), ``perturbation`` (||h'_t - h_t|| over the example's whole state),
+        ``final_distance`` (||h'_{T-1} - h_{T-1}||) and ``ratio`` (final_distance / perturbation:
+        < 1 the state itself returns, > 1 it runs away). ``tables["by_step"]``: rates and medians
+        per (step, eps).
     """
     hooks = state_hooks if state_hooks is not None else state_hook
     if hooks is None:
         raise ValueError("give state_hooks (the hook of the state after step t, e.g. 'steps.{t}.hook_out')")
-    if samples < 1:
-        raise ValueError(f"samples={samples} must be >= 1")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples={samples!r} must be an integer >= 1")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1 (rows per forward)")
+    _check_answers(answers, tol)
+    eps = [float(e) for e in eps]
+    if not eps or not all(np.isfinite(e) and e >= 0 for e in eps):
+        raise ValueError(f"eps={eps!r}: give one or more finite sizes >= 0")
     if isinstance(perturb, str):
         if perturb != "noise":
             raise ValueError(f"perturb={perturb!r}; allowed: 'noise' or a function (state, eps, generator) -> state")
@@ -724,64 +879,72 @@ def basin(
         raise ValueError("perturb must be 'noise' or a function (state, eps, generator) -> state")
     args, fk = _as_args(inputs), dict(forward_kwargs or {})
     names = state_names(model, hooks)
-    out0, cache = _run(model, args, fk, names)
+    loop = _resume_loop(model, names) if resume else None
+    listed = steps is not None and not isinstance(steps, (int, np.integer))
+    if listed:
+        steps = [int(s) for s in steps]
+    wanted = [] if loop is None else sorted({n for t in (steps if listed else range(len(names)))
+                                             if 0 <= t < len(names) for n in model.resume_names(t)})
+    out0, cache = _run(model, args, fk, [*names, *wanted])
     fired = _fired(names, cache)
     T = len(fired)
+    if steps is None:
+        steps = list(range(T))
+    elif not listed:
+        steps = spaced_steps(T, int(steps))
     clean = [cache[n] for n in fired]
     B = int(clean[0].shape[0])
     with torch.no_grad():
-        clean_pred = torch.stack([_decode(readout(s), B)[0] for s in clean])  # [T, B, P]
-        clean_final = clean_pred[-1] if answer is None else _items(answer(out0), B, "answer(output)").long()
+        clean_pred = torch.stack([_read(readout(s), B, answers)[0] for s in clean])  # [T, B, P(, D)]
+        clean_final = clean_pred[-1] if answer is None else _read(answer(out0), B, answers, "answer(output)")[0]
     P = clean_pred.shape[2]
-    steps = list(range(T)) if steps is None else [int(s) for s in steps]
     bad = [s for s in steps if not 0 <= s < T]
     if bad:
         raise ValueError(f"steps {bad} out of range: this run has steps 0..{T - 1}")
-    rows_kept = None if mask is None else np.tile(
-        _broadcast_items(_items(mask, B, "mask").bool(), P, "mask").reshape(-1).numpy(), samples)
     k = samples
-    rargs, rfk = _repeat_batch(args, k, B), _repeat_batch(fk, k, B)
-    frames, summary = [], []
+    rows_kept = None if mask is None else np.tile(
+        _broadcast_items(_items(mask, B, "mask").bool(), P, "mask").reshape(-1).numpy(), k)
     ex = np.tile(np.repeat(np.arange(B), P), k)
     pos = np.tile(np.arange(P), k * B)
     sample = np.repeat(np.arange(k), B * P)
-    for t in steps:
-        for i, e in enumerate(eps):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + i)
-            kept: dict[str, Tensor] = {}
-
-            def hit(act, hook, e=e, gen=gen):
-                new = perturb_fn(act, float(e), gen)
-                if not isinstance(new, Tensor) or new.shape != act.shape:
-                    raise ValueError(f"perturb must return a state of shape {list(act.shape)}")
-                return new
-
-            def keep(act, hook):
-                kept[hook.name] = act.detach()
-
-            with torch.no_grad():
-                out = model.run_with_hooks(*rargs, fwd_hooks=[(fired[t], hit)] + [(n, keep) for n in fired[t:]], **rfk)
+    grid = [(t, i, e) for t in steps for i, e in enumerate(eps)]  # one copy of k * B rows each
+    per_forward = max(1, batch_size // (k * B))
+    if loop is not None:  # one forward per perturbed step (and per batch_size rows)
+        forwards = [part[j:j + per_forward] for t in dict.fromkeys(steps)
+                    for part in [[g for g in grid if g[0] == t]] for j in range(0, len(part), per_forward)]
+    else:
+        forwards = [grid[j:j + per_forward] for j in range(0, len(grid), per_forward)]
+    frames, summary = [], []
+    for part in forwards:
+        start = None
+        t0 = min(t for t, _, _ in part)
+        if loop is not None and t0 > 0:
+            start = model.resume_state(cache, t0)
+        kept, out = _perturbed_run(model, args, fk, fired, part, k, B, perturb_fn, seed, start)
+        R = len(part) * k * B
+        with torch.no_grad():
+            decoded = {n: _read(readout(kept[n]), R, answers)[0] for n in fired[t0:] if n in kept}
+            finals = None if answer is None else _read(answer(out), R, answers, "answer(output)")[0]
+        for j, (t, i, e) in enumerate(part):
+            sl = slice(j * k * B, (j + 1) * k * B)
             ran = [n for n in fired[t:] if n in kept]
-            after = [kept[n] for n in ran]
-            with torch.no_grad():
-                pred = torch.stack([_decode(readout(s), k * B)[0] for s in after]).view(len(after), k, B, P)
-                final = (pred[-1] if answer is None
-                         else _items(answer(out), k * B, "answer(output)").long().view(k, B, -1))
-            same = pred == clean_pred[t: t + len(after)][:, None]  # [u, k, B, P]
-            # first u (counted from t) from which every later step agrees with the unperturbed run
-            u = torch.arange(len(after)).view(-1, 1, 1, 1).expand_as(same)
-            last_bad = torch.where(~same, u, torch.full_like(u, -1)).amax(0)
+            after = [kept[n][sl] for n in ran]
+            pred = torch.stack([decoded[n][sl] for n in ran])
+            pred = pred.view(len(ran), k, B, *pred.shape[2:])
+            final = pred[-1] if finals is None else finals[sl].view(k, B, *clean_final.shape[1:])
+            same = _agree(pred, clean_pred[t: t + len(after)][:, None], answers, tol)  # [u, k, B, P]
             recovered = same[-1]
-            rec = torch.where(recovered, (last_bad + 1).float(), torch.full_like(last_bad, 0).float() + float("nan"))
-            returns = (final == clean_final[None]).reshape(k, B, -1)
-            returns = _broadcast_items(returns.reshape(k * B, -1), P, "answer").reshape(k, B, P)
+            last_bad = _commit(~same)  # steps after t until every later step agrees
+            rec = torch.where(recovered, last_bad.float(), torch.full_like(last_bad, 0).float() + float("nan"))
+            returns = _agree(final, clean_final[None], answers, tol).reshape(k * B, -1)
+            returns = _broadcast_items(returns, P, "answer").reshape(k, B, P)
             d = lambda a, b: (a.float() - b.float()).reshape(k, B, -1).norm(dim=-1)  # noqa: E731
             rep = lambda x: x.repeat(k, *[1] * (x.ndim - 1))  # noqa: E731
             pert = d(after[0], rep(clean[t]))
             fin = d(after[-1], rep(clean[t + len(after) - 1]))
             ratio = fin / pert.clamp_min(1e-30)
             frame = pd.DataFrame({
-                "step": t, "eps": float(e), "sample": sample, "example": ex, "pos": pos,
+                "step": t, "eps": e, "sample": sample, "example": ex, "pos": pos,
                 "returns": returns.reshape(-1).numpy(), "changed": (~same).any(0).reshape(-1).numpy(),
                 "recovery_time": rec.reshape(-1).numpy(),
                 "perturbation": pert[..., None].expand(k, B, P).reshape(-1).numpy(),
@@ -791,17 +954,74 @@ def basin(
             if rows_kept is not None:
                 frame = frame[rows_kept]
             frames.append(frame)
-            summary.append({"step": t, "eps": float(e), "n": len(frame), "return_rate": frame["returns"].mean(),
+            summary.append({"step": t, "eps": e, "n": len(frame), "return_rate": frame["returns"].mean(),
                             "changed_rate": frame["changed"].mean(),
                             "median_recovery_time": frame["recovery_time"].median(),
                             "median_ratio": float(frame["ratio"].median())})
     df = pd.concat(frames, ignore_index=True)
     if P == 1:
         df = df.drop(columns="pos")
-    meta = {"steps": T, "perturbed_steps": steps, "eps": [float(e) for e in eps], "samples": k,
+    meta = {"steps": T, "perturbed_steps": steps, "eps": eps, "samples": k,
             "perturb": perturb if isinstance(perturb, str) else getattr(perturb, "__name__", "function"),
-            "relative": relative, "state_hooks": fired}
+            "relative": relative, "answers": answers, "tol": tol if answers == "values" else None,
+            "forwards": len(forwards), "resumed": loop is not None, "state_hooks": fired}
     return DynamicsResult("basin", df, "returns", meta, {"by_step": pd.DataFrame(summary)})
+
+
+def _resume_loop(model, names: Sequence[str]) -> Optional[str]:
+    """The model's resumable loop when the state hook of step t sits in its step t, else None."""
+    from workbench.hooks import resumable
+
+    loop = getattr(model, "resume_loop", None)
+    if not resumable(model) or not isinstance(loop, str):
+        return None
+    return loop if all(_step_of(n, loop) == t for t, n in enumerate(names)) else None
+
+
+def _step_of(name: str, loop: str) -> Optional[int]:
+    from workbench.hooks import split_loop
+
+    found = split_loop(name, loop)
+    return None if found is None else found[0]
+
+
+def _perturbed_run(model, args: tuple, fk: dict, fired: Sequence[str], part: Sequence[tuple[int, int, float]],
+                   k: int, B: int, perturb_fn, seed: int, start=None) -> tuple[dict[str, Tensor], Any]:
+    """One forward of len(part) perturbed copies (k * B rows each) stacked along the batch axis,
+    copy j perturbed after step part[j][0]; ``start``: a ``LoopState`` of one batch to resume from.
+
+    Returns the states after every step from the first perturbed one ({hook: [copies * k * B, ...]})
+    and the model's output.
+    """
+    rows = k * B
+    m = len(part)
+    at: dict[str, list[tuple[slice, float, torch.Generator]]] = {}
+    for j, (t, i, e) in enumerate(part):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + t * 1009 + i)
+        at.setdefault(fired[t], []).append((slice(j * rows, (j + 1) * rows), e, gen))
+
+    def hit(act, hook):
+        new = act.clone()
+        for sl, e, gen in at[hook.name]:
+            part_new = perturb_fn(act[sl], e, gen)
+            if not isinstance(part_new, Tensor) or part_new.shape != act[sl].shape:
+                raise ValueError(f"perturb must return a state of shape {list(act[sl].shape)}")
+            new[sl] = part_new
+        return new
+
+    kept: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        kept[hook.name] = act.detach()
+
+    first = min(t for t, _, _ in part)
+    fwd = [(n, hit) for n in at] + [(n, keep) for n in fired[first:]]
+    kw = _repeat_batch(fk, m * k, B)
+    if start is not None:
+        kw["start"] = start.repeat(m * k)
+    with torch.no_grad():
+        out = model.run_with_hooks(*_repeat_batch(args, m * k, B), fwd_hooks=fwd, **kw)
+    return kept, out
 
 
 # -------------------------------------------------------------- fixed points
@@ -994,5 +1214,9 @@ def _row_jacobians(step_fn, h: Tensor) -> Tensor:
     """[n, d, d]: the Jacobian of F at every row of h, from one Jacobian of sum_i F(h)_i."""
     from torch.autograd.functional import jacobian
 
-    J = jacobian(lambda x: step_fn(x).sum(0), h.detach())  # [d_out, n, d_in]
+    f = lambda x: step_fn(x).sum(0)  # noqa: E731
+    try:  # all d output rows in one batched backward
+        J = jacobian(f, h.detach(), vectorize=True)  # [d_out, n, d_in]
+    except RuntimeError:  # a step function that vmap cannot batch: one backward per output row
+        J = jacobian(f, h.detach())
     return J.permute(1, 0, 2).detach()

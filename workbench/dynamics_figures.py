@@ -22,14 +22,17 @@ _STEP = "step t (state after the t-th application of the loop)"
 
 
 def lens_figure(result: Result, value: Optional[str] = None, **kwargs):
-    """Per step: share of answers equal to the final answer (and to the target), and their mean rank."""
+    """Per step: share of answers equal to the final answer (and to the target), and their mean rank
+    (real-valued answers: their mean distance)."""
     go, make_subplots = _go()
     t = result.tables["by_step"]
     has_layers = "layer" in t and t["layer"].notna().any()
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of answers", "mean rank (0 = top class)"))
-    series = [("match_final", "rank_final", "= final answer")]
+    values = "error_final" in t
+    right = "mean distance ||pred - answer||" if values else "mean rank (0 = top class)"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of answers", right))
+    series = [("match_final", "error_final" if values else "rank_final", "= final answer")]
     if "accuracy" in t:
-        series.append(("accuracy", "rank_target", "= true answer"))
+        series.append(("accuracy", "error_target" if values else "rank_target", "= true answer"))
     if has_layers:  # layer l of step t sits between t - 1 and t; the state after step t at t
         L = float(t["layer"].max()) + 1
         x = t["step"] - 1 + (t["layer"].astype(float).fillna(L - 1) + 1) / L
@@ -40,12 +43,14 @@ def lens_figure(result: Result, value: Optional[str] = None, **kwargs):
         hover = t["hook"]
         fig.add_trace(go.Scatter(x=x, y=t[share], mode="lines+markers", name=label, text=hover,
                                  hovertemplate="%{text}<br>%{y:.3f}<extra></extra>"), 1, 1)
-        fig.add_trace(go.Scatter(x=x, y=t[rank], mode="lines+markers", name=f"rank of the {label[2:]}", text=hover,
-                                 hovertemplate="%{text}<br>%{y:.2f}<extra></extra>"), 1, 2)
+        fig.add_trace(go.Scatter(x=x, y=t[rank], mode="lines+markers", text=hover,
+                                 name=f"{'distance to' if values else 'rank of'} the {label[2:]}",
+                                 hovertemplate="%{text}<br>%{y:.3g}<extra></extra>"), 1, 2)
     xtitle = _STEP if not has_layers else "step t (the layers of step t lie between t - 1 and t)"
-    fig.update_xaxes(title_text=xtitle, dtick=1)
-    fig.update_yaxes(title_text="share of answers", range=[-0.02, 1.02], row=1, col=1)
-    fig.update_yaxes(title_text="mean rank", row=1, col=2)
+    fig.update_xaxes(title_text=xtitle, dtick=1 if len(t) <= 40 else None)
+    share = "share of answers" + (f" (within tol {result.meta.get('tol')})" if values else "")
+    fig.update_yaxes(title_text=share, range=[-0.02, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="mean distance" if values else "mean rank", row=1, col=2)
     return fig.update_layout(title="Iteration lens: the model's readout after every step", height=420)
 
 

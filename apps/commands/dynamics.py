@@ -9,6 +9,7 @@ summary and write ``dynamics_<analysis>.csv`` (plus one CSV per extra table) and
 
     workbench dynamics reasoner --analysis convergence       # commit step vs depth
     workbench dynamics act-parity --analysis lens --n 64
+    workbench dynamics warp-phys-msd --analysis basin     # does theta return after a kick?
     workbench dynamics gain-v1 --analysis fixed-points
 """
 
@@ -34,6 +35,8 @@ def add_dynamics_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--n", type=positive_int, default=None,
                    help="inputs (>= 2; default: the family's: 8 for the reasoner, 64 for ACT, 16 otherwise; "
                         "transfer: 64 for the reasoner, 256 otherwise)")
+    p.add_argument("--quick", action="store_true",
+                   help="the Dynamics page's small, quick settings (fewer inputs, steps, sizes and starts)")
     p.add_argument("--seed", type=seed, default=0, help="seed for the sampled inputs")
     p.add_argument("--out", type=folder, default="out/dynamics", help="folder for CSV and HTML")
     p.add_argument("--threads", type=threads, default=1, help="torch threads")
@@ -55,11 +58,17 @@ def dynamics(args: argparse.Namespace) -> None:
         covered = ", ".join(n for n, f in registry.families().items() if f.dynamics is not None)
         raise ValueError(f"{args.model!r}: the dynamics lab does not cover the {family.label} family "
                          f"(covered: {covered})")
-    if args.analysis not in family.dynamics.analyses:
+    a = da.family_adapters(family.name)
+    allowed = da.analyses_of(family.name)
+    if args.analysis not in allowed:
+        why = a.notes if a is not None else family.dynamics.state
         raise ValueError(f"--analysis {args.analysis!r} does not apply to the {family.label} family "
-                         f"({family.dynamics.state}); allowed: {', '.join(family.dynamics.analyses)}")
+                         f"({why}); allowed: {', '.join(allowed)}")
     model = models.load(args.model)
-    res = da.run(model, args.analysis, n=args.n, seed=args.seed)
+    options = da.page_defaults(da.adapters(model), args.analysis) if args.quick else {}
+    if args.n is not None:
+        options["n"] = args.n
+    res = da.run(model, args.analysis, seed=args.seed, **options)
     print(res.summary())
     paths = res.save(args.out, f"dynamics_{args.analysis.replace('-', '_')}")
     print(f"wrote {', '.join(str(p) for p in paths)}")

@@ -2,7 +2,9 @@
 
 Every analysis of ``workbench.dynamics`` through the family registry's adapters
 (``models.dynamics_adapters.run``): the iteration lens, convergence and the commit step, probe
-transfer across steps, basins of the state, fixed points of the cell.
+transfer across steps, basins of the state, fixed points of the cell. The page runs each at small,
+quick defaults (``models.dynamics_adapters.page_defaults``: a few inputs, few steps and sizes); the
+Python API and ``workbench dynamics`` take every option.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import streamlit as st
 
 from apps import ui
+from models import dynamics_adapters as da
 from models import registry
 
 ui.through_explorer()  # the entry script first, also on a direct link
 
 TITLES = {"lens": "Iteration lens", "convergence": "Convergence and commit step", "transfer": "Probe transfer",
           "basin": "Basin of the state", "fixed-points": "Fixed points of the cell"}
-HELP = {"lens": "the model's own readout applied to the state after every step: accuracy and rank of the final and "
-                "the true answer per step",
+HELP = {"lens": "the model's own readout applied to the state after every step: accuracy and rank (a forecast: "
+                "distance) of the final and the true answer per step",
         "convergence": "per example: the update size, the distance to the final state, the cosine of successive "
                        "updates, whether the last state is a fixed point, and the commit step (the first step after "
                        "which the decoded answer never changes) against difficulty",
@@ -35,26 +38,34 @@ picked = ui.pick_model(families, key="dynamics_model", prefer=[p for p in prefer
 if picked is None:
     st.stop()
 model, family = picked.model, picked.family
-fam = registry.get(family)
-st.caption(f"State read: {fam.dynamics.state}" if fam.dynamics.state else "")
-analyses = [a for a in fam.dynamics.analyses]
+adapters = da.adapters(model)
+st.caption(f"State and readout: {adapters.notes}")
+analyses = list(adapters.analyses)
 analysis = ui.view_picker([TITLES[a] for a in analyses], key="dynamics_view", label="Analysis")
 analysis = analyses[[TITLES[a] for a in analyses].index(analysis)]
 st.caption(HELP[analysis])
 ui.query_names("samples", "seed")
 
+
+def _defaults(analysis: str) -> dict:
+    return da.page_defaults(adapters, analysis)
+
+
+defaults = _defaults(analysis)
 c1, c2 = st.columns(2)
-default_n = 64 if analysis == "transfer" else 16
-n = ui.number("Samples", where=c1, lo=2, hi=512, value=default_n, key=f"dynamics_n_{analysis}", query="samples")
+n = ui.number("Samples", where=c1, lo=2, hi=512, value=int(defaults["n"]), key=f"dynamics_n_{analysis}",
+              query="samples")
 seed = ui.number("Seed", where=c2, lo=0, hi=ui.SEED_MAX, value=0, key="dynamics_seed", query="seed")
 ui.need(n, seed)
+options = {k: v for k, v in defaults.items() if k != "n"}
+if options:
+    st.caption("Quick settings: " + ", ".join(f"{k}={v}" for k, v in options.items())
+               + " (the Python API, `models.dynamics_adapters.run`, takes any).")
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _run(key, analysis, n, seed, _model):
-    from models.dynamics_adapters import run
-
-    return run(_model, analysis, n=n, seed=seed)
+    return da.run(_model, analysis, seed=seed, **(_defaults(analysis) | {"n": n}))
 
 
 with ui.guard(TITLES[analysis]):
