@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,10 +102,32 @@ _STATE = threading.local()  # each Streamlit session runs its script in a thread
 
 
 def error_text(e: Exception) -> str:
-    """The message a page shows for an exception: its text, with the type for unexpected ones."""
+    """The message a page shows for an exception: its text, with the type for unexpected ones.
+
+    A list announced with nothing after it ("closest fired hooks: ") is dropped, not shown empty."""
     if isinstance(e, (ValueError, KeyError)):
-        return str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
-    return f"{type(e).__name__}: {e}"
+        text = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return re.sub(r"[;,]?\s*closest fired hooks:\s*$", "", text)
+
+
+_MARKUP = re.compile(r"([\\*`$~<])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def plain(text: str) -> str:
+    """``text`` escaped for Streamlit's Markdown, so a message shows exactly as written.
+
+    Globs and code (``steps.*.hook_z``, ``$x``, ``<pad>``) would otherwise turn into italics, maths
+    or HTML; an underscore is escaped where it could start or end emphasis (``_x``), not inside
+    a name (``hook_resid_pre`` stays as it is).
+    """
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), str(text))
+
+
+def error(text: str, where=None) -> None:
+    """An error message on the page, shown as written (see ``plain``)."""
+    (where or st).error(plain(text))
 
 
 @contextmanager
@@ -119,7 +142,7 @@ def guard(what: str = ""):
     except Refused:
         pass  # the refused field already says why
     except Exception as e:  # noqa: BLE001 - Streamlit's stop / rerun are BaseExceptions and pass through
-        st.error(f"{what}: {error_text(e)}" if what else error_text(e))
+        error(f"{what}: {error_text(e)}" if what else error_text(e))
     finally:
         _STATE.depth -= 1
 
@@ -180,7 +203,7 @@ def _query_int(key: str, query: str | None, name: str, lo: int, hi: int, where) 
     try:
         st.session_state[key] = check_int(raw, name, lo, hi)
     except ValueError as e:
-        where.error(f"The link's ?{query}={raw[:40]} is refused, so the field shows its default. {e}")
+        error(f"The link's ?{query}={raw[:40]} is refused, so the field shows its default. {e}", where)
         del st.query_params[query]
 
 
@@ -204,7 +227,7 @@ def number(label: str, *, key: str, lo: int, hi: int, value: int, where=None, qu
     try:
         return check_int(x, label, lo, hi)
     except ValueError as e:
-        where.error(str(e))
+        error(str(e), where)
         return None
 
 
@@ -220,7 +243,7 @@ def text(label: str, *, limit: int, where=None, area: bool = False, **kwargs) ->
     try:
         return check_length(value, label, limit)
     except ValueError as e:
-        where.error(f"{e}: shorten it")
+        error(f"{e}: shorten it", where)
         return None
 
 
@@ -241,8 +264,8 @@ def query_names(*names: str) -> None:
     allowed = ("model",) + names
     unknown = [q for q in st.query_params if q not in allowed]
     if unknown:
-        st.warning(f"This page ignores the link's {', '.join(f'?{q}=' for q in unknown)}: it takes "
-                   f"{', '.join(f'?{q}=' for q in allowed)}")
+        st.warning(plain(f"This page ignores the link's {', '.join(f'?{q}=' for q in unknown)}: it takes "
+                   f"{', '.join(f'?{q}=' for q in allowed)}"))
 
 
 # --------------------------------------------------------------------- the model
@@ -322,6 +345,15 @@ def _check(model, family: str) -> None:
             check(model)
 
 
+def family_hook(family: str, name: str, package: str = "apps.views"):
+    """The function ``name`` of the family's module in ``package`` (``apps.views.reasoner.patching_inputs``),
+    or None where the family has no such module or function: pages ask, never branch on names."""
+    module = f"{package}.{family.replace('-', '_')}"
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), name, None)
+
+
 def _ordered(names: list[str], families: tuple[str, ...], prefer: list[str] | None) -> list[str]:
     known = registry.families()
     flagships = [known[f].flagship for f in families if f in known]
@@ -360,7 +392,7 @@ def pick_model(families: tuple[str, ...], key: str, label: str = "Model",
         if query in names:
             st.session_state[choice_key] = query
         elif len(query) > MAX_PATH_CHARS:
-            st.error(f"The link's ?model= has {len(query):,} characters; at most {MAX_PATH_CHARS:,} are accepted")
+            error(f"The link's ?model= has {len(query):,} characters; at most {MAX_PATH_CHARS:,} are accepted")
         else:
             st.session_state[choice_key], st.session_state[path_key] = FOLDER, query
     options = names + [FOLDER]
@@ -388,7 +420,7 @@ def pick_model(families: tuple[str, ...], key: str, label: str = "Model",
     try:
         return _open(name, families, kinds)
     except Exception as e:  # noqa: BLE001 - whatever a checkpoint holds, the page shows a message
-        st.error(f"Cannot open the model: {error_text(e)}")
+        error(f"Cannot open the model: {error_text(e)}")
         return None
 
 
@@ -409,14 +441,105 @@ def int_list(text: str, name: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------- views
-def view_picker(views: list[str], key: str, label: str = "View") -> str:
+def view_picker(views: list[str], key: str, label: str = "View", default: str | None = None) -> str:
     """The one view of a page that is shown, and the only one that computes.
 
     A segmented control, not tabs: tabs run every tab's code on every rerun, hidden ones
     included. The choice follows the page's link as ``?<key>=<view>`` (``/reasoner?reasoner_view=Attention``),
-    so every view is deep-linkable; an unknown value falls back to the first view.
+    so every view is deep-linkable; an unknown value falls back to the first view. ``default``:
+    the view shown when the link names none (the first view when None).
     """
     if key in st.session_state and st.session_state[key] not in views:
         del st.session_state[key]
-    chosen = st.segmented_control(label, views, default=views[0], required=True, key=key, bind="query-params")
+    default = default if default in views else views[0]
+    chosen = st.segmented_control(label, views, default=default, required=True, key=key, bind="query-params")
     return chosen if chosen in views else views[0]
+
+
+# ------------------------------------------------------------------- loop steps
+def _seed_from_link(key: str, query: str, name: str, lo: int, hi: int) -> None:
+    """Set a widget's first value from the page's ``?query=`` (first run only); refuse bad values."""
+    if key in st.session_state or query not in st.query_params:
+        return
+    raw = st.query_params[query]
+    try:
+        st.session_state[key] = check_int(raw, name, lo, hi)
+    except ValueError as e:
+        error(f"The link's ?{query}={raw[:40]} is refused, so the slider shows its default. {e}")
+        del st.query_params[query]
+
+
+def step_slider(label: str, steps: int, *, key: str, query: str = "step", value: int = 0, where=None,
+                help: str | None = None) -> int:
+    """A slider over the loop steps ``0..steps - 1``; its value follows the page's ``?step=``.
+
+    A link's step out of range is refused with a message naming the range (the slider shows
+    ``value``); when the number of steps shrinks under the chosen one, the slider moves to
+    the last step. With a single step there is nothing to slide: a caption says so.
+    """
+    where = where or st
+    if steps < 1:
+        raise ValueError(f"{label}: there are no steps to show")
+    last = steps - 1
+    _seed_from_link(key, query, label, 0, last)
+    if last == 0:
+        where.caption(f"{label}: 0 (the only step)")
+        return 0
+    if key not in st.session_state:
+        st.session_state[key] = min(max(int(value), 0), last)
+    elif not 0 <= int(st.session_state[key]) <= last:
+        st.session_state[key] = last
+    bounds = f"steps 0..{last}; the link's ?{query}= sets it"
+    t = where.slider(label, 0, last, key=key, help=f"{help}; {bounds}" if help else bounds,
+                     on_change=_to_link, args=(key, query))
+    return int(t)
+
+
+def play_toggle(key: str, label: str = "Play through the steps", where=None) -> bool:
+    """A switch between the figure at the chosen step and an animation of every step (with a play button)."""
+    return bool((where or st).toggle(label, key=key, help="an animated figure: press play, or drag its slider"))
+
+
+# ---------------------------------------------------------------------- compare
+def pick_other(picked: Picked, key: str, label: str = "Compare with", query: str = "compare") -> Picked | None:
+    """A second model of ``picked``'s family to show beside it on the same input.
+
+    Offers the zoo's other models of the family; the page's ``?compare=`` chooses the first
+    selection (a zoo name, or a checkpoint folder under an allowed root). A name the page
+    cannot open is refused with a message naming the models it can, never a traceback.
+    Returns None (after a message) when there is nothing to compare with.
+    """
+    names = [n for n in zoo.names_of(picked.family) if n != picked.name]
+    extra_key = f"{key}_extra"
+    raw = st.query_params.get(query)
+    if key not in st.session_state and raw:
+        if raw in names:
+            st.session_state[key] = raw
+        else:
+            try:
+                if raw not in models.zoo_names() and os.sep not in raw:
+                    raise ValueError(f"{raw[:80]!r} is no model of the zoo (nor a checkpoint folder)")
+                other = _open(raw, (picked.family,), zoo.label(picked.family))
+            except Exception as e:  # noqa: BLE001 - a bad link is a message
+                listed = ", ".join(names) or "none in the zoo"
+                error(f"The link's ?{query}={raw[:80]} is refused: {error_text(e)}. "
+                      f"Models to compare with: {listed}")
+                del st.query_params[query]
+            else:
+                st.session_state[extra_key] = other.name
+                st.session_state[key] = other.name
+    extra = st.session_state.get(extra_key)
+    options = names + ([extra] if extra and extra not in names and extra != picked.name else [])
+    if not options:
+        st.info(f"No other {zoo.label(picked.family)} model to compare with: the zoo holds only {picked.name}.")
+        return None
+    if st.session_state.get(key) not in options:
+        st.session_state.pop(key, None)
+    choice = st.selectbox(label, options, key=key, on_change=_to_link, args=(key, query),
+                          help=f"another {zoo.label(picked.family)} model, run on the same input; "
+                               f"the link's ?{query}= sets it")
+    try:
+        return _open(choice, (picked.family,), zoo.label(picked.family))
+    except Exception as e:  # noqa: BLE001 - whatever a checkpoint holds, the page shows a message
+        error(f"Cannot open the model to compare with: {error_text(e)}")
+        return None

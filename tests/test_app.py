@@ -6,6 +6,7 @@ of a second; the defaults run on whatever the zoo holds. The tiny checkpoints li
 temporary folder that ``WORKBENCH_MODELS_ROOT`` allows, as whoever starts the app would.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,10 +63,15 @@ def charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
 
+def shown(markdown: str) -> str:
+    """A message as the reader sees it: Markdown escapes (``\\*``) undone."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def shows_error(at: AppTest, *words: str) -> None:
     """A message on the page (st.error) that contains ``words``, and no traceback."""
     assert not at.exception, [e.message for e in at.exception]
-    text = " ".join(e.value for e in at.error)
+    text = " ".join(shown(e.value) for e in at.error)
     assert at.error and all(w in text for w in words), text
 
 
@@ -130,7 +136,7 @@ def test_reasoner_page_edits(tiny):
     at.number_input(key="reasoner_steps").set_value(2).run()
     at.checkbox(key="reasoner_operands").check().run()
     show(at, "reasoner_view", "Attention")
-    at.selectbox(key="reasoner_attn_step").set_value(1).run()
+    at.slider(key="reasoner_step").set_value(1).run()
     at.selectbox(key="reasoner_attn_layer").set_value(1).run()
     at.selectbox(key="reasoner_attn_head").set_value(3).run()
     at.checkbox(key="reasoner_attn_marks").uncheck().run()
@@ -151,14 +157,15 @@ def test_reasoner_page_edits(tiny):
 
 
 @pytest.mark.parametrize("page, key, views, charts_each", [
-    ("reasoner", "reasoner_view", ["State table", "Attention", "Step lens", "Intervention"], [1, 1, 1, 1]),
+    ("reasoner", "reasoner_view", ["State table", "Attention", "All heads", "Step lens", "Intervention"],
+     [1, 1, 1, 1, 1]),
     ("act", "act_view", ["Halting", "Ponder time vs difficulty", "Patch the halting logit"], [2, 1, 1]),
     ("warp", "warp_view", ["Forecast", "theta_t (PCA)", "Root function", "Spectrum of A", "Physical parameters"],
      [1, 1, 1, 1, 1])])
 def test_only_the_chosen_view_runs(tiny, page, key, views, charts_each):
     """A model page runs the code of the view on screen only: the other views' widgets and figures
     are absent, and their computations (attention, interventions, batches) are not run."""
-    own = {"reasoner": {"Attention": "reasoner_attn_step", "Step lens": "reasoner_lens_slot",
+    own = {"reasoner": {"Attention": "reasoner_attn_layer", "Step lens": "reasoner_lens_slot",
                         "Intervention": "reasoner_edit_var", "State table": "reasoner_operands"},
            "act": {"Ponder time vs difficulty": "act_batch_n", "Patch the halting logit": "act_patch_step"},
            "warp": {"theta_t (PCA)": "warp_pca_k", "Root function": "warp_root_steps"}}[page]
@@ -233,12 +240,14 @@ def test_warp_page_on_a_digit_model(tiny):
 # -------------------------------------------------------------------- gain
 def test_gain_page_edits():
     at = ok(open_page("gain"))
-    assert charts(at) == 6
+    assert charts(at) == 1  # one figure at a time: the effects
     for text in ("biased adapter=abc", "gaussian", "biased weight=2"):
         at.text_input(key="gain_dist").set_value(text).run()
         shows_error(at, "malformed")
     at.text_input(key="gain_dist").set_value("biased adapter=30 weight=0.3 width=5").run()
-    assert charts(ok(at)) == 6
+    assert charts(ok(at)) == 1
+    for view in at.button_group(key="gain_view").options:
+        assert charts(ok(show(at, "gain_view", str(view)))) == 1
 
 
 # --------------------------------------------------------------- analyses
@@ -255,12 +264,15 @@ def test_patching_page_edits(tiny):
     at.text_input(key="patch_sites_reasoner").set_value("steps.*.blocks.*.attn.hook_z").run()
     at.text_input(key="patch_pos_reasoner").set_value("none").run()
     at.text_input(key="patch_heads_reasoner").set_value("each").run()
-    assert charts(ok(at)) == 3
+    assert charts(ok(at)) == 1  # one view at a time: the per-site heatmap
     at.radio(key="patch_method").set_value("attribution patching").run()
     at.selectbox(key="patch_ablation").set_value("zero").run()
     at.selectbox(key="patch_metric_reasoner").set_value("clean answer probability").run()
+    show(at, "patch_view", "Step x layer")
     at.radio(key="patch_agg").set_value("mean").run()
-    assert charts(ok(at)) == 3
+    assert charts(ok(at)) == 1
+    for view, n in (("Top sites", 1), ("Table", 0)):
+        assert charts(ok(show(at, "patch_view", view))) == n
 
 
 @pytest.mark.parametrize("page", ["patching", "probing", "codebook"])
@@ -273,7 +285,8 @@ def test_probing_and_codebook_pages_edits(tiny):
     at.selectbox(key="probe_target_reasoner").set_value("value").run()
     at.selectbox(key="probe_control").set_value("variable").run()
     at.number_input(key="probe_per_problem").set_value(2).run()
-    assert charts(ok(at)) == 2
+    assert charts(ok(at)) == 1  # one view at a time: accuracy by step
+    assert charts(ok(show(at, "probe_view", "Step x layer"))) == 1
     at.text_input(key="probe_sites").set_value("steps.*.no_such_hook").run()
     shows_error(at, "Probing")
     at = ok(open_page("probing", tiny["act"]))
@@ -281,6 +294,7 @@ def test_probing_and_codebook_pages_edits(tiny):
     ok(at)
     at = ok(open_page("codebook", tiny["act"]))
     at.number_input(key="codebook_k_act").set_value(3).run()
+    show(at, "codebook_view", "Confusion")
     at.selectbox(key="codebook_confusion_step").set_value(0).run()
     ok(at)
 
@@ -325,6 +339,10 @@ def test_dynamics_page_runs_the_lab_on_the_zoo_through_the_registry():
     ok(show(at, "dynamics_view", "Fixed points of the cell"))
     at = ok(open_page("dynamics", "warp-phys-msd"))
     views = at.button_group(key="dynamics_view").options
-    assert "Iteration lens" not in [str(v) for v in views]  # WARP has no class readout
+    import models
+    from models import dynamics_adapters as da
+
+    assert len(views) == len(da.adapters(models.load("warp-phys-msd")).analyses)  # what its adapters offer
+    show(at, "dynamics_view", "Convergence and commit step")
     at.number_input(key="dynamics_n_convergence").set_value(1).run()
     assert at.error and "out of range" in at.error[0].value and not at.exception

@@ -141,9 +141,9 @@ def test_out_of_range_numbers_are_refused_with_their_range(allowed):
     text = errors(at)
     assert "?steps=999" in text and "Steps: 999 is out of range; allowed 0..16" in text
     assert at.number_input(key="reasoner_steps").value == 0 and charts(at) == 1  # the default, said so
-    at = open_page("reasoner", model=model, nodes="abc", step=3)
+    at = open_page("reasoner", model=model, nodes="abc", stpe=3)
     assert "Nodes: 'abc' is not a whole number; allowed 2..128" in errors(at)
-    assert "?step=" in at.warning[0].value and "?steps=" in at.warning[0].value  # a misspelt parameter
+    assert "?stpe=" in at.warning[0].value  # a misspelt parameter
     at = open_page("reasoner", model=model, steps=3, nodes=12)  # in range: taken
     assert not errors(at) and at.number_input(key="reasoner_steps").value == 3
     assert at.number_input(key="reasoner_nodes").value == 12

@@ -262,6 +262,11 @@ def _builders():
                                                              truth={"omega": 1.0}, context_tau=0.5),
         "digits": lambda: warp_views.digits_figure(np.zeros(64), np.zeros(34), 30),
         "root_functions": lambda: warp_views.root_functions_figure(curves, curves),
+        "attention_grid": lambda: reasoner_views.attention_grid_figure(np.full((2, 2, 7, 7), 1 / 7), labels, step=1),
+        "attention_play": lambda: reasoner_views.attention_animation(np.full((3, 7, 7), 1 / 7), labels),
+        "halting_play": lambda: act_views.halting_animation(_trace(3), t=0),
+        "theta_play": lambda: warp_views.theta_path_animation(np.random.default_rng(0).normal(size=(6, 2)),
+                                                              tau.tolist() + [1.0], [0.6, 0.3], context=3),
         "loop_grid": lambda: analysis.loop_grid_figure(_sites(), "score"),
         "top_sites": lambda: analysis.top_sites_figure(_sites(), "score"),
     }

@@ -29,7 +29,7 @@ from plotly.subplots import make_subplots
 
 from workbench.results import MEASURED
 
-__all__ = ["for_result", "site_map", "probe_map", "codebook_figure", "compare"]
+__all__ = ["for_result", "site_map", "probe_map", "codebook_figure", "compare", "animate", "wilson"]
 
 _OUTER = ("step", "time")  # the recurrent loop goes down the y axis
 _INNER = ("ponder", "layer")  # nested loops become panels (or the x axis when nothing finer exists)
@@ -42,6 +42,68 @@ def legend_below(fig: go.Figure, y: float = -0.2) -> go.Figure:
     """Put the legend in a row under the plot: clear of the title above and of colour bars on the right."""
     return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=y, xanchor="left", x=0),
                              margin=dict(b=110))
+
+
+def animate(frames: list[go.Figure], labels: list, prefix: str = "step t = ", duration_ms: int = 600,
+            height: int | None = None, only: dict[int, tuple[str, ...]] | None = None, active: int = 0) -> go.Figure:
+    """One figure that plays ``frames`` (figures with the same traces, one per loop step) in turn.
+
+    Frame ``active`` is drawn first; a play / pause button and a slider sit under the plot, the
+    legend under them. Each frame keeps its own title. Axis ranges and colour scales are those
+    of the first frame, so give every frame the same ones. ``only`` keeps just some properties
+    of some traces in the frames (``{0: ("z",)}``: only the heatmap's values change), so large
+    figures stay light.
+
+    >>> fig = animate([attention_at(t) for t in range(T)], list(range(T)))
+    """
+    if not frames or len(frames) != len(labels):
+        raise ValueError(f"animate: {len(frames)} frames and {len(labels)} labels; give one label per frame")
+    if not 0 <= active < len(frames):
+        raise ValueError(f"animate: active={active} is out of range; allowed 0..{len(frames) - 1}")
+    names = [str(lab) for lab in labels]
+    fig = go.Figure(frames[active])
+    def changes(f: go.Figure) -> dict:
+        if only is None:
+            return dict(data=f.data)
+        return dict(data=[{"type": f.data[i].type, **{k: f.data[i][k] for k in keys}} for i, keys in only.items()],
+                    traces=list(only))
+
+    fig.frames = [go.Frame(**changes(f), name=name, layout=dict(title=f.layout.title))
+                  for f, name in zip(frames, names)]
+    height = height or fig.layout.height or 520
+    top, bottom = 80, 230  # px: the title above; the slider and the legend below the x axis
+    plot = max(height - top - bottom, 120)
+
+    def below(px: float) -> float:  # px under the plot area, in paper coordinates
+        return -px / plot
+
+    still = dict(frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0))
+    fig.update_layout(
+        height=height, margin=dict(t=top, b=bottom),
+        updatemenus=[dict(type="buttons", direction="left", x=0, xanchor="left", y=below(95), yanchor="top",
+                          showactive=False, pad=dict(t=0, r=10), buttons=[
+                              dict(label="Play", method="animate", args=[None, dict(
+                                  frame=dict(duration=duration_ms, redraw=True), fromcurrent=True,
+                                  transition=dict(duration=0))]),
+                              dict(label="Pause", method="animate", args=[[None], still])])],
+        sliders=[dict(active=active, x=0.16, len=0.84, xanchor="left", y=below(80), yanchor="top", pad=dict(t=0),
+                      currentvalue=dict(prefix=prefix, visible=True),
+                      steps=[dict(label=name, method="animate", args=[[name], still]) for name in names])],
+        legend=dict(orientation="h", yanchor="top", y=below(160), xanchor="left", x=0))
+    return fig
+
+
+def wilson(k, n, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval (95% by default) of ``k`` successes in ``n`` trials: (low, high).
+
+    >>> wilson(8, 10)   # (array(0.49...), array(0.94...))
+    """
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return np.clip(mid - half, 0, 1), np.clip(mid + half, 0, 1)
 
 
 def axis_title(col: str) -> str:
@@ -105,11 +167,14 @@ def _present(df: pd.DataFrame, col: str) -> bool:
     return col in df and df[col].notna().any()
 
 
-def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, max_panels: int = 24) -> go.Figure:
+def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, max_panels: int = 24,
+             labels: list[str] | None = None, labels_of: str = "input 0") -> go.Figure:
     """Heatmaps of ``value`` over the sites of a patching or attribution result.
 
     y: the loop step (``step`` or ``time``); x: ``pos``, else ``head``, else ``layer``;
-    one panel per remaining combination (component, layer, ponder step, head).
+    one panel per remaining combination (component, layer, ponder step, head). Loop indices,
+    heads and positions are categorical axes; ``labels`` names the tokens of the positions
+    (``8:x_7``), read from ``labels_of``.
     """
     if value not in df:
         raise ValueError(f"column {value!r} is not in the result; columns: {list(df.columns)}")
@@ -140,7 +205,7 @@ def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, m
     counts = reasons(df, value)
     for i, (_, g) in enumerate(groups):
         grid = g.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
-        xs, ys = [str(c) for c in grid.columns], list(grid.index)
+        xs, ys = [_tick(c, x, labels) for c in grid.columns], [_tick(v, y, None) for v in grid.index]
         hover = f"{y}=%{{y}}<br>{x}=%{{x}}<br>{value}=%{{z:.4f}}<extra></extra>"
         fig.add_trace(go.Heatmap(z=grid.values, x=xs, y=ys, coloraxis="coloraxis", hovertemplate=hover),
                       row=i // ncols + 1, col=i % ncols + 1)
@@ -156,12 +221,21 @@ def site_map(df: pd.DataFrame, value: str = "score", title: str | None = None, m
                     hovertemplate=f"{y}=%{{y}}<br>{x}=%{{x}}<br>{value}: none ({reason})<extra></extra>"),
                     row=i // ncols + 1, col=i % ncols + 1)
                 shown.add(reason)
-        fig.update_xaxes(title_text=axis_title(x), row=i // ncols + 1, col=i % ncols + 1)
-        fig.update_yaxes(title_text=axis_title(y), autorange="reversed", row=i // ncols + 1, col=i % ncols + 1)
+        x_title = f"{axis_title(x)} (token of {labels_of})" if x == "pos" and labels else axis_title(x)
+        fig.update_xaxes(title_text=x_title, type="category", row=i // ncols + 1, col=i % ncols + 1)
+        fig.update_yaxes(title_text=axis_title(y), autorange="reversed", type="category", row=i // ncols + 1,
+                         col=i % ncols + 1)
     fig.update_layout(title=title, height=max(350, 280 * nrows), legend=dict(orientation="h", y=-0.15),
                       coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-max(lim, 1e-9), cmax=max(lim, 1e-9),
                                      colorbar_title=value))
     return fig
+
+
+def _tick(value, col: str, labels: list[str] | None) -> str:
+    """A heatmap column's label: ``8:x_7`` for a position with a token label, else the index."""
+    if col == "pos" and labels and not pd.isna(value) and 0 <= int(value) < len(labels):
+        return f"{int(value)}:{labels[int(value)]}"
+    return str(int(value)) if isinstance(value, (float, np.floating)) and float(value).is_integer() else str(value)
 
 
 def _mark_missing_points(fig: go.Figure, gone: pd.DataFrame, x: str, value: str) -> None:
@@ -195,15 +269,29 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     """Left: probe score (solid) and control-task score (dotted) vs loop step, one line per
     layer / component. Right: score vs selectivity, one point per site.
 
-    The x axis is the outermost loop index that varies: an ACT model probed at one input step
-    (``time.0.ponder.{n}``) is drawn against the ponder step n, not stacked at t = 0."""
+    The x axis is the ponder step n when ponder steps vary (ACT: ``time.{t}.ponder.{n}``, one
+    line per input step t), else the outermost loop index that varies, so ponder-step sites are
+    never stacked at one x. With an ``n_test`` column, accuracies get a 95% Wilson band (the
+    control's lighter) and the title gives n."""
     metric = metric or ("accuracy" if "accuracy" in df else "r2")
     loops = [c for c in (*_OUTER, "ponder") if _present(df, c)]
-    y = next((c for c in loops if df[c].nunique() > 1), loops[0] if loops else None)
+    varies = [c for c in loops if df[c].nunique() > 1]
+    y = "ponder" if "ponder" in varies else (varies[0] if varies else (loops[0] if loops else None))
     df = df.copy()
     group_cols = [c for c in ("target", "component", "layer") if _present(df, c)]
-    df["series"] = df[group_cols].apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v))).agg(
+    group_cols += [c for c in varies if c != y]  # an outer loop drawn as lines, not stacked
+    df["series"] = df[group_cols].apply(lambda col: col.map(lambda v: "" if pd.isna(v) else
+                                                            (f"{col.name} {v}" if col.name in loops else str(v)))).agg(
         lambda row: " ".join(v for v in row if v), axis=1) if group_cols else "probe"
+    if y:
+        df = df.sort_values(y, kind="stable")
+    band = metric == "accuracy" and _present(df, "n_test")
+    n_note = ""
+    if band:
+        ns = df["n_test"].dropna().astype(int)
+        n_note = f"; n = {ns.min()} test rows per site" if ns.min() == ns.max() else \
+            f"; n = {ns.min()}..{ns.max()} test rows per site"
+        n_note += ", bands: 95% Wilson interval"
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{metric} by {y or 'site'} (dotted: control task)",
                                                          f"{metric} vs selectivity"))
     colors = px.colors.qualitative.Plotly
@@ -212,6 +300,10 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
         c = colors[i % len(colors)]
         xs = g[y] if y else g["site"]
         gm = miss.loc[g.index]
+        if band:
+            for col, alpha in ((metric, 0.2), ("control", 0.08)):
+                if col in g and g[col].notna().any():
+                    fig.add_trace(_wilson_band(xs, g[col].mask(gm), g["n_test"], c, alpha, name), row=1, col=1)
         fig.add_trace(go.Scatter(x=xs, y=g[metric].mask(gm), mode="lines+markers", name=name, line=dict(color=c),
                                  legendgroup=name), row=1, col=1)
         if "control" in g and g["control"].notna().any():
@@ -241,7 +333,18 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     fig.update_xaxes(title_text="selectivity (probe - control; R² clamped at 0)", row=1, col=2)
     fig.update_yaxes(title_text=metric, row=1, col=1)
     fig.update_yaxes(title_text=metric, row=1, col=2)
-    return legend_below(fig.update_layout(title="Linear probes", height=480), y=-0.22)
+    return legend_below(fig.update_layout(title="Linear probes" + n_note, height=480), y=-0.22)
+
+
+def _wilson_band(xs: pd.Series, acc: pd.Series, n: pd.Series, color: str, alpha: float, group: str) -> go.Scatter:
+    """A filled 95% Wilson band around an accuracy curve (one polygon: upper edge out, lower back)."""
+    ok = acc.notna() & n.notna()
+    x, a, m = list(xs[ok]), acc[ok].to_numpy(float), n[ok].to_numpy(float)
+    lo, hi = wilson(a * m, m)
+    r, g, b = px.colors.hex_to_rgb(color) if color.startswith("#") else (99, 110, 250)
+    return go.Scatter(x=x + x[::-1], y=list(hi) + list(lo[::-1]), fill="toself", mode="lines", line=dict(width=0),
+                      fillcolor=f"rgba({r},{g},{b},{alpha})", hoverinfo="skip", showlegend=False, legendgroup=group,
+                      name=f"{group} 95% interval")
 
 
 # --------------------------------------------------------------- codebook

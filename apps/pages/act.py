@@ -15,7 +15,7 @@ st.caption("At every input step the RNN updates its state a variable number of t
            "cumulative halting probability reaches 1 - eps. Edit an input, watch it halt, and patch the "
            "halting logit.")
 
-ui.query_names("seed", "problems", "act_view")
+ui.query_names("seed", "problems", "step", "act_view")
 picked = ui.pick_model(("act",), key="act_model")
 if picked is None:
     st.stop()
@@ -47,13 +47,13 @@ with left:
     st.caption(f"Format: {aa.input_format(model)}. ACT {'on, tau = ' + format(cfg.tau, 'g') if cfg.act else 'off'}; "
                f"{cfg.cell} cell, {cfg.hidden} units, at most {cfg.max_ponder} ponder steps.")
 if err := st.session_state.pop("act_sample_error", None):
-    st.error(f"Sampling: {err}")
+    ui.error(f"Sampling: {err}")
 ui.need(text)
 
 try:
     x = aa.parse_input(model, text)
 except ValueError as e:
-    st.error(f"The input is malformed: {e}")
+    ui.error(f"The input is malformed: {e}")
     st.stop()
 
 with ui.guard("Running the model"):
@@ -72,7 +72,14 @@ with ui.guard("Running the model"):
             if not cfg.act:
                 st.info("ACT is off for this model (a fixed number of state updates per input): there is no halting "
                         "probability, only the weight p of the step that is used.")
-            st.plotly_chart(views.halting_figure(trace), key="halting")
+            h1, h2 = st.columns([3, 1])
+            t = ui.step_slider("Input step t", len(steps), key="act_step", where=h1,
+                               help="hooks time.{t}: the input step whose ponder steps are shown")
+            play = ui.play_toggle("act_play", "Play through the ponder steps", where=h2)
+            if play:
+                st.plotly_chart(views.halting_animation(trace, t), key="halting_play")
+            else:
+                st.plotly_chart(views.halting_figure(trace[trace.t == t]), key="halting")
             ui.download_csv(trace, "act_halting.csv", key="halting_csv")
 
     if view == "Ponder time vs difficulty":

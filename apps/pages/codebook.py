@@ -23,9 +23,9 @@ try:
     study = an.check(model, family)  # what the codebook report reads for this family, and its options
     options = study.options(model, "codebook")
 except ValueError as e:
-    st.error(f"Codebook analysis: {e}")
+    ui.error(f"Codebook analysis: {e}")
     st.stop()
-ui.query_names("samples", "seed", *(o.query for o in options if o.query))
+ui.query_names("samples", "seed", "codebook_view", *(o.query for o in options if o.query))
 
 TITLES = {"usage": "Usage", "accuracy": "Accuracy by depth", "confusion": "Confusion", "pca": "Embeddings (PCA)",
           "fourier": "Fourier spectrum", "drift": "Drift"}
@@ -53,13 +53,14 @@ with ui.guard("Codebook analysis"):
     if repair:
         cols[2].metric("one-step repair rate", f"{repair['repair_rate']:.3f}",
                        help=f"{repair['corrupted']} corrupted slots")
-    views = [v for v in CODEBOOK_VIEWS if v == "usage" or v in rep.tables]
-    for tab, which in zip(st.tabs([TITLES[v] for v in views]), views):
-        with tab, ui.guard(TITLES[which]):
-            kwargs = {}
-            if which == "confusion":
-                kwargs["step"] = st.selectbox("Step", list(range(len(rep.df))), index=len(rep.df) - 1,
-                                              key="codebook_confusion_step")
-            st.plotly_chart(codebook_figure(rep, which=which, **kwargs), key=f"codebook_{which}")
+    shown = [v for v in CODEBOOK_VIEWS if v == "usage" or v in rep.tables]
+    titles = [TITLES[v] for v in shown]
+    which = shown[titles.index(ui.view_picker(titles, key="codebook_view"))]  # one view computes at a time
+    with ui.guard(TITLES[which]):
+        kwargs = {}
+        if which == "confusion":
+            kwargs["step"] = st.selectbox("Step", list(range(len(rep.df))), index=len(rep.df) - 1,
+                                          key="codebook_confusion_step")
+        st.plotly_chart(codebook_figure(rep, which=which, **kwargs), key=f"codebook_{which}")
     st.dataframe(rep.df, hide_index=True)
     ui.download_csv(rep.df, f"codebook_{family}.csv", key="codebook_csv")

@@ -10,13 +10,15 @@ from models import gain_experiment
 from models.gain import default_solver
 from workbench.tasks import orientation as ori
 
+ui.through_explorer()  # the entry script first, also on a direct link
+
 st.title("Gain-controlled recurrent circuit")
 st.caption("36 orientation-tuned neurons with fixed recurrent weights adapt only their gains to the stimulus "
            "distribution, trading coding fidelity against activity (gain-v1; gain-homeostatic is the ablation whose "
            "gains only equalise mean rates); the gain changes, propagated through the recurrence, reproduce V1's "
            "adaptation effects.")
 
-ui.query_names()
+ui.query_names("gain_view")
 picked = ui.pick_model(("gain",), key="gain_model")
 if picked is None:
     st.stop()
@@ -36,7 +38,7 @@ ui.need(text)
 try:
     dist = ori.parse(text)
 except ValueError as e:
-    st.error(f"The distribution is malformed: {e}")
+    ui.error(f"The distribution is malformed: {e}")
     st.stop()
 
 with ui.guard("The adaptation experiment"):
@@ -47,10 +49,10 @@ with ui.guard("The adaptation experiment"):
            "gradient": "solved here by gradient descent"}[solver]
     st.caption(f"objective: {model.cfg.objective}. before: gains for the uniform distribution; after: gains for "
                f"'{result.distribution}' ({how}).")
-    figures = views.all_figures(result)
     titles = {"effects": "Effects", "tuning": "Tuning curves", "shift": "Repulsion", "maxmin": "Maxima / minima",
               "correlations": "Correlations", "gains": "Gain profile"}
-    for tab, (name, fig) in zip(st.tabs([titles.get(n, n) for n in figures]), figures.items()):
-        with tab:
-            st.plotly_chart(fig, key=f"gain_{name}")
+    view = ui.view_picker(list(titles.values()), key="gain_view")  # one figure is drawn at a time
+    name = next(k for k, v in titles.items() if v == view)
+    with ui.guard(view):
+        st.plotly_chart(views.figure(result, name), key=f"gain_{name}")
     ui.download_csv(result.effects, "gain_effects.csv", key="effects_csv")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from apps import ui, zoo
 from apps.adapters import analysis as an
-from apps.views.analysis import AGGREGATES, loop_grid_figure, top_sites_figure
+from apps.views.analysis import AGGREGATES, inputs_table, loop_grid_figure, top_sites_figure
 from models import registry
 from workbench.figures import site_map
 
@@ -25,20 +25,33 @@ try:
     study = an.check(model, family)  # what patching means for this family: inputs, metrics, sites, options
     options = study.options(model, "patch")
 except ValueError as e:
-    st.error(f"Patching: {e}")
+    ui.error(f"Patching: {e}")
     st.stop()
-ui.query_names("inputs", "seed", *(o.query for o in options if o.query))
+ui.query_names("inputs", "seed", "patch_view", *(o.query for o in options if o.query))
+BATCH = 2  # the default number of clean / corrupted pairs, at least (cost grows with it)
+VIEWS = ["Per site", "Step x layer", "Top sites", "Table"]  # one is shown and computed at a time
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _setup(key, family, n, seed, metric, options, _model):
+    """The experiment's description, its inputs as a table and the first clean input's token labels."""
+    s = an.setup(_model, family, n, seed, metric, **dict(options))
+    as_text = ui.family_hook(family, "patching_inputs")
+    found = as_text(s, _model.cfg) if as_text else None
+    texts, labels = found if found else (None, None)
+    return s.description, inputs_table(s.clean, s.corrupted, texts, labels), (labels[0] if labels else None)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _patch(key, family, n, seed, metric, options, patterns, positions, heads, method, ablation, _model):
     s = an.setup(_model, family, n, seed, metric, **dict(options))
     sel = an.sites(patterns, positions, heads, loops=s.loops)
-    return an.run_patching(_model, s, sel, method=method, ablation=ablation), s.description
+    return an.run_patching(_model, s, sel, method=method, ablation=ablation)
 
 
 cols = st.columns(3 + len(options))
 default_n, lo, hi = study.size("patch")
+default_n = max(default_n, min(BATCH, hi))  # a batch: one pair says little about a site
 n = ui.number("Inputs", where=cols[0], lo=lo, hi=hi, value=default_n, key=f"patch_n_{family}", query="inputs",
               help="clean / corrupted pairs in the batch (scores use the batch mean)")
 seed = ui.number("Seed", where=cols[1], lo=0, hi=ui.SEED_MAX, value=0, key="patch_seed", query="seed")
@@ -63,10 +76,15 @@ heads = ui.text("Heads", where=s3, limit=1000, value="none", key=f"patch_heads_{
 ui.need(n, seed, patterns, positions, heads, *values.values())
 
 with ui.guard("Patching"):
-    with st.spinner("Patching every site…"):
-        res, description = _patch(picked.key, family, int(n), int(seed), metric, tuple(sorted(values.items())),
-                                  patterns, positions, heads, method, ablation, model)
+    with st.spinner("Preparing the inputs…"):
+        description, inputs, labels = _setup(picked.key, family, int(n), int(seed), metric,
+                                             tuple(sorted(values.items())), model)
     st.caption(description)
+    with st.expander(f"The {len(inputs)} clean / corrupted input pair(s)", expanded=True):
+        st.dataframe(inputs, hide_index=True, key="patch_inputs")
+    with st.spinner("Patching every site…"):
+        res = _patch(picked.key, family, int(n), int(seed), metric, tuple(sorted(values.items())),
+                     patterns, positions, heads, method, ablation, model)
     m = res.meta
     k1, k2, k3 = st.columns(3)
     k1.metric("sites", len(res.df))
@@ -75,19 +93,25 @@ with ui.guard("Patching"):
     k3.metric("seconds", f"{m.get('seconds', float('nan')):.2f}")
     if res.left_out():
         st.caption(res.left_out())
-    values = [c for c in ("score", "metric", "estimate") if c in res.df]
-    value = st.selectbox("Show", values, key="patch_value")
-    grid_tab, loop_tab, top_tab, table_tab = st.tabs(["Per site", "Step x layer", "Top sites", "Table"])
-    with grid_tab, ui.guard("Per-site heatmap"):
-        st.plotly_chart(site_map(res.df, value=value, title=f"{method}: {value}"), key="site_map")
-    with loop_tab, ui.guard("Step x layer"):
-        agg = st.radio("Over positions and heads", AGGREGATES, horizontal=True, key="patch_agg")
-        try:
-            st.plotly_chart(loop_grid_figure(res.df, value, agg), key="loop_grid")
-        except ValueError as e:
-            st.info(f"No step x layer view for these sites: {e}")
-    with top_tab, ui.guard("Top sites"):
-        st.plotly_chart(top_sites_figure(res.df, value), key="top_sites")
-    with table_tab:
+    shown = [c for c in ("score", "metric", "estimate") if c in res.df]
+    v1, v2 = st.columns([1, 3])
+    value = v1.selectbox("Show", shown, key="patch_value")
+    with v2:
+        view = ui.view_picker(VIEWS, key="patch_view")
+    if view == "Per site":
+        with ui.guard("Per-site heatmap"):
+            st.plotly_chart(site_map(res.df, value=value, title=f"{method}: {value}", labels=labels,
+                                     labels_of="pair 0's clean input"), key="site_map")
+    if view == "Step x layer":
+        with ui.guard("Step x layer"):
+            agg = st.radio("Over positions and heads", AGGREGATES, horizontal=True, key="patch_agg")
+            try:
+                st.plotly_chart(loop_grid_figure(res.df, value, agg), key="loop_grid")
+            except ValueError as e:
+                st.info(ui.plain(f"No step x layer view for these sites: {e}"))
+    if view == "Top sites":
+        with ui.guard("Top sites"):
+            st.plotly_chart(top_sites_figure(res.df, value), key="top_sites")
+    if view == "Table":
         st.dataframe(res.df, hide_index=True)
     ui.download_csv(res.df, f"patching_{family}.csv", key="patch_csv")

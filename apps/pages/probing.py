@@ -24,9 +24,11 @@ try:
     targets = tuple(study.targets(model))
     options = study.options(model, "probe")
 except ValueError as e:
-    st.error(f"Probing: {e}")
+    ui.error(f"Probing: {e}")
     st.stop()
-ui.query_names("samples", "seed", *(o.query for o in options if o.query))
+ui.query_names("samples", "seed", "probe_view", *(o.query for o in options if o.query))
+SAMPLES = 128  # the default number of samples, at least: enough test rows for a steady control curve
+VIEWS = ["By step", "Step x layer", "Table"]  # one is shown and computed at a time
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -41,6 +43,7 @@ def _fit(key, family, n, seed, options, target, control, _model, _acts):
 
 c1, c2, c3, c4 = st.columns(4)
 default_n, lo, hi = study.size("probe")
+default_n = max(default_n, min(SAMPLES, hi))
 n = ui.number("Samples", where=c1, lo=lo, hi=hi, value=default_n, key=f"probe_n_{family}", query="samples",
               help="problems or sequences")
 seed = ui.number("Seed", where=c2, lo=0, hi=ui.SEED_MAX, value=0, key="probe_seed", query="seed")
@@ -65,24 +68,30 @@ with ui.guard("Probing"):
         res = _fit(picked.key, family, n, seed, chosen, target, control, model, acts)
     score = "accuracy" if "accuracy" in res.df else "r2"
     best = res.best(score)
-    k1, k2, k3 = st.columns(3)
+    k1, k2, k3, k4 = st.columns(4)
     k1.metric("rows / sites", f"{acts.n} / {len(res.df)}")
+    if "n_test" in res.df and res.df["n_test"].notna().any():
+        k4.metric("test rows per site (n)", f"{int(res.df['n_test'].min())}",
+                  help="held-out rows each probe is scored on; the bands are 95% Wilson intervals")
     if best is None:
-        st.info(res.left_out() or "No site could be ranked.")
+        st.info(ui.plain(res.left_out() or "No site could be ranked."))
     else:
         k2.metric(f"best {score}", f"{best[score]:.3f}", help=str(best["site"]))
         k3.metric("its selectivity", f"{best.get('selectivity', float('nan')):.3f}")
     if res.left_out():
-        st.caption(res.left_out())
-    curve_tab, grid_tab, table_tab = st.tabs(["By step", "Step x layer", "Table"])
-    with curve_tab:
-        st.plotly_chart(probe_map(res.df), key="probe_map")
-    with grid_tab, ui.guard("Step x layer"):
-        value = st.selectbox("Show", [c for c in (score, "selectivity", "control") if c in res.df], key="probe_value")
-        try:
-            st.plotly_chart(loop_grid_figure(res.df, value, "mean"), key="probe_grid")
-        except ValueError as e:
-            st.info(f"No step x layer view for these sites: {e}")
-    with table_tab:
+        st.caption(ui.plain(res.left_out()))
+    view = ui.view_picker(VIEWS, key="probe_view")
+    if view == "By step":
+        with ui.guard("By step"):
+            st.plotly_chart(probe_map(res.df), key="probe_map")
+    if view == "Step x layer":
+        with ui.guard("Step x layer"):
+            value = st.selectbox("Show", [c for c in (score, "selectivity", "control") if c in res.df],
+                                 key="probe_value")
+            try:
+                st.plotly_chart(loop_grid_figure(res.df, value, "mean"), key="probe_grid")
+            except ValueError as e:
+                st.info(ui.plain(f"No step x layer view for these sites: {e}"))
+    if view == "Table":
         st.dataframe(res.df, hide_index=True)
     ui.download_csv(res.df, f"probe_{family}_{target}.csv", key="probe_csv")

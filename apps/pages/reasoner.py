@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from apps import ui
@@ -15,7 +16,7 @@ st.caption("One shared transformer block applied step after step; after every st
            "decodes each token's value and feeds it back. Type or sample a graph-arithmetic problem and watch "
            "the variables fill in.")
 
-ui.query_names("nodes", "seed", "steps", "reasoner_view")
+ui.query_names("nodes", "seed", "steps", "step", "compare", "reasoner_view")
 picked = ui.pick_model(("reasoner",), key="reasoner_model")
 if picked is None:
     st.stop()
@@ -29,11 +30,18 @@ def _rollout(key: str, text: str, steps: int, _model) -> ar.Rollout:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
+def _attention_steps(key: str, text: str, steps: int, layer: int, _model):
+    """[steps, heads, query, key]: one layer's attention at every step."""
+    problem = ar.parse_problem(_model, text)
+    return np.stack([ar.attention(_model, problem, steps, t, layer) for t in range(steps)])
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
 def _lens(key: str, text: str, steps: int, _model):
     return ar.step_lens(_model, ar.parse_problem(_model, text), steps)
 
 
-VIEWS = ["State table", "Attention", "Step lens", "Intervention"]  # one is shown and computed at a time
+VIEWS = ["State table", "Attention", "All heads", "Step lens", "Intervention", "Compare"]  # one at a time
 
 # ------------------------------------------------------------------ the problem
 text_key = f"reasoner_text::{picked.key}"
@@ -63,13 +71,13 @@ with left:
                         f"Z_{cfg.modulus}, names x_0..x_{cfg.name_pool - 1}, operands defined before use; "
                         f"at most {ar.MAX_PROBLEM_CHARS:,} characters")
 if err := st.session_state.pop("reasoner_sample_error", None):
-    st.error(f"Sampling: {err}")
+    ui.error(f"Sampling: {err}")
 ui.need(text)
 
 try:
     problem = ar.parse_problem(model, text or "")
 except ValueError as e:
-    st.error(f"The problem text is malformed: {e}")
+    ui.error(f"The problem text is malformed: {e}")
     st.stop()
 
 default_steps = ar.default_steps(model, problem)
@@ -88,7 +96,7 @@ with ui.guard("Running the model"):
     c3.metric("node accuracy", f"{summary['node_accuracy']:.2f}")
     c4.metric("fully solved", "yes" if summary["fully_solved"] else "no")
 
-    view = ui.view_picker(VIEWS, key="reasoner_view")
+    view = ui.view_picker(VIEWS, key="reasoner_view", default="Compare" if "compare" in st.query_params else None)
 
     if view == "State table":
         with ui.guard("State table"):
@@ -100,20 +108,40 @@ with ui.guard("Running the model"):
 
     if view == "Attention":
         with ui.guard("Attention"):
-            a1, a2, a3 = st.columns(3)
-            step = a1.selectbox("Step t", list(range(ro.steps)), key="reasoner_attn_step",
-                                help="hooks steps.{t}: the step that produces the table's column t")
-            layer = a2.selectbox("Layer", list(range(cfg.n_layers)), key="reasoner_attn_layer")
-            head = a3.selectbox("Head", ["mean over heads"] + list(range(cfg.n_heads)), key="reasoner_attn_head")
-            mark = st.checkbox("Mark where the exact algorithm reads (operand and definition positions)", value=True,
-                               key="reasoner_attn_marks")
-            with st.spinner("Reading the attention pattern…"):
-                pattern = ar.attention(model, problem, ro.steps, step, layer)
-            shown = pattern.mean(0) if head == "mean over heads" else pattern[int(head)]
-            st.plotly_chart(views.attention_figure(
-                shown, ar.token_labels(ro.enc, cfg.modulus), ar.reads(ro.enc) if mark else None,
-                title=f"Attention at step {step}, layer {layer}, {head if isinstance(head, str) else f'head {head}'}"),
-                key="attention")
+            step = ui.step_slider("Step t", ro.steps, key="reasoner_step",
+                                  help="hooks steps.{t}: the step that produces the state table's column t")
+            a1, a2, a3 = st.columns([1, 1, 2])
+            layer = a1.selectbox("Layer", list(range(cfg.n_layers)), key="reasoner_attn_layer")
+            head = a2.selectbox("Head", ["mean over heads"] + list(range(cfg.n_heads)), key="reasoner_attn_head")
+            with a3:
+                mark = st.checkbox("Mark where the exact algorithm reads (operand and definition positions)",
+                                   value=True, key="reasoner_attn_marks")
+                play = ui.play_toggle("reasoner_attn_play")
+            what = head if isinstance(head, str) else f"head {head}"
+            labels, marks = ar.token_labels(ro.enc, cfg.modulus), ar.reads(ro.enc) if mark else None
+            if play:
+                with st.spinner("Reading the attention at every step…"):
+                    every = _attention_steps(picked.key, text, ro.steps, layer, model)
+                shown = every.mean(1) if head == "mean over heads" else every[:, int(head)]
+                st.plotly_chart(views.attention_animation(shown, labels, marks, what=what, layer=layer,
+                                                                  start=step),
+                                key="attention_play")
+            else:
+                with st.spinner("Reading the attention pattern…"):
+                    pattern = ar.attention(model, problem, ro.steps, step, layer)
+                shown = pattern.mean(0) if head == "mean over heads" else pattern[int(head)]
+                st.plotly_chart(views.attention_figure(shown, labels, marks,
+                                                       title=f"Attention at step {step}, layer {layer}, {what}"),
+                                key="attention")
+
+    if view == "All heads":
+        with ui.guard("All heads"):
+            step = ui.step_slider("Step t", ro.steps, key="reasoner_step",
+                                  help="hooks steps.{t}: the step that produces the state table's column t")
+            with st.spinner("Reading every head…"):
+                grid = np.stack([ar.attention(model, problem, ro.steps, step, l) for l in range(cfg.n_layers)])
+            st.plotly_chart(views.attention_grid_figure(grid, ar.token_labels(ro.enc, cfg.modulus), step),
+                            key="attention_grid")
 
     if view == "Step lens":
         with ui.guard("Step lens"):
@@ -154,3 +182,26 @@ with ui.guard("Running the model"):
             st.plotly_chart(views.state_table_figure(after, changed, title=title), key="intervention")
             if len(changed):
                 st.dataframe(changed, hide_index=True)
+
+    if view == "Compare":
+        with ui.guard("Compare"):
+            st.write("The same problem, run by a second model of the family for its own number of steps "
+                     "(or the Steps field's): its state table beside this one's.")
+            other = ui.pick_other(picked, key="reasoner_compare")
+            if other is not None:
+                try:
+                    other_problem = ar.parse_problem(other.model, text)
+                except ValueError as e:
+                    raise ValueError(f"{other.name} cannot read this problem: {e}") from e
+                other_steps = min(steps, other.model.cfg.max_steps) if st.session_state.get("reasoner_steps") \
+                    else ar.default_steps(other.model, other_problem)
+                with st.spinner(f"Running {other.name}…"):
+                    other_ro = _rollout(other.key, text, other_steps, other.model)
+                st.dataframe(views.compare_summary(summary, other_ro.summary(), (picked.name, other.name)),
+                             hide_index=True)
+                left_col, right_col = st.columns(2)
+                mine, theirs = ar.state_table(ro), ar.state_table(other_ro)
+                left_col.plotly_chart(views.state_table_figure(mine, title=picked.name), key="compare_a")
+                right_col.plotly_chart(views.state_table_figure(
+                    theirs, ar.changed_cells(mine, theirs), title=f"{other.name} (outlined: differs)"),
+                    key="compare_b")

@@ -17,7 +17,7 @@ st.caption("The hidden state theta_t is the weight vector of a small root networ
            "differences: theta_t = A theta_{t-1} + B (u_t - u_{t-1}). Sample a trajectory, forecast it from its "
            "context, and look at theta_t and the root network it encodes.")
 
-ui.query_names("digit", "seed", "context", "warp_view")
+ui.query_names("digit", "seed", "context", "step", "warp_view")
 picked = ui.pick_model(("warp",), key="warp_model")
 if picked is None:
     st.stop()
@@ -32,7 +32,7 @@ def _spectrum(key: str, _model):
 try:
     task = aw.task_of(model)
 except ValueError as e:
-    st.error(str(e))
+    ui.error(str(e))
     st.stop()
 digits = aw.is_digits(model)
 length = 64 if digits else task.length
@@ -42,7 +42,7 @@ if digits:
     try:
         n_digits = aw.n_test_digits(model)
     except (ValueError, OSError) as e:
-        st.error(f"The test digits: {e}")
+        ui.error(f"The test digits: {e}")
         st.stop()
     sample = ui.number("Test digit (index)", where=c1, lo=0, hi=n_digits - 1, value=0, key="warp_digit",
                        query="digit")
@@ -96,9 +96,19 @@ with ui.guard("Forecasting"):
 
     if view == "theta_t (PCA)":
         with ui.guard("theta_t"):
-            k = st.radio("Components", [2, 3], horizontal=True, key="warp_pca_k")
+            p1, p2, p3 = st.columns([1, 3, 1])
+            k = p1.radio("Components", [2, 3], horizontal=True, key="warp_pca_k")
+            play = ui.play_toggle("warp_play", where=p3)
             coords, explained = aw.pca(run, k=int(k))
-            st.plotly_chart(views.theta_pca_figure(coords, taus, explained, context=int(context)), key="theta_pca")
+            if play:
+                p2.caption("The path drawn step by step (first two components).")
+                st.plotly_chart(views.theta_path_animation(coords, taus, explained, context=int(context)),
+                                key="theta_play")
+            else:
+                t = ui.step_slider("Step t", len(coords), key="warp_step", value=len(coords) - 1, where=p2,
+                                   help="hooks time.{t}.hook_theta: the diamond marks theta_t")
+                st.plotly_chart(views.theta_pca_figure(coords, taus, explained, context=int(context), step=t),
+                                key="theta_pca")
 
     if view == "Root function":
         with ui.guard("Root function"):

@@ -14,7 +14,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import legend_below
+from workbench.figures import animate, legend_below
 
 
 def ponder_difficulty_figure(table: pd.DataFrame, by: str, title: str | None = None) -> go.Figure:
@@ -171,3 +171,32 @@ def _first_n(trace: pd.DataFrame, t: int) -> str:
     """N(t): the number of ponder steps at input step t (it halts at ponder step N(t) - 1)."""
     g = trace[trace.t == t]
     return str(int(g["N"].iloc[0])) if len(g) else "-"
+
+
+def halting_animation(trace: pd.DataFrame, t: int) -> go.Figure:
+    """Halting at input step ``t`` played ponder step by ponder step: frame n shows the weights p,
+    the halting probabilities h and the cumulative h up to ``time.{t}.ponder.{n}``.
+
+    trace: ``models.act_eval.halting_trace`` rows (see ``ponder_step``).
+    """
+    g = trace[trace.t == t].assign(ponder=lambda d: ponder_step(d)).sort_values("ponder")
+    if g.empty:
+        raise ValueError(f"no ponder steps at input step t={t}; input steps: {sorted(trace['t'].unique())}")
+    act = g["h"].notna().any()
+    n_all = len(g)
+    frames = []
+    for n in range(n_all):
+        d = g.iloc[: n + 1]
+        fig = go.Figure([go.Bar(x=d["ponder"], y=d["p"], name="weight p", marker_color="#636efa")])
+        fig.add_trace(go.Scatter(x=d["ponder"], y=d["h"] if act else [None] * len(d), name="halting h",
+                                 mode="markers", marker=dict(color="#ef553b", size=9)))
+        fig.add_trace(go.Scatter(x=d["ponder"], y=d["cum_halt"] if act else [None] * len(d), name="cumulative h",
+                                 mode="lines+markers", line_color="#00cc96"))
+        fig.update_layout(title=f"Input step t={t}: after ponder step n={n} (time.{t}.ponder.{n}); "
+                                f"it halts after N={int(g['N'].iloc[0])} updates")
+        frames.append(fig)
+    fig = animate(frames, list(range(n_all)), prefix="ponder step n = ", height=580)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
+    fig.update_layout(barmode="overlay", xaxis=dict(title=PONDER_AXIS, dtick=1, range=[-0.5, n_all - 0.5]),
+                      yaxis=dict(title="probability", range=[0, 1.1]))
+    return fig

@@ -18,6 +18,8 @@ from plotly.subplots import make_subplots
 
 from workbench.figures import MISSING_COLOR, legend_below, missing, reasons
 
+MAX_SHOWN = 12  # values of one input shown in a cell before "…"
+
 _ROWS = ("step", "time")  # the outer (recurrent) loop goes down
 _COLS = ("layer", "ponder", "head", "pos")  # the first finer index present goes across
 AGGREGATES = ("max |value|", "mean")
@@ -76,7 +78,7 @@ def loop_grid_figure(df: pd.DataFrame, value: str, agg: str = "max |value|", tit
                                      hovertemplate=f"{comp}<br>{y}=%{{y}}<br>{x}=%{{x}}<br>no {value}"
                                                    "<extra></extra>"), row=1, col=i)
             shown = True
-        fig.update_xaxes(title_text=x, row=1, col=i)  # loop indices as in the hook names (step t = steps.{t})
+        fig.update_xaxes(title_text=x, type="category", row=1, col=i)  # loop indices as in the hooks (steps.{t})
         fig.update_yaxes(title_text=y, autorange="reversed", type="category", row=1, col=i)
     left = f" [grey: {', '.join(f'{n} {k}' for k, n in gone.items())} of {len(df)} sites]" if gone else ""
     fig.update_layout(title=(title or f"{value} by {y} and {x} ({agg} over the other indices)") + left,
@@ -113,3 +115,49 @@ def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | Non
                       yaxis=dict(autorange="reversed"), height=max(300, 26 * len(top) + 150),
                       margin=dict(l=320))
     return fig
+
+
+# ------------------------------------------------------------------ inputs
+def _values(x: np.ndarray) -> str:
+    """One input as text: its numbers rounded, the first ``MAX_SHOWN`` of them."""
+    flat = np.asarray(x).reshape(-1)
+    shown = " ".join(f"{v:g}" for v in np.round(flat[:MAX_SHOWN].astype(float), 3))
+    return shown + (f" … ({flat.size} values, shape {list(np.shape(x))})" if flat.size > MAX_SHOWN else "")
+
+
+def _where(a: np.ndarray, b: np.ndarray) -> str:
+    """Where two inputs differ: the leading indices (position, time step, ...) of the changed values."""
+    a, b = np.squeeze(np.asarray(a)), np.squeeze(np.asarray(b))  # [1, 6] -> [6]: the entries, not one time step
+    if a.shape != b.shape:
+        return f"shapes {list(a.shape)} vs {list(b.shape)}"
+    diff = a != b if a.ndim <= 1 else (a != b).reshape(a.shape[0], -1).any(1)
+    idx = np.flatnonzero(diff)
+    if not len(idx):
+        return "nowhere"
+    listed = ", ".join(str(i) for i in idx[:8]) + (f", … ({len(idx)} in all)" if len(idx) > 8 else "")
+    return listed
+
+
+def inputs_table(clean, corrupted, texts: tuple[list[str], list[str]] | None = None,
+                 labels: list[list[str]] | None = None) -> pd.DataFrame:
+    """The clean / corrupted pairs of a patching experiment, one row per pair.
+
+    clean, corrupted: [B, ...] arrays (or tensors); ``texts``: the pairs in the task's text
+    format where it has one. ``differs at`` lists the leading indices where a pair differs
+    (token positions, named by the clean input's token ``labels[i]`` when given, or time steps).
+    """
+    a, b = np.asarray(clean), np.asarray(corrupted)
+    if a.shape[:1] != b.shape[:1]:
+        raise ValueError(f"clean and corrupted hold {len(a)} and {len(b)} inputs; they must pair up")
+    rows = []
+    for i in range(len(a)):
+        where = _where(a[i], b[i])
+        tokens = labels[i] if labels and i < len(labels) else None
+        if tokens and where != "nowhere" and not where.startswith("shapes"):
+            where = ", ".join(f"{w.strip()}:{tokens[int(w)]}" if w.strip().isdigit() and int(w) < len(tokens)
+                              else w.strip() for w in where.split(","))
+        rows.append({"pair": i,
+                     "clean": texts[0][i] if texts else _values(a[i]),
+                     "corrupted": texts[1][i] if texts else _values(b[i]),
+                     "differs at": where})
+    return pd.DataFrame(rows)

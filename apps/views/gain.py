@@ -102,28 +102,61 @@ def gain_profile_figure(neurons: pd.DataFrame, adapter: float = 0.0, objective: 
     return fig
 
 
+EFFECT_UNITS = (  # (panel, what the measure's text says, x-axis title): one unit per panel
+    ("Peak shifts", "(deg)", "change after - before (deg)"),
+    ("Response rates", "response", "change after - before (response, a.u.)"),
+    ("Correlations", "correlation", "change after - before (correlation r)"),
+    ("Other measures", "", "change after - before (the measure's own unit)"),
+)
+
+
+def effect_unit(measure: str) -> str:
+    """The panel of ``EFFECT_UNITS`` a measure belongs to, read from its text."""
+    return next(name for name, word, _ in EFFECT_UNITS if word in measure.lower())
+
+
 def effects_figure(effects: pd.DataFrame, objective: Optional[str] = None) -> go.Figure:
-    """The signed measures with an expected direction: change after - before, one bar each."""
-    d = effects[effects.expected != ""]
-    colors = ["seagreen" if ok else "crimson" for ok in d.reproduced]
-    fig = go.Figure(go.Bar(x=d.change, y=d.measure, orientation="h", marker_color=colors,
-                           customdata=np.stack([d.before, d.after, d.expected], 1),
-                           hovertemplate="change %{x:.3f}<br>before %{customdata[0]:.3f}, after %{customdata[1]:.3f}"
-                                         "<br>expected %{customdata[2]}<extra></extra>"))
-    fig.add_vline(x=0, line_color="grey")
-    title = "Adaptation effects" + (f", {objective} objective" if objective else "") + " (green: direction as expected)"
-    fig.update_layout(title=title, xaxis_title="after - before",
-                      yaxis=dict(autorange="reversed"), margin=dict(l=420))
+    """Every measure's change after - before, one bar each, one panel per unit (degrees, response
+    rates, correlations, the rest), each with its own titled axis. Green: the expected direction,
+    red: the other direction, grey: no direction expected."""
+    d = effects.assign(unit=effects.measure.map(effect_unit))
+    panels = [(name, title) for name, _, title in EFFECT_UNITS if (d.unit == name).any()]
+    sizes = [int((d.unit == name).sum()) for name, _ in panels]
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[name for name, _ in panels],
+                        row_heights=[max(n, 1.5) for n in sizes], vertical_spacing=0.32 / len(panels))
+    for row, (name, title) in enumerate(panels, start=1):
+        g = d[d.unit == name]
+        colors = ["grey" if e == "" else ("seagreen" if ok else "crimson") for e, ok in zip(g.expected, g.reproduced)]
+        fig.add_trace(go.Bar(x=g.change, y=g.measure, orientation="h", marker_color=colors, name=name,
+                             customdata=np.stack([g.before, g.after, g.expected.replace("", "none")], 1),
+                             hovertemplate="change %{x:.3f}<br>before %{customdata[0]:.3f}, after "
+                                           "%{customdata[1]:.3f}<br>expected %{customdata[2]}<extra></extra>"),
+                      row=row, col=1)
+        fig.add_vline(x=0, line_color="grey", row=row, col=1)
+        fig.update_xaxes(title_text=title, row=row, col=1)
+        fig.update_yaxes(title_text="measure", autorange="reversed", row=row, col=1)
+    title = "Adaptation effects" + (f", {objective} objective" if objective else "") + \
+        " (green: direction as expected, red: not, grey: no direction expected)"
+    fig.update_layout(title=title, showlegend=False, margin=dict(l=420),
+                      height=140 + 34 * len(d) + 110 * len(panels))
     return fig
+
+
+def figure(result, name: str) -> go.Figure:
+    """One figure of the experiment (a key of ``all_figures``), built alone."""
+    builders = {
+        "effects": lambda: effects_figure(result.effects, result.objective),
+        "tuning": lambda: tuning_figure(result.tuning, adapter=result.adapter),
+        "shift": lambda: shift_figure(result.neurons),
+        "maxmin": lambda: maxmin_figure(result.neurons),
+        "correlations": lambda: correlation_figure(result.corr_before, result.corr_after, result.preferred),
+        "gains": lambda: gain_profile_figure(result.neurons, adapter=result.adapter, objective=result.objective),
+    }
+    if name not in builders:
+        raise ValueError(f"no gain figure {name!r}; allowed: {', '.join(builders)}")
+    return builders[name]()
 
 
 def all_figures(result) -> dict[str, go.Figure]:
     """Every figure of the experiment from a ``models.gain_experiment.AdaptationResult`` (plain data)."""
-    return {
-        "effects": effects_figure(result.effects, result.objective),
-        "tuning": tuning_figure(result.tuning, adapter=result.adapter),
-        "shift": shift_figure(result.neurons),
-        "maxmin": maxmin_figure(result.neurons),
-        "correlations": correlation_figure(result.corr_before, result.corr_after, result.preferred),
-        "gains": gain_profile_figure(result.neurons, adapter=result.adapter, objective=result.objective),
-    }
+    return {name: figure(result, name) for name in ("effects", "tuning", "shift", "maxmin", "correlations", "gains")}

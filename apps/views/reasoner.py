@@ -15,7 +15,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import legend_below
+from workbench.figures import animate, legend_below
+from workbench.tasks import graph_arith as ga
 
 
 def ood_figure(table: pd.DataFrame, train_n: int | None = None) -> go.Figure:
@@ -178,3 +179,73 @@ def step_lens_figure(at_slot: pd.DataFrame, overview: pd.DataFrame | None = None
         fig.update_yaxes(title_text="step t (hooks steps.{t})", autorange="reversed", type="category", row=1, col=c)
     fig.update_layout(title=title, height=max(350, 28 * len(p) + 180))
     return fig
+
+
+def attention_animation(patterns: np.ndarray, labels: list[str], reads: pd.DataFrame | None = None,
+                        what: str = "mean over heads", layer: int = 0, start: int = 0) -> go.Figure:
+    """The attention of one head (or the head mean) at every step, played step by step from ``start``.
+
+    patterns: [steps, query, key]; frame t is step t (``steps.{t}``), all on one colour scale.
+    """
+    patterns = np.asarray(patterns)
+    if patterns.ndim != 3 or not len(patterns):
+        raise ValueError(f"patterns must be [steps, query, key] with at least one step; got {list(patterns.shape)}")
+    top = float(patterns.max()) or 1.0
+    frames = []
+    for t, p in enumerate(patterns):
+        fig = attention_figure(np.round(p, 4), labels, reads, title=f"Attention at step {t}, layer {layer}, {what}")
+        fig.update_traces(zmax=top, selector=dict(type="heatmap"))
+        frames.append(fig)
+    return animate(frames, list(range(len(patterns))), prefix="step t = ", only={0: ("z", "zmax")}, active=start,
+                   height=max(520, min(950, 12 * len(labels) + 320)))
+
+
+def attention_grid_figure(patterns: np.ndarray, labels: list[str], step: int) -> go.Figure:
+    """Every head of every layer at one step, small multiples on one colour scale.
+
+    patterns: [layers, heads, query, key] (``steps.{step}.blocks.{l}.attn.hook_pattern``).
+    Rows are layers, columns heads; the hover names the query and key tokens (``8:x_7``).
+    """
+    patterns = np.asarray(patterns)
+    if patterns.ndim != 4 or patterns.shape[2:] != (len(labels), len(labels)):
+        raise ValueError(f"patterns must be [layers, heads, query, key] with query = key = {len(labels)} "
+                         f"(one per token label); got {list(patterns.shape)}")
+    n_layers, n_heads, L, _ = patterns.shape
+    ticks = [f"{i}:{lab}" for i, lab in enumerate(labels)]  # categorical axes: the hover names the tokens
+    fig = make_subplots(rows=n_layers, cols=n_heads, horizontal_spacing=0.02, vertical_spacing=0.06,
+                        subplot_titles=[f"layer {l}, head {h}" for l in range(n_layers) for h in range(n_heads)])
+    for l in range(n_layers):
+        for h in range(n_heads):
+            fig.add_trace(go.Heatmap(z=np.round(patterns[l, h], 4), x=ticks, y=ticks, coloraxis="coloraxis",
+                                     name=f"layer {l}, head {h}",
+                                     hovertemplate=f"layer {l}, head {h}<br>query %{{y}}<br>key %{{x}}"
+                                                   "<br>weight %{z:.3f}<extra></extra>"), row=l + 1, col=h + 1)
+    fig.update_xaxes(showticklabels=False, matches="x", type="category")
+    fig.update_yaxes(showticklabels=False, matches="y", autorange="reversed", type="category")
+    fig.update_xaxes(title_text="key position", matches=None, row=n_layers, col=1)
+    fig.update_yaxes(title_text="query position", matches=None, autorange="reversed", row=1, col=1)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title=f"Every head at step {step} (steps.{step}.blocks.{{l}}.attn.hook_pattern)",
+                      coloraxis=dict(colorscale="Blues", cmin=0, cmax=float(patterns.max()) or 1.0,
+                                     colorbar=dict(title="weight")),
+                      height=max(300, 60 + 230 * n_layers))
+    return fig
+
+
+def compare_summary(a: dict, b: dict, names: tuple[str, str]) -> pd.DataFrame:
+    """Two rollouts' summaries (``Rollout.summary()``) side by side, one row per model."""
+    return pd.DataFrame([{"model": n, "steps": s["steps"], "node accuracy": round(s["node_accuracy"], 3),
+                          "fully solved": s["fully_solved"]} for n, s in zip(names, (a, b))])
+
+
+def patching_inputs(experiment, cfg) -> tuple[tuple[list[str], list[str]], list[list[str]]] | None:
+    """The clean and corrupted problems of a patching experiment as text, and each clean problem's
+    token labels; None when the experiment holds no problems (only tensors)."""
+    clean, corrupted = getattr(experiment, "problems", None), getattr(experiment, "corrupted_problems", None)
+    if not clean or not corrupted:
+        return None
+    labels = []
+    for p in clean:
+        enc = ga.encode(p, cfg.scheme, cfg.name_pool)
+        labels.append([ga.describe_token(enc, i, cfg.modulus) for i in range(len(enc.answer))])
+    return ([ga.format_problem(p) for p in clean], [ga.format_problem(p) for p in corrupted]), labels

@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import legend_below
+from workbench.figures import animate, legend_below
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -50,8 +50,10 @@ def forecast_figure(times: np.ndarray, truth: np.ndarray, forecasts: dict[str, n
 
 
 def theta_pca_figure(coords: np.ndarray, tau: np.ndarray, explained: Optional[np.ndarray] = None,
-                     context: Optional[int] = None, title: str = "theta_t in weight space (PCA)") -> go.Figure:
-    """coords [T, k>=2] (``models.warp_eval.theta_pca``), tau [T]: a path coloured by time."""
+                     context: Optional[int] = None, title: str = "theta_t in weight space (PCA)",
+                     step: Optional[int] = None) -> go.Figure:
+    """coords [T, k>=2] (``models.warp_eval.theta_pca``), tau [T]: a path coloured by time;
+    ``step`` marks theta_t at that step (``time.{t}.hook_theta``)."""
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] < 2 or len(coords) != len(tau):
         raise ValueError(f"coords must be [T, k>=2] with T = len(tau) = {len(tau)}; got {coords.shape}")
@@ -75,7 +77,13 @@ def theta_pca_figure(coords: np.ndarray, tau: np.ndarray, explained: Optional[np
                  go.Scatter(x=[c[0]], y=[c[1]], mode="markers", name="end of context",
                             marker=dict(color="red", size=12, symbol="x")))
         fig.add_trace(point)
-    fig.update_layout(title=title, showlegend=context is not None,
+    if step is not None and 0 <= step < len(coords):
+        c = coords[step]
+        fig.add_trace(go.Scatter3d(x=[c[0]], y=[c[1]], z=[c[2]], mode="markers", name=f"theta_t at step {step}",
+                                   marker=dict(color="black", size=7, symbol="diamond")) if coords.shape[1] >= 3 else
+                      go.Scatter(x=[c[0]], y=[c[1]], mode="markers", name=f"theta_t at step {step}",
+                                 marker=dict(color="black", size=13, symbol="diamond-open", line=dict(width=2))))
+    fig.update_layout(title=title, showlegend=context is not None or step is not None,
                       legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))  # below: clear of the colour bar
     return fig
 
@@ -187,3 +195,38 @@ def root_functions_figure(curves: pd.DataFrame, marks: Optional[pd.DataFrame] = 
         fig.update_yaxes(title_text=f"root output {name}", row=1, col=j)
     fig.update_layout(title=title + " (diamonds: where each step is decoded)")
     return legend_below(fig)
+
+
+def theta_path_animation(coords: np.ndarray, tau: np.ndarray, explained: Optional[np.ndarray] = None,
+                         context: Optional[int] = None, max_frames: int = 80,
+                         title: str = "theta_t in weight space (PCA)") -> go.Figure:
+    """theta_t's path (first two principal components) drawn step by step up to t, played in turn.
+
+    coords [T, k>=2], tau [T]; at most ``max_frames`` frames (every k-th step, the last always).
+    Axes and the colour scale are fixed to the whole path, so the frames compare.
+    """
+    coords, tau = np.asarray(coords), np.asarray(tau, dtype=float)
+    if coords.ndim != 2 or coords.shape[1] < 2 or len(coords) != len(tau) or not len(coords):
+        raise ValueError(f"coords must be [T, k>=2] with T = len(tau) = {len(tau)}; got {coords.shape}")
+    T = len(coords)
+    shown = sorted(set(range(0, T, max(1, -(-T // max_frames)))) | {T - 1})
+    ev = list(explained) if explained is not None else [None, None]
+    label = [f"PC{i + 1}" + (f" ({e:.0%})" if e is not None else "") for i, e in enumerate(ev[:2])]
+    pad = lambda v: (float(v.min()) - 0.05 * (float(np.ptp(v)) or 1), float(v.max()) + 0.05 * (float(np.ptp(v)) or 1))
+    frames = []
+    for t in shown:
+        fig = go.Figure(go.Scatter(x=coords[: t + 1, 0], y=coords[: t + 1, 1], mode="lines+markers",
+                                   name="theta_t (colour: tau)", line=dict(color="lightgrey"),
+                                   marker=dict(color=tau[: t + 1], colorscale="Viridis", cmin=tau.min(),
+                                               cmax=tau.max(), size=5, colorbar=dict(title="tau")),
+                                   text=[f"t={i}" for i in range(t + 1)]))
+        fig.add_trace(go.Scatter(x=[coords[t, 0]], y=[coords[t, 1]], mode="markers", name="theta_t now",
+                                 marker=dict(color="black", size=13, symbol="diamond-open", line=dict(width=2))))
+        c = coords[context - 1] if context is not None and 0 < context <= T else (None, None)
+        fig.add_trace(go.Scatter(x=[c[0]], y=[c[1]], mode="markers", name="end of context",
+                                 marker=dict(color="red", size=12, symbol="x")))
+        fig.update_layout(title=f"{title}: up to step {t} (tau = {tau[t]:.3f})")
+        frames.append(fig)
+    fig = animate(frames, shown, prefix="step t = ", height=620)
+    return fig.update_layout(xaxis=dict(title=label[0], range=pad(coords[:, 0])),
+                             yaxis=dict(title=label[1], range=pad(coords[:, 1])))
