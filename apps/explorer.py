@@ -9,7 +9,8 @@ tabs, so only the view on screen computes); the view is in the link too
 (``/reasoner?model=reasoner&reasoner_view=Attention``).
 
 Every page runs through this script (page setup, threads, the error guard), also when the
-first request opens a page's URL directly: see ``apps.ui.through_explorer``.
+first request opens a page's URL directly: see ``apps.ui.through_explorer``. Home, opened before
+any other page, runs without ``apps.ui`` (which imports torch), so the explorer opens in seconds.
 
 Checkpoint folders outside the zoo open only under the folder named by the environment
 variable ``WORKBENCH_MODELS_ROOT`` (``WORKBENCH_MODELS_ROOT=runs streamlit run
@@ -18,15 +19,15 @@ apps/explorer.py``); without it, pages open zoo models only.
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
-from apps import ui
-
 st.set_page_config(page_title="Loop workbench", layout="wide")
-ui.setup_threads()
 
+HOME = st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)
 PAGES = {
-    "Overview": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
+    "Overview": [HOME],
     "Models": [
         st.Page("pages/reasoner.py", title="Reasoner", icon=":material/account_tree:"),
         st.Page("pages/act.py", title="ACT", icon=":material/hourglass_top:"),
@@ -42,5 +43,15 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-with ui.entry(), ui.guard(f"The {page.title} page failed"):  # a last safety net: a message, never a traceback
-    page.run()
+if page.url_path == HOME.url_path and "apps.ui" not in sys.modules:
+    # Home reads the zoo's files only: opened first, it does not wait for apps.ui's imports (torch)
+    try:
+        page.run()
+    except Exception as e:  # noqa: BLE001 - a last safety net; Streamlit's stop / rerun are BaseExceptions
+        st.error(f"The Home page failed: {type(e).__name__}: {e}")
+else:
+    from apps import ui
+
+    ui.setup_threads()
+    with ui.entry(), ui.guard(f"The {page.title} page failed"):  # a last safety net: a message, never a traceback
+        page.run()

@@ -5,7 +5,8 @@ A model's family is the registry's (``models.registry``) family of the ``class``
 ``LABELS`` (family -> its name on screen) and ``ANALYSIS_FAMILIES`` (the families the analysis
 pages cover: those with a study) are read from the registry whenever they are used, so a family
 registered later shows up. Pure functions (no Streamlit): the pages and the tests share them.
-An unreadable zoo entry never breaks a listing: ``zoo_table`` shows it as a row saying what is
+Only the zoo's files are read (torch is not imported), so Home lists the zoo in a fraction of a
+second. An unreadable zoo entry never breaks a listing: ``zoo_table`` shows it as a row saying what is
 wrong, ``names_of`` and ``ood_table`` leave it out.
 
 >>> family_of("models/zoo/act-parity")        # 'act'
@@ -22,7 +23,7 @@ import pandas as pd
 
 import models
 from models import registry
-from workbench import checkpoints
+from workbench import files
 
 
 def __getattr__(name: str):
@@ -35,14 +36,25 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'apps.zoo' has no attribute {name!r}")
 
 
+def read_config(folder: str | Path) -> dict:
+    """``config.json`` with its ``class`` (a string) and ``config`` (an object); ``CheckpointError``
+    otherwise (as ``workbench.checkpoints.read_config``, without importing torch)."""
+    path = Path(folder) / files.CONFIG
+    config = files.read_json_object(path)
+    if not isinstance(config.get("class"), str) or not isinstance(config.get("config"), dict):
+        raise files.CheckpointError(f"{path}: needs 'class' (a string) and 'config' (an object); "
+                                    f"found keys {sorted(config)}")
+    return config
+
+
 def class_of(folder: str | Path) -> str:
     """The ``class`` field of a checkpoint's config.json (``CheckpointError`` if unreadable or malformed)."""
-    return checkpoints.read_config(folder)["class"]
+    return read_config(folder)["class"]
 
 
 def config_of(name_or_path: str | Path) -> dict:
     """The constructor arguments stored in a checkpoint's config.json (without loading the model)."""
-    return checkpoints.read_config(models.resolve(name_or_path))["config"]
+    return read_config(models.resolve(name_or_path))["config"]
 
 
 def family_of(name_or_path: str | Path) -> str:
@@ -86,8 +98,8 @@ def headline(name_or_path: str | Path) -> dict:
         try:
             line = next((ln[2:].strip() for ln in card.read_text().splitlines() if ln.startswith("> ")), "")
         except (OSError, UnicodeDecodeError) as e:
-            raise checkpoints.CheckpointError(f"{card}: unreadable ({e})") from e
-    head = checkpoints.load_metrics(folder).get("headline", {})
+            raise files.CheckpointError(f"{card}: unreadable ({e})") from e
+    head = files.load_metrics(folder).get("headline", {})
     metric, value = "", None
     if isinstance(head, dict) and "metric" in head and "value" in head:
         if _is_number(head["value"]):
@@ -110,7 +122,7 @@ def zoo_table() -> pd.DataFrame:
         try:
             cls = class_of(models.resolve(name))
             if cls not in models.CLASSES:
-                raise checkpoints.CheckpointError(f"model class {cls!r} is not one the workbench opens")
+                raise files.CheckpointError(f"model class {cls!r} is not one the workbench opens")
             fam = family_of(name)
             rows.append({"model": name, "family": label(fam), **headline(name)})
         except Exception as e:  # noqa: BLE001 - one bad entry is one row saying what is wrong
@@ -127,7 +139,7 @@ def ood_table(names: list[str] | None = None) -> pd.DataFrame:
     frames = []
     for name in names if names is not None else names_of("reasoner"):
         try:
-            ood = checkpoints.load_metrics(models.resolve(name)).get("ood")
+            ood = files.load_metrics(models.resolve(name)).get("ood")
             frame = pd.DataFrame(ood) if ood else None
             if frame is not None and not {"n_nodes", "fully_solved"} <= set(frame.columns):
                 frame = None

@@ -1,12 +1,25 @@
 """The explorer in a real browser: ``streamlit run apps/explorer.py`` on a free port, every page
-visited by headless Chromium (Selenium with Debian's ``chromium`` and ``chromium-driver``), a plot
-rendered and no error box on each; screenshots go to ``test-output/screenshots/``.
+visited by headless Chromium (Selenium with Debian's ``chromium`` and ``chromium-driver``) at
+1000 px and 1600 px wide.
+
+On every page, at both widths, from the boxes the browser laid out (``getBoundingClientRect``):
+
+- no error box, no traceback, and every Plotly chart drawn;
+- inside each Plotly figure, no two of these overlap: legends, colour bars, the figure's title,
+  axis titles and titles placed on the paper (subplot titles); none of them is cut off by the
+  figure's edge;
+- every Plotly axis that shows tick labels has a title;
+- no two Streamlit elements of the page overlap (a figure spilling over a table, say).
+
+On Home, a zoo row's page link is clicked and must open that model's page on that model.
+Screenshots of every page and width are kept in a temporary folder (printed at the end; the
+environment variable ``WORKBENCH_SCREENSHOTS`` names another).
 
 ``.ci/run`` installs the browser. Where none is installed this test is skipped, except under CI
 (``CI`` set), where a missing browser is a failure.
 
-Every wait is a wait for a condition (the server's health check, a page settled, an error box)
-with limits of minutes, so a busy machine is slow, not a failure.
+Every wait is a wait for a condition (the server's health check, the page's script done and its
+figures drawn, an error box) with limits of minutes, so a busy machine is slow, not a failure.
 """
 
 from __future__ import annotations
@@ -26,11 +39,14 @@ from tests import app_models
 from tests.app_models import shipped
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "test-output" / "screenshots"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-PAGE_TIMEOUT_S = 300  # a page settles (its script done, a plot drawn) within this
+WIDTHS = (1000, 1600)
+PAGE_TIMEOUT_S = 600  # a page settles (its script done, its figures drawn) within this
 START_TIMEOUT_S = 300  # the server answers its health check within this
 POLL_S = 0.5
+OVERLAP_PX = 2  # boxes sharing at most this many pixels (a border) do not overlap
+# the zoo table on Home (apps/pages/home.py): header and row heights; the first column is the link
+ZOO_HEADER_PX, ZOO_ROW_PX = 36, 66
 
 pytestmark = pytest.mark.slow
 
@@ -67,13 +83,24 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,2400"):
+                f"--window-size={WIDTHS[-1]},1200"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)
     driver.set_script_timeout(PAGE_TIMEOUT_S)
+    # a browser busy drawing a large figure may answer a command late: wait for it, as for a page
+    driver.command_executor.client_config.timeout = PAGE_TIMEOUT_S
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ["WORKBENCH_SCREENSHOTS"]) if os.environ.get("WORKBENCH_SCREENSHOTS") else \
+        tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
+    print(f"\nscreenshots of the explorer: {folder}")
 
 
 @pytest.fixture(scope="module")
@@ -129,62 +156,139 @@ def _wait_for(condition, timeout_s: float) -> bool:
         return False
 
 
-def _count(driver, css: str) -> int:
-    """Visible elements matching ``css`` (elements replaced while we look count as gone)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-
-    n = 0
-    for e in driver.find_elements(By.CSS_SELECTOR, css):
-        try:
-            n += e.is_displayed()
-        except StaleElementReferenceException:
-            pass
-    return n
-
-
-def _texts(driver, css: str) -> list[str]:
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-
-    out = []
-    for e in driver.find_elements(By.CSS_SELECTOR, css):
-        try:
-            out.append(e.text)
-        except StaleElementReferenceException:
-            pass
-    return out
+# where the page stands: the script's state, elements stale or still loading, charts drawn, error boxes
+STATE_JS = """
+const app = document.querySelector('[data-testid="stApp"]');
+if (!app) return null;
+const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'));
+const drawn = charts.filter(c => { const p = c.querySelector('.js-plotly-plot');
+                                   return p && p._fullLayout && p.querySelector('.main-svg'); }).length;
+return {state: app.getAttribute('data-test-script-state'),
+        busy: document.querySelectorAll('[data-stale="true"], [data-testid="stStatusWidget"], '
+                                        + '[data-testid="stSpinner"], [data-testid="stSkeleton"]').length,
+        main: document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]').length,
+        charts: charts.length, drawn: drawn,
+        errors: Array.from(document.querySelectorAll('[data-testid="stAlertContentError"]')).map(e => e.innerText),
+        tracebacks: document.querySelectorAll('[data-testid="stException"]').length,
+        infos: document.querySelectorAll('[data-testid="stAlertContentInfo"]').length};
+"""
 
 
-def _settled(driver, want_plot: bool) -> bool:
-    """The script finished (no running indicator) and the page shows its content."""
-    if _count(driver, '[data-testid="stStatusWidget"]') or _count(driver, '[data-testid="stSpinner"]'):
-        return False
-    if _count(driver, '[data-testid="stException"]') or _count(driver, '[data-testid="stAlertContentError"]'):
-        return True
-    plots = _count(driver, ".js-plotly-plot .main-svg")
-    return plots > 0 if want_plot else plots > 0 or _count(driver, '[data-testid="stAlertContentInfo"]') > 0
+def _state(driver) -> dict | None:
+    return driver.execute_script(STATE_JS)
 
 
-# every Plotly figure on the page has been laid out and drawn (plotly sets _fullLayout when done)
-PLOTS_DRAWN = ("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-               ".every(p => p._fullLayout && p.querySelector('.main-svg'));")
+def _settled(driver, memory: dict) -> bool:
+    """The script is done, nothing stale or loading, every chart drawn, and so twice in a row."""
+    s = _state(driver)
+    ok = bool(s) and s["state"] == "notRunning" and not s["busy"] and s["main"] > 0 and s["drawn"] == s["charts"]
+    key = ok and (s["charts"], s["main"], len(s["errors"]))
+    same = ok and memory.get("key") == key
+    memory["key"] = key
+    return same
 
 
-def visit(driver, url: str, shot: str, want_plot: bool = True) -> None:
-    """Open ``url``, wait for the page, check a plot (or, where allowed, an info box) and no error box."""
+def settle(driver, what: str) -> dict:
+    """Wait until the page settled (see ``_settled``); its state."""
+    memory = {}
+    assert _wait_for(lambda: _settled(driver, memory), PAGE_TIMEOUT_S), \
+        f"{what}: not settled within {PAGE_TIMEOUT_S} s: {_state(driver)}"
+    return _state(driver)
+
+
+def screenshot(driver, folder: Path, name: str, width: int) -> None:
+    """The whole page: the window made as tall as the page for the picture, then put back."""
+    height = driver.execute_script(
+        "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1200;")
+    driver.set_window_size(width, min(max(int(height) + 120, 800), 8000))
+    driver.save_screenshot(str(folder / f"{name}_{width}px.png"))
+    driver.set_window_size(width, 1200)
+
+
+def visit(driver, url: str, what: str, want_plot: bool = True) -> dict:
+    """Open ``url``, wait until the page settled; no error box, and a plot (or, where allowed, a message)."""
     driver.get(url)
-    _wait_for(lambda: _settled(driver, want_plot) and driver.execute_script(PLOTS_DRAWN), PAGE_TIMEOUT_S)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{shot}.png"))
-    errors = _texts(driver, '[data-testid="stAlertContentError"]')
-    assert not _count(driver, '[data-testid="stException"]'), f"{shot}: a traceback is shown"
-    assert not errors, f"{shot}: error box: {errors}"
+    s = settle(driver, what)
+    assert not s["tracebacks"], f"{what}: a traceback is shown"
+    assert not s["errors"], f"{what}: error box: {s['errors']}"
     if want_plot:
-        assert _count(driver, ".js-plotly-plot .main-svg") > 0, f"{shot}: no plot rendered within {PAGE_TIMEOUT_S} s"
+        assert s["charts"] > 0, f"{what}: no plot rendered"
     else:
-        assert _count(driver, ".js-plotly-plot .main-svg") or _count(driver, '[data-testid="stAlertContentInfo"]'), \
-            f"{shot}: neither a plot nor a message rendered"
+        assert s["charts"] or s["infos"], f"{what}: neither a plot nor a message rendered"
+    return s
+
+
+# every Plotly figure and every Streamlit element of the page, as boxes; axes without a title
+LAYOUT_JS = """
+const box = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+const visible = (b) => b[2] - b[0] > 0.5 && b[3] - b[1] > 0.5;
+const figures = Array.from(document.querySelectorAll('.js-plotly-plot')).map((gd, i) => {
+  const L = gd._fullLayout || {};
+  const name = (L.title && L.title.text) || `figure ${i + 1}`;
+  const parts = [];
+  const add = (kind, e) => { const b = box(e); if (visible(b)) parts.push({kind, box: b}); };
+  gd.querySelectorAll('g.legend').forEach(g => add('legend', g.querySelector('rect.bg') || g));
+  gd.querySelectorAll('g.colorbar').forEach(g => add('colour bar', g));
+  gd.querySelectorAll('text.gtitle').forEach(t => add('title', t));
+  gd.querySelectorAll('.infolayer text').forEach(t => {
+    const c = t.getAttribute('class') || '';
+    if (/^[xy]\\d*title$/.test(c)) add(`${c.replace('title', '')}-axis title`, t);
+  });
+  (L.annotations || []).forEach((a, k) => {  // titles placed on the paper: subplot titles and the like
+    if (a.xref !== 'paper' || a.yref !== 'paper' || a.visible === false) return;
+    const g = gd.querySelector(`g.annotation[data-index="${k}"] .annotation-text-g`);
+    if (g) add(`paper title "${String(a.text).slice(0, 40)}"`, g);
+  });
+  const untitled = [];
+  const used = (L._subplots || {});
+  [...(used.xaxis || []), ...(used.yaxis || [])].forEach(id => {  // the axes in use: 'x', 'x2', 'y', ...
+    const k = id.replace(/^([xy])/, '$1axis');
+    const ax = L[k];
+    if (!ax || ax.visible === false || ax.showticklabels === false) return;
+    const t = ax.title && ax.title.text;
+    if (!t || !String(t).trim()) untitled.push(k);
+  });
+  return {name, plot: box(gd), parts, untitled};
+});
+const leaves = Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]'))
+  .filter(e => !e.querySelector('[data-testid="stElementContainer"]'))
+  .map(e => ({kind: (e.className.match(/\\bst(?!ElementContainer)[A-Z]\\w*/) || ['element'])[0], box: box(e)}))
+  .filter(e => visible(e.box));
+return {figures, elements: leaves};
+"""
+
+
+def _overlap(a, b) -> bool:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w > OVERLAP_PX and h > OVERLAP_PX
+
+
+def _inside(inner, outer) -> bool:
+    return (inner[0] >= outer[0] - OVERLAP_PX and inner[1] >= outer[1] - OVERLAP_PX
+            and inner[2] <= outer[2] + OVERLAP_PX and inner[3] <= outer[3] + OVERLAP_PX)
+
+
+def layout_findings(driver, where: str) -> list[str]:
+    """What is wrong with the page's layout: overlapping or cut-off boxes, untitled axes."""
+    layout = driver.execute_script(LAYOUT_JS)
+    found = []
+    for fig in layout["figures"]:
+        parts = fig["parts"]
+        for i, a in enumerate(parts):
+            if not _inside(a["box"], fig["plot"]):
+                found.append(f"{where}, {fig['name']!r}: the {a['kind']} is cut off by the figure's edge")
+            for b in parts[i + 1:]:
+                if _overlap(a["box"], b["box"]):
+                    found.append(f"{where}, {fig['name']!r}: the {a['kind']} overlaps the {b['kind']}")
+        if fig["untitled"]:
+            found.append(f"{where}, {fig['name']!r}: no title on {', '.join(fig['untitled'])}")
+    elements = layout["elements"]
+    for i, a in enumerate(elements):
+        for b in elements[i + 1:]:
+            if _overlap(a["box"], b["box"]):
+                found.append(f"{where}: Streamlit elements overlap: {a['kind']} and {b['kind']}")
+    return found
 
 
 PAGES = [  # (url path, family of the tiny checkpoint to open it on or None for the default, screenshot)
@@ -200,33 +304,89 @@ PAGES = [  # (url path, family of the tiny checkpoint to open it on or None for 
     ("probing", "reasoner", "probing_reasoner"),
     ("codebook", None, "codebook"),
     ("codebook", "reasoner", "codebook_reasoner"),
+    ("dynamics", None, "dynamics"),
 ]
 
 
-def test_every_page_renders_in_a_browser(browser, server):
+def test_every_page_renders_legibly_at_both_widths(browser, server, shots):
     base, tiny = server
-    for path, family, shot in PAGES:
-        query = f"?model={urllib.parse.quote(tiny[family])}" if family else ""
-        # a default page whose family has no shipped model yet says so: a message, not a plot
-        visit(browser, f"{base}/{path}{query}", shot, want_plot=bool(family) or shipped(path or "home"))
-    assert len(list(SHOTS.glob("*.png"))) >= len(PAGES)
+    findings = []
+    for width in WIDTHS:
+        browser.set_window_size(width, 1200)
+        for path, family, shot in PAGES:
+            query = f"?model={urllib.parse.quote(tiny[family])}" if family else ""
+            where = f"{shot} at {width} px"
+            # a default page whose family has no shipped model yet says so: a message, not a plot
+            visit(browser, f"{base}/{path}{query}", where, want_plot=bool(family) or shipped(path or "home"))
+            findings += layout_findings(browser, where)
+            screenshot(browser, shots, shot, width)
+    assert len(list(shots.glob("*.png"))) >= len(PAGES) * len(WIDTHS)
+    assert not findings, "layout problems:\n" + "\n".join(findings)
 
 
-def test_bad_input_shows_a_message_in_the_browser(browser, server):
+def test_a_zoo_row_opens_its_model_page(browser, server, shots):
+    """The first zoo row's link (its model's name, drawn on the table's canvas) opens that model's
+    page on that model."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    from apps import zoo
+
+    base, _ = server
+    table = zoo.zoo_table()
+    if table.empty:
+        pytest.skip("the zoo is empty: no row to click")
+    name = table["model"].iloc[0]
+    family = zoo.family_of(name)
+    if not (ROOT / "apps" / "pages" / f"{family}.py").is_file():
+        pytest.skip(f"the first zoo model, {name}, has no page of its own")
+    browser.set_window_size(WIDTHS[-1], 1200)
+    visit(browser, f"{base}/", "home")
+    grid = browser.find_element(By.CSS_SELECTOR, '[data-testid="stDataFrame"] canvas')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", grid)
+    left, top = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.left, r.top];", grid)
+    # the first column holds the links (the model's name); the first row's text starts at its left
+    click = ActionBuilder(browser)
+    click.pointer_action.move_to_location(int(left + 20), int(top + ZOO_HEADER_PX + ZOO_ROW_PX / 2))
+    click.pointer_action.click()
+    before = set(browser.window_handles)
+    home = browser.current_window_handle
+    click.perform()
+    assert _wait_for(lambda: set(browser.window_handles) - before or "model=" in browser.current_url, 60), \
+        "clicking the first zoo row's page link opened nothing"
+    opened = set(browser.window_handles) - before
+    if opened:  # the grid opens links in a new tab
+        browser.switch_to.window(opened.pop())
+    try:
+        s = settle(browser, f"{family} page opened from the zoo")
+        browser.save_screenshot(str(shots / "zoo_link_opened.png"))
+        url = urllib.parse.urlparse(browser.current_url)
+        assert url.path.rstrip("/").endswith(f"/{family}"), browser.current_url
+        assert urllib.parse.parse_qs(url.query).get("model") == [name], browser.current_url
+        assert not s["errors"] and not s["tracebacks"], s["errors"]
+        chosen = browser.find_element(By.CSS_SELECTOR, f".st-key-{family}_model_choice").text
+        assert name in chosen, f"the page opened on {chosen!r}, not {name}"
+    finally:
+        if browser.current_window_handle != home:
+            browser.close()
+            browser.switch_to.window(home)
+
+
+def test_bad_input_shows_a_message_in_the_browser(browser, server, shots):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-
-    base, tiny = server
-    visit(browser, f"{base}/act?model={urllib.parse.quote(tiny['act'])}", "act_tiny")
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.wait import WebDriverWait
 
+    base, tiny = server
+    browser.set_window_size(WIDTHS[-1], 1200)
+    visit(browser, f"{base}/act?model={urllib.parse.quote(tiny['act'])}", "act_tiny")
     box = WebDriverWait(browser, PAGE_TIMEOUT_S, poll_frequency=POLL_S).until(
         ec.element_to_be_clickable((By.CSS_SELECTOR, 'input[aria-label="Input (parity)"]')))
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("+0x", Keys.ENTER)
-    _wait_for(lambda: _count(browser, '[data-testid="stAlertContentError"]') > 0, PAGE_TIMEOUT_S)
-    browser.save_screenshot(str(SHOTS / "act_malformed.png"))
-    errors = _texts(browser, '[data-testid="stAlertContentError"]')
-    assert any("not an entry" in e for e in errors), errors
-    assert not _count(browser, '[data-testid="stException"]')
+    _wait_for(lambda: _state(browser)["errors"], PAGE_TIMEOUT_S)
+    browser.save_screenshot(str(shots / "act_malformed.png"))
+    s = _state(browser)
+    assert any("not an entry" in e for e in s["errors"]), s["errors"]
+    assert not s["tracebacks"]

@@ -1,66 +1,160 @@
-"""Home: the zoo (every shipped model with its card's headline) and the reasoners' OOD figure."""
+"""Home: the zoo (every shipped model with its card's headline, linked to its page) and the
+reasoners' OOD figure.
+
+Home reads the zoo's files only (``config.json``, ``metrics.json``, ``card.md``): it imports
+neither torch nor the models (nor ``apps.ui``, which imports torch, unless another page has
+loaded it already), so the explorer opens in seconds. The zoo's table and figures are cached
+until a file of the zoo changes. Once Home is drawn, a background thread imports what the model
+pages need (torch, TransformerLens, scikit-learn), so the first model page opened afterwards
+does not wait for them.
+"""
 
 from __future__ import annotations
 
+import sys
+import threading
+from pathlib import Path
 from urllib.parse import urlencode
 
 import streamlit as st
 
 import models
-from apps import ui, zoo
+from apps import zoo
 from apps.views.home import headline_figure
 from apps.views.reasoner import ood_figure
+from models import registry
 
-ui.through_explorer()  # the entry script first, also on a direct link
+PAGES = Path(__file__).parent  # a family with a file here has a page of its own, at /<family>
+ROW_PX, HEADER_PX = 66, 36  # the zoo table's rows (tall enough to wrap a headline in three lines) and header
+MODEL_PX, HEADLINE_PX = 200, 330  # its first columns, in px: both in view in a 1000 px wide window
 
-MODEL_PAGES = ("reasoner", "act", "warp", "gain")  # families with a page of their own, at /<family>
+
+def _through_explorer() -> None:
+    """The entry script first, also on a direct link (``apps.ui.through_explorer``, without its imports)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def page_link(name: str) -> str | None:
-    """The deep link of a zoo model's page (``/reasoner?model=reasoner-deep``), None for none."""
+    """The deep link of the page that opens a zoo model (``/reasoner?model=reasoner-deep``): its
+    family's page, else the Dynamics page for a family with a loop (the GRU baselines); None for none."""
     try:
         family = zoo.family_of(name)
+        looped = family in registry.families() and bool(registry.get(family).dynamics)
     except Exception:  # noqa: BLE001 - an unreadable entry: its row says why, it has no page
         return None
-    return f"/{family}?{urlencode({'model': name})}" if family in MODEL_PAGES else None
+    page = family if (PAGES / f"{family}.py").is_file() else "dynamics" if looped else None
+    return f"/{page}?{urlencode({'model': name})}" if page and (PAGES / f"{page}.py").is_file() else None
 
+
+def _stamp() -> tuple:
+    """What the zoo's listing depends on: every entry's files and their modification times."""
+    out = [str(models.ZOO)]
+    for name in models.zoo_names():
+        for f in ("config.json", "metrics.json", "card.md"):
+            p = models.ZOO / name / f
+            out.append((name, f, p.stat().st_mtime_ns if p.is_file() else 0))
+    return tuple(out)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _zoo(stamp: tuple):
+    table = zoo.zoo_table()
+    headline = headline_figure(table) if table["value"].notna().any() else None
+    reasoners = zoo.names_of("reasoner")
+    ood = zoo.ood_table(reasoners)
+    ood_fig = None if ood.empty else ood_figure(ood, train_n=zoo.training_size(reasoners))
+    return table, headline, bool(reasoners), ood_fig
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_up() -> threading.Thread:
+    """Once per server: import the model pages' heavy packages in the background."""
+    def work():
+        try:
+            import torch  # noqa: F401
+            import sklearn.decomposition  # noqa: F401
+            import transformer_lens  # noqa: F401
+        except Exception:  # noqa: BLE001 - a page that needs them says what is missing
+            pass
+
+    thread = threading.Thread(target=work, name="explorer-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+class _Guard:
+    """Show an error raised inside the block as a message, never a traceback (``apps.ui.guard``)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is not None and issubclass(kind, Exception):  # Streamlit's stop / rerun pass through
+            st.error(f"{self.what}: {e}" if isinstance(e, ValueError) else f"{self.what}: {kind.__name__}: {e}")
+            return True
+        return False
+
+
+_ui = sys.modules.get("apps.ui")  # loaded once another page ran: then Home goes through it as every page does
+if _ui is not None:
+    _ui.through_explorer()  # the entry script first, also on a direct link
+    guard = _ui.guard
+else:
+    _through_explorer()
+    guard = _Guard
 
 st.title("Loop workbench")
 st.caption("Hooked, trained looped models and the tools to look inside every step. Pick a page on the left: "
            "one per model family, one per analysis.")
 
-ui.query_names()
-with ui.guard("The zoo"):
-    table = zoo.zoo_table()
+unknown = [q for q in st.query_params if q != "model"]
+if unknown:  # as apps.ui.query_names: a misspelt parameter is not ignored silently
+    st.warning(f"This page ignores the link's {', '.join(f'?{q}=' for q in unknown)}: it takes ?model=")
+
+with guard("The zoo"):
+    table, headline, any_reasoner, ood = _zoo(_stamp())
     st.subheader("The zoo")
     if table.empty:
         st.info("The zoo is empty: train a model, e.g. `workbench train reasoner --preset quick --out "
                 "models/zoo/<name>`.")
     else:
         links = [page_link(name) for name in table["model"]]
-        table = table.assign(page=links) if any(links) else table
-        st.dataframe(table, hide_index=True, column_config={
-            "page": st.column_config.LinkColumn("open", display_text=r"/(\w+)\?",
-                                                help="the model's page, opened on this model"),
-            "headline": st.column_config.TextColumn("headline (model card)", width="large"),
-            "value": st.column_config.NumberColumn("value", format="%.4g")})
-        if table["value"].notna().any():
-            st.plotly_chart(headline_figure(table), key="headline")
+        table = table.assign(page=links)
+        # the model's name is the link to its page; a row without one (an unreadable entry) shows the name apart
+        shown = (["page"] if all(links) else ["model", "page"]) + ["headline", "value", "metric", "family"]
+        # rows tall enough for a headline to wrap (the grid wraps text only in rows over 64 px)
+        st.dataframe(table, hide_index=True, row_height=ROW_PX, height=HEADER_PX + ROW_PX * len(table) + 3,
+                     column_order=shown, column_config={
+                         "model": st.column_config.TextColumn("model", width=MODEL_PX, pinned=True),
+                         "page": st.column_config.LinkColumn(
+                             "model" if all(links) else "page", display_text=r"model=([^&]+)", width=MODEL_PX,
+                             pinned=True, help="opens the model's page on this model"),
+                         "headline": st.column_config.TextColumn("headline (model card)", width=HEADLINE_PX),
+                         "value": st.column_config.NumberColumn("value", format="%.4g")})
+        if headline is not None:
+            st.plotly_chart(headline, key="headline")
 
-with ui.guard("The OOD table"):
+with guard("The OOD table"):
     st.subheader("Out-of-distribution generalisation (reasoners)")
-    reasoners = zoo.names_of("reasoner")
-    ood = zoo.ood_table(reasoners)
-    if ood.empty:
+    if ood is None:
         st.info("No reasoner in the zoo has an OOD table yet"
-                + ("" if reasoners else " (no reasoner is shipped yet)")
+                + ("" if any_reasoner else " (no reasoner is shipped yet)")
                 + ": `workbench eval reasoner --update-zoo` measures fully solved vs number of nodes and stores it.")
     else:
-        st.plotly_chart(ood_figure(ood, train_n=zoo.training_size(reasoners)), key="ood")
+        st.plotly_chart(ood, key="ood")
 
-with ui.guard("The model cards"):
+with guard("The model cards"):
     st.subheader("Model cards")
     for name in models.zoo_names():
-        with st.expander(name), ui.guard(f"The card of {name}"):  # one unreadable card is one message
+        with st.expander(name), guard(f"The card of {name}"):  # one unreadable card is one message
             card = models.resolve(name) / "card.md"
             st.markdown(card.read_text() if card.is_file() else "(no card yet: the model is still being trained)")
+
+_warm_up()
