@@ -9,7 +9,10 @@ Side by side on the first ``--compare`` problems: the plain collection (``probes
 ``probes.reasoner.batches``, every step of every problem, einsum attention) against this one,
 with the ratio of their times and the largest difference between their rows.
 
-Target: 10,000 problems at the training size in <= 2 minutes on the CPU, memory bounded.
+Also prints the collection's achieved fraction of the machine's matmul throughput (measured here on
+the model's MLP shapes at the same thread count; the FLOPs counted are the unpadded forwards').
+
+Target: 10,000 problems at the training size in <= 2 minutes on 2 CPU cores, peak memory <= 1.5 GB.
 
     python bench/probing.py [--model reasoner] [--n 10000] [--nodes 32] [--threads 2] [--out out/bench/probing.json]
 """
@@ -30,6 +33,31 @@ import torch
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_flops_per_second(d_model: int, d_mlp: int, rows: int = 8192, repeats: int = 7) -> float:
+    """The machine's float32 matmul throughput at the current thread count, on the model's own
+    shapes: [rows, d_model] x [d_model, d_mlp] and back (the MLP, the bulk of a forward)."""
+    x, w_in, w_out = torch.randn(rows, d_model), torch.randn(d_model, d_mlp), torch.randn(d_mlp, d_model)
+    h = x @ w_in
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(x, w_in, out=h)
+        torch.mm(h, w_out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2 * rows * d_model * d_mlp / best
+
+
+def forward_flops(cfg, tokens: float, problem_steps: int) -> float:
+    """Multiply-add FLOPs (x2) of ``problem_steps`` reasoner steps over problems of ``tokens`` tokens:
+    per token and layer Q, K, V, O and the MLP, attention over the tokens; per token the factor heads."""
+    d, m = cfg.d_model, cfg.d_mlp
+    mlp = (3 if cfg.mlp == "bilinear" else 2) * d * m
+    attn = 2 * tokens * d  # scores and the weighted sum of values
+    vocab = sum(cfg.factor_sizes.values())
+    per_token = cfg.n_layers * (4 * d * d + mlp + attn) + d * vocab
+    return 2 * per_token * tokens * problem_steps
 
 
 def main() -> None:
@@ -81,6 +109,9 @@ def main() -> None:
     tokens = float(np.mean([ga.n_tokens(p) for p in problems]))
     full_cache_mb = args.n * len(acts.data) * tokens * model.cfg.d_model * 4 / 2**20
     total = t_sample + t_collect + t_fit
+    peak_flops = matmul_flops_per_second(model.cfg.d_model, model.cfg.d_mlp)
+    flops = forward_flops(model.cfg, tokens, acts.meta["forward_steps"])
+    achieved = flops / t_collect / peak_flops
     side = compare(model, problems[: args.compare], sel, args, steps) if args.compare else None
     best = res.df.loc[res.df.accuracy.idxmax()]
     result = {
@@ -89,6 +120,8 @@ def main() -> None:
         "seconds": {"sample": t_sample, "collect": t_collect, "fit": t_fit, "total": total},
         "peak_rss_mb": {"start": rss0, "after_collect": rss1, "after_fit": rss2},
         "activations_mb": acts.nbytes / 2**20, "full_cache_would_need_mb": full_cache_mb,
+        "matmul_gflops": peak_flops / 1e9, "collect_gflops": flops / t_collect / 1e9,
+        "fraction_of_matmul_throughput": achieved,
         "best_site": best.site, "best_accuracy": float(best.accuracy), "chance": float(best.chance),
         "mean_control": float(res.df.control.mean()),
         "forward_steps": acts.meta["forward_steps"], "all_steps": args.n * steps, "reruns": acts.meta["reruns"],
@@ -99,9 +132,12 @@ def main() -> None:
     print(f"  sample problems   {t_sample:8.1f} s")
     print(f"  collect           {t_collect:8.1f} s   (the model's forward passes: {acts.meta['forward_steps']} "
           f"problem-steps of {args.n * steps}; {acts.meta['reruns']} problems run again unsettled)")
+    print(f"  collect throughput {flops / t_collect / 1e9:.1f} GFLOP/s of a measured {peak_flops / 1e9:.1f} GFLOP/s "
+          f"matmul on {torch.get_num_threads()} thread(s): {achieved:.0%} (the forwards' FLOPs, no padding counted)")
     print(f"  fit {len(acts.data)} probes x2  {t_fit:8.1f} s   (probe + control task per site)")
     print(f"  total             {total:8.1f} s   target <= 120 s")
-    print(f"  peak memory {rss2:.0f} MB (start {rss0:.0f} MB); kept activations {acts.nbytes / 2**20:.0f} MB; "
+    print(f"  peak memory {rss2:.0f} MB (target <= 1536 MB; start {rss0:.0f} MB); "
+          f"kept activations {acts.nbytes / 2**20:.0f} MB; "
           f"a full cache of these hooks would need {full_cache_mb:.0f} MB")
     print(f"  best site {best.site}: value accuracy {best.accuracy:.3f} (chance {best.chance:.3f}, "
           f"mean control {res.df.control.mean():.3f})")

@@ -85,6 +85,10 @@ class ReasonerConfig:
     rel_window: int = 64
     segment_window: int = 0  # >0: also a bias per head for the equation distance, clipped (0 = off)
     rel_init: str = "alibi"  # relative-bias start: "zero", "alibi" (-slope*|d|) or "offset" (see Attention)
+    # >0: a query that sees n > length_ref keys has its attention logits multiplied by
+    # log(n) / log(length_ref), so a lookup keeps its share of attention among more keys than in
+    # training (0 = off; no parameters, no change for inputs up to length_ref tokens)
+    length_ref: int = 0
     value_init: str = "random"  # "fourier": value embeddings and value readout start as Fourier features of Z_p
     causal: bool = False
     max_steps: int = 64  # hook points are built for this many steps
@@ -112,6 +116,9 @@ class ReasonerConfig:
             int_field(self, name, 1)
         for name in ("rel_window", "segment_window"):
             int_field(self, name, 0)
+        int_field(self, "length_ref", 0, self.max_tokens)
+        if self.length_ref == 1:
+            raise ValueError("length_ref=1 is not allowed: 0 (off) or a token count >= 2 (log(1) = 0)")
         for name in ("n_layers", "max_steps", "bptt_steps"):
             int_field(self, name, 1, MAX_STEPS)
         int_field(self, "extra_steps", 0, MAX_STEPS)
@@ -228,6 +235,11 @@ class Attention(nn.Module):
             for h in range(cfg.n_heads // 2):
                 self.rel_bias.data[h] = torch.where(dist == -h, 0.0, -4.0)
 
+    def length_gain(self, mask: Tensor) -> Tensor:
+        """[batch, 1, query|1, 1] logit multiplier: max(1, log(keys seen) / log(length_ref))."""
+        seen = mask.sum(dim=-1, keepdim=True).clamp(min=1).float()
+        return (seen.log() / math.log(self.cfg.length_ref)).clamp(min=1.0)
+
     def forward(self, x: Tensor, hooks: AttnHooks, layout: "Layout") -> Tensor:
         """x: [batch, pos, d]; ``layout`` holds the attention mask and equation indices."""
         b, L, _ = x.shape
@@ -236,6 +248,9 @@ class Attention(nn.Module):
         k = hooks.hook_k(self.W_K(x).view(b, L, h, dh))
         v = hooks.hook_v(self.W_V(x).view(b, L, h, dh))
         bias = layout.bias(self, L, w)
+        if self.cfg.length_ref:  # gain * (q.k / sqrt(d) + bias), as q * gain and bias * gain
+            gain = self.length_gain(layout.mask)  # [batch, 1, query|1, 1]
+            q, bias = q * gain.transpose(1, 2), bias * gain
         if not layout.fused:
             scores = hooks.hook_attn_scores(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh) + bias)
             pattern = hooks.hook_pattern(scores.softmax(dim=-1))
@@ -254,17 +269,23 @@ def _watched(hook: nn.Module) -> bool:
 
 @dataclass
 class Layout:
-    """What attention needs to know about the token layout, computed once per rollout."""
+    """What attention needs to know about the token layout, computed once per rollout.
 
-    mask: Tensor  # [batch, 1, query|1, key] bool, True = may attend (not padding; causal)
-    segment_rel: Optional[Tensor] = None  # [batch, query, key] clipped equation distance + window
+    Held per distinct *layout* (padding and equation boundaries) rather than per batch row: the
+    patched copies of one problem all share one bias [1, head, query, key] that broadcasts over
+    the batch, instead of one gathered and masked per copy.
+    """
+
+    mask: Tensor  # [sets, 1, query|1, key] bool, True = may attend (not padding; causal)
+    segment_rel: Optional[Tensor] = None  # [sets, query, key] clipped equation distance + window
     # True inside ``Reasoner.fused_attention()`` when no hook watches attention scores or patterns;
     # otherwise every run takes the einsum path, so plain, cached and patched runs agree exactly
     fused: bool = False
+    rows: Optional[Tensor] = None  # [batch] each row's set; None: one set per row, or one set for all
     _biases: dict = field(default_factory=dict, repr=False)
 
     def bias(self, attn: "Attention", L: int, w: int) -> Tensor:
-        """[batch, head, query, key] additive bias: relative distance, equation distance, -inf where masked.
+        """[batch | 1, head, query, key] additive bias: relative distance, equation distance, -inf where masked.
 
         The same for every step of a rollout, so each layer builds it once (the gathers are the
         costliest part of attention on long problems)."""
@@ -273,10 +294,24 @@ class Layout:
             pos = torch.arange(L, device=self.mask.device)
             rel = (pos[None, :] - pos[:, None]).clamp(-w, w) + w  # [query, key]
             bias = attn.rel_bias[:, rel][None]
-            if attn.seg_bias is not None:  # [head, batch, query, key] -> [batch, head, query, key]
+            if attn.seg_bias is not None:  # [head, sets, query, key] -> [sets, head, query, key]
                 bias = bias + attn.seg_bias[:, self.segment_rel].transpose(0, 1)
-            self._biases[key] = bias.masked_fill(~self.mask, float("-inf"))
+            bias = bias.masked_fill(~self.mask, float("-inf"))
+            self._biases[key] = bias if self.rows is None else bias[self.rows]
         return self._biases[key]
+
+
+def layout_sets(syntax: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """The distinct rows of ``syntax`` [batch, pos] (what the layout depends on) and each row's set.
+
+    Returns (sets [sets, pos], rows [batch] or None): None when every row is its own set, or when
+    there is a single set (then everything built from it broadcasts over the batch).
+    """
+    B = syntax.shape[0]
+    if B == 1 or torch.equal(syntax, syntax[:1].expand_as(syntax)):
+        return syntax[:1], None
+    sets, rows = torch.unique(syntax, dim=0, return_inverse=True)
+    return (syntax, None) if len(sets) == B else (sets, rows)
 
 
 class MLP(nn.Module):
@@ -374,9 +409,13 @@ class Reasoner(HookedRecurrentModule):
         head[:p].zero_()[:, : feats.shape[1]] = feats / feats.shape[1] ** 0.5
 
     # --- one step -----------------------------------------------------------
-    def layout(self, tokens: Tensor) -> Layout:
-        """Attention mask (padding, causal) and equation distances for a batch of tokens."""
-        valid = tokens[..., 0] != ga.PAD
+    def layout(self, tokens: Tensor, steps: Optional[int] = None) -> Layout:
+        """Attention mask (padding, causal) and equation distances for a batch of tokens.
+
+        ``steps``: the run takes steps 0..steps-1 (default: any), so only their score and pattern
+        hooks decide whether the fused kernel may be used."""
+        syntax, rows = layout_sets(tokens[..., 0])  # copies of one problem share a layout
+        valid = syntax != ga.PAD
         mask = valid[:, None, None, :]
         if self.cfg.causal:
             L = tokens.shape[1]
@@ -384,10 +423,11 @@ class Reasoner(HookedRecurrentModule):
         segment_rel = None
         if self.cfg.segment_window:
             ws = self.cfg.segment_window
-            segment = (tokens[..., 0] == ga.SEP).long().cumsum(dim=1)  # equation index of each token
+            segment = (syntax == ga.SEP).long().cumsum(dim=1)  # equation index of each token
             segment_rel = (segment[:, None, :] - segment[:, :, None]).clamp(-ws, ws) + ws
-        fused = self._fused and not any(_watched(hook) for hook in self._score_hooks)
-        return Layout(mask, segment_rel, fused)
+        watch = self._score_hooks if steps is None else self._score_hooks[: 2 * self.cfg.n_layers * steps]
+        fused = self._fused and not any(_watched(hook) for hook in watch)
+        return Layout(mask, segment_rel, fused, rows)
 
     @contextmanager
     def fused_attention(self) -> Iterator[None]:
@@ -454,8 +494,6 @@ class Reasoner(HookedRecurrentModule):
             raise InputTypeError(f"start must be a LoopState from resume_state(cache, t); got {type(start).__name__}")
         if start is not None and start.t < 0:
             raise ValueError(f"start.t={start.t} is negative; allowed 0..steps={steps}")
-        layout = self.layout(tokens)
-        x = self.embed(tokens)
         value_logits, codes_per_step, codes = [], [], tokens
         t0 = 0
         if start is not None and start.t > 0:
@@ -464,6 +502,9 @@ class Reasoner(HookedRecurrentModule):
             t0, x, codes = start.t, start.carry["x"], start.carry["codes"]
             value_logits, codes_per_step = list(start.record["value_logits"]), list(start.record["codes"])
             logits = list(start.record["logits"])
+        else:  # a resumed run reads its input from the carry: the tokens are not embedded again
+            x = self.embed(tokens)
+        layout = self.layout(tokens, steps) if t0 < steps else None  # nothing runs when resuming at the end
         first_block = start.inner if start is not None else 0
         for t in range(t0, steps):
             resid, logits = self.step(start.carry["resid"] if first_block else x, t, layout, first_block)

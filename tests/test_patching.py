@@ -363,3 +363,73 @@ def test_warp_resumes_at_every_time_step_bit_for_bit(kwargs):
             assert torch.equal(getattr(got, field), getattr(out, field)), (t, field)
     with pytest.raises(ValueError, match="parallel"):
         model(x, mode="parallel", start=model.resume_state(cache, 1))
+
+
+def test_refilled_batches_give_the_same_scores_as_one_group_per_resume_point():
+    model, s = reasoner_case(n=2)
+    kw, L = s.forward_kwargs, s.clean.shape[1]
+    for sites in (Sites("steps.*.blocks.*.hook_resid_pre", positions="each"),
+                  Sites("steps.*.bottleneck.hook_codes", positions=range(0, L, 3))):
+        for memory_mb in (512, 1e-3):  # 1e-3: one copy per forward, so the sweep splits every step's batch
+            refill = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw, memory_mb=memory_mb)
+            groups = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw, memory_mb=memory_mb,
+                           refill=False)
+            assert refill.meta["refill"] and not groups.meta["refill"]
+            np.testing.assert_allclose(refill.df.metric, groups.df.metric, atol=1e-6, rtol=0)
+            assert list(refill.df.status) == list(groups.df.status)
+            assert refill.meta["last_step"] == groups.meta["last_step"]  # each copy rejoined the base run alike
+    refill = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw)
+    groups = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw, refill=False)
+    assert refill.meta["forwards"] < groups.meta["forwards"]  # each step entered once, not once per resume point
+    loop = patch_loop(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw)
+    np.testing.assert_allclose(refill.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+
+
+def test_act_patches_in_the_same_forward_as_its_corrupted_run():
+    model, clean, corrupted, metric = act_case()
+    sites = Sites("time.0.ponder.*.hook_state")
+    one = patch(model, clean, corrupted, metric, sites)
+    assert one.meta["forwards"] == 1
+    apart = patch(model, clean, corrupted, metric, sites, memory_mb=1e-5)  # no room: the corrupted run apart
+    assert apart.meta["forwards"] > 1
+    np.testing.assert_allclose(one.df.metric, apart.df.metric, atol=1e-6, rtol=0)
+    assert one.meta["metric_corrupted"] == pytest.approx(apart.meta["metric_corrupted"], abs=1e-6)
+    loop = patch_loop(model, clean, corrupted, metric, sites)
+    np.testing.assert_allclose(one.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+    # a model without the resume protocol: no-ops are found after that forward (step 0 mixes the zero state)
+    from tests.test_oracles import LinearLoop
+
+    torch.manual_seed(0)
+    linear, x = LinearLoop(), torch.randn(2, 4, 3)
+    res = patch(linear, x, x + 1, lambda out: out.sum((1, 2)), Sites("steps.*.hook_mixed"))
+    assert res.meta["forwards"] == 1 and res.df.status.tolist() == ["no-op", "ok", "ok"]
+    assert res.df.metric[0] == res.meta["metric_corrupted"]
+    ref = reference_patch(linear, x, x + 1, lambda out: out.sum((1, 2)), triples(res.df))[0]
+    np.testing.assert_allclose(res.df.metric, ref, atol=1e-5, rtol=0)
+
+
+def test_copies_of_a_problem_share_one_attention_layout_and_resuming_embeds_no_tokens():
+    from models.reasoner_data import tokens as encode
+
+    model = small_reasoner(segment_window=2, causal=True)
+    tokens, kw = encode(ga.sample(TASK, 2, 1), model.cfg), {"steps": 4}
+    one = model.layout(tokens[:1].repeat(5, 1, 1))
+    assert one.rows is None and one.mask.shape[0] == 1
+    assert one.bias(model.blocks[0].attn, tokens.shape[1], model.cfg.rel_window).shape[0] == 1  # broadcast
+    both = model.layout(tokens.repeat(3, 1, 1))
+    sets = both.mask.shape[0]
+    assert sets <= 2 and (sets == 1 or both.rows.tolist() == [*both.rows[:2].tolist()] * 3)
+    with torch.no_grad():
+        out, copies = model(tokens, **kw), model(tokens.repeat(3, 1, 1), **kw)
+    for j in range(3):
+        torch.testing.assert_close(copies.value_logits[2 * j: 2 * j + 2], out.value_logits, atol=1e-6, rtol=0)
+    _, cache = model.run_with_cache(tokens, **kw)
+    calls = []
+    handle = model.embed.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            resumed = model(tokens, start=model.resume_state(cache, 2), **kw)
+    finally:
+        handle.remove()
+    assert len(calls) == kw["steps"] - 2  # only each new step's codes; the input comes from the carry
+    assert torch.equal(resumed.value_logits, out.value_logits)

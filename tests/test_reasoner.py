@@ -1,3 +1,4 @@
+import math
 from dataclasses import asdict
 
 import numpy as np
@@ -159,3 +160,45 @@ def test_a_problem_over_another_modulus_is_refused_by_name():
     other = ga.parse("4 = x_7; x_7 = x_1", modulus=5)
     with pytest.raises(ValueError, match=r"Z_5 but the model computes in Z_23"):
         tokens([other], model.cfg)
+
+
+def _hand_pattern(model: Reasoner, cache, t: int, layer: int, L: int) -> torch.Tensor:
+    """softmax(max(1, log(i + 1) / log(length_ref)) * (q.k / sqrt(d) + relative bias)) over keys j <= i."""
+    q = cache[f"steps.{t}.blocks.{layer}.attn.hook_q"]  # [batch, pos, head, d_head]
+    k = cache[f"steps.{t}.blocks.{layer}.attn.hook_k"]
+    w, ref = model.cfg.rel_window, model.cfg.length_ref
+    rel_bias = model.blocks[layer].attn.rel_bias.detach()  # [head, 2w + 1]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+    pos = torch.arange(L)
+    scores = scores + rel_bias[:, (pos[None, :] - pos[:, None]).clamp(-w, w) + w]
+    gain = [max(1.0, math.log(i + 1) / math.log(ref)) if ref else 1.0 for i in range(L)]
+    scores = scores * torch.tensor(gain)[None, None, :, None]
+    return scores.masked_fill(pos[None, :] > pos[:, None], float("-inf")).softmax(-1)
+
+
+def test_length_ref_sharpens_attention_only_beyond_the_reference_length():
+    problem = ga.sample(ga.GraphArithConfig(n_nodes=14, max_depth=4), 1, 3)
+    base = small(causal=True, rel_window=8)
+    x = tokens(problem, base.cfg)
+    L = x.shape[1]
+    longer = small(causal=True, rel_window=8, length_ref=L)  # every query sees <= length_ref keys
+    assert torch.equal(base(x, steps=3).value_logits, longer(x, steps=3).value_logits)
+    scaled = small(causal=True, rel_window=8, length_ref=L // 3)
+    _, cache = scaled.run_with_cache(x, steps=3)
+    for t, layer in ((0, 0), (2, 1)):
+        pattern = cache[f"steps.{t}.blocks.{layer}.attn.hook_pattern"]
+        assert torch.allclose(pattern, _hand_pattern(scaled, cache, t, layer, L), atol=1e-5)
+    _, plain_cache = base.run_with_cache(x, steps=1)  # same weights, no scaling: differs past L // 3
+    changed = ~torch.isclose(cache["steps.0.blocks.0.attn.hook_pattern"],
+                             plain_cache["steps.0.blocks.0.attn.hook_pattern"], atol=1e-6).all(-1).all(1)[0]
+    assert not changed[: L // 3].any() and changed[L // 3 + 1:].all()
+    plain = scaled(x, steps=3).value_logits
+    with scaled.fused_attention():  # the fused kernel applies the same gain
+        assert torch.allclose(scaled(x, steps=3).value_logits, plain, atol=1e-4)
+
+
+def test_length_ref_is_validated():
+    with pytest.raises(ValueError, match="length_ref"):
+        ReasonerConfig(length_ref=1)
+    with pytest.raises(ValueError, match="length_ref"):
+        ReasonerConfig(length_ref=-5)

@@ -92,6 +92,10 @@ def _index_positions(parts: list[str]) -> list[int]:
     return [i for i in range(1, len(parts)) if _is_index(parts[i]) and parts[i - 1].isidentifier()]
 
 
+_PARSED: dict = {}  # (class, name, loops) -> HookName
+_PARSED_MAX = 1 << 17
+
+
 @dataclass(frozen=True)
 class HookName:
     """A hook name split into its loops and its component.
@@ -130,7 +134,21 @@ class HookName:
 
     @classmethod
     def parse(cls, name: str, loops: Collection[str] = LOOPS) -> "HookName":
-        """Split ``name``; ``loops`` are the prefixes that count as loops (default ``LOOPS``)."""
+        """Split ``name``; ``loops`` are the prefixes that count as loops (default ``LOOPS``).
+
+        Memoised (a HookName is immutable): analyses parse the same few thousand names many times."""
+        try:
+            key = (cls, name, loops if isinstance(loops, (tuple, frozenset)) else tuple(loops))
+            return _PARSED[key]
+        except KeyError:
+            pass
+        h = cls._split(name, loops)
+        if len(_PARSED) < _PARSED_MAX:
+            _PARSED[key] = h
+        return h
+
+    @classmethod
+    def _split(cls, name: str, loops: Collection[str]) -> "HookName":
         parts = name.split(".")
         found, i = [], 0
         while i + 2 < len(parts) and parts[i] in loops and _is_index(parts[i + 1]):
@@ -152,16 +170,24 @@ class HookName:
     def indices(self) -> dict[str, int]:
         """Every ``<name>.<index>`` pair of the whole name, outermost first, inner indices too:
         ``{"steps": 3, "blocks": 1}``."""
-        parts = self.format().split(".")
-        return {parts[i - 1]: int(parts[i]) for i in _index_positions(parts)}
+        found = self.__dict__.get("_indices")
+        if found is None:  # computed once per (memoised) name; a copy is returned
+            parts = self.format().split(".")
+            found = {parts[i - 1]: int(parts[i]) for i in _index_positions(parts)}
+            object.__setattr__(self, "_indices", found)
+        return dict(found)
 
     @property
     def kind(self) -> str:
         """What the hook is wherever it sits: the name without any index pair (``attn.hook_z``;
         the ``component`` column of result tables)."""
-        parts = self.format().split(".")
-        drop = {j for i in _index_positions(parts) for j in (i - 1, i)}
-        return ".".join(p for j, p in enumerate(parts) if j not in drop)
+        found = self.__dict__.get("_kind")
+        if found is None:
+            parts = self.format().split(".")
+            drop = {j for i in _index_positions(parts) for j in (i - 1, i)}
+            found = ".".join(p for j, p in enumerate(parts) if j not in drop)
+            object.__setattr__(self, "_kind", found)
+        return found
 
     def template(self, fill: Optional[str] = None) -> str:
         """The name with every index (loops and inner ones) replaced by ``fill`` (``"{}"``,

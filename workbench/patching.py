@@ -72,7 +72,8 @@ from tqdm.auto import tqdm
 
 from workbench.hooks import HookName, LoopState, exclusive, loop_sizes, map_tensors, repeat_batch, resumable
 from workbench.results import OK, Result, effect
-from workbench.runs import ABLATIONS, Baselines, Metric, ablation_source, base_run, frame, metric_values, setup
+from workbench.runs import (ABLATIONS, BaseRun, Baselines, Metric, ablation_source, base_run, frame,
+                           metric_values, setup)
 from workbench.sites import Site, SiteSelection, resolve
 
 # LoopState and resumable live in workbench.hooks (the resume protocol), ABLATIONS in workbench.runs;
@@ -96,6 +97,7 @@ def patch(
     sources: Mapping[str, Tensor] | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     reuse_prefix: bool = True,
+    refill: bool = True,
     memory_mb: float = 512,
     progress: bool = False,
 ) -> Result:
@@ -111,6 +113,9 @@ def patch(
             that hook, e.g. codes with one value changed to set a variable to any value.
         forward_kwargs: keyword arguments for every forward call (e.g. ``{"steps": 9}``).
         reuse_prefix: use the resume protocol when the model has it (False: full re-runs).
+        refill: for models whose copies settle, run every site in one sweep over the loop
+            steps, refilling the batch with the next step's sites as copies settle (False:
+            one group of copies per resume point, each run until its copies settle).
         memory_mb: budget for one chunk's activations of one loop step.
         progress: show a progress bar.
 
@@ -128,12 +133,20 @@ def patch(
     with torch.no_grad():
         keep = lambda n: run.want(n) or n in resume_names  # noqa: E731
         clean_run = base_run(model, run.clean, fk, keep)  # sizes of every hook: the chunk size
-        corr_run = base_run(model, run.corrupted, fk, keep, measure=False)  # only what patching reads
+    site_list = resolve(run.sites, clean_run.shapes, model)
+    copies = max(1, int(memory_mb * 2**20 // max(1, clean_run.step_bytes)))
+    stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
+    joint = None
+    with torch.no_grad():
+        if _one_forward(model, site_list, clean_run.shapes, ablation, use_resume, copies):
+            # the corrupted run and every patched copy of it in one batch: a forward less
+            corr_run, joint = _base_and_copies(model, run, metric, site_list, clean_run.cache, sources, stats)
+        else:
+            corr_run = base_run(model, run.corrupted, fk, keep, measure=False)  # only what patching reads
     m_clean = metric_values(metric, clean_run.output, B, "clean")
     m_corr = metric_values(metric, corr_run.output, B, "corrupted")
     baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
 
-    site_list = resolve(run.sites, clean_run.shapes, model)
     for s in site_list:
         if s.name not in corr_run.shapes:
             raise ValueError(f"hook {s.name!r} fired in the clean run but not in the corrupted one; "
@@ -154,40 +167,108 @@ def patch(
             values[i] = base_metric
             noop[i] = True
             continue
+        if joint is not None:  # already run
+            values[i] = joint[i]
+            continue
         key = _resume_point(model, s.name) if use_resume else None
         todo.setdefault(key, []).append(i)
 
-    copies = max(1, int(memory_mb * 2**20 // max(1, clean_run.step_bytes)))
-    n_rows = sum(len(v) for v in todo.values()) * B
-    stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
+    n_rows = (len(site_list) - sum(noop)) * B
     runner = _Runner(model, run.base, base_cache, fk, metric, B, sources, resume_names, stats)
+    # the last loop step each site's copy ran (it settled, or the run ended); -1: not run (a no-op)
+    last_step = [-1] * len(site_list)
+    if joint is not None and use_resume:  # every copy ran to the end
+        loop = model.resume_loop
+        T = loop_sizes((n for n in clean_run.shapes if HookName.parse(n).loop(loop) is not None), loops=(loop,))
+        last_step = [-1 if skip else T.get(loop, 0) - 1 for skip in noop]
+    sweep = use_resume and runner.settles and refill
     if use_resume and not runner.settles:
         chunks = _bands(todo, copies, runner.T)
     else:
         chunks = [(key, idx[i: i + copies])
                   for key, idx in sorted(todo.items(), key=lambda kv: (kv[0] is None, kv[0] or ()))
-                  for i in range(0, len(idx), copies)]
+                  if not (sweep and key is not None) for i in range(0, len(idx), copies)]
     with torch.no_grad():  # the patched runs, like the base runs, build no autograd graph
+        if sweep and any(key is not None for key in todo):
+            looped = {key: idx for key, idx in todo.items() if key is not None}
+            for i, (v, u) in runner.sweep(looped, site_list, copies, progress).items():
+                values[i], last_step[i] = v, u
         for key, chunk in tqdm(chunks, disable=not progress, desc="patch", leave=False):
             chunk_sites = [site_list[i] for i in chunk]
             if key is None:
                 values[chunk] = runner.full(chunk_sites)
             else:
-                values[chunk] = runner.resumed(*key, chunk_sites)
+                values[chunk], ends = runner.resumed(*key, chunk_sites)
+                for i, u in zip(chunk, ends):
+                    last_step[i] = u
 
     rows = []
-    for s, v, skip in zip(site_list, values, noop):
-        m = float(v.mean())
+    for s, m, skip in zip(site_list, values.mean(1).tolist(), noop):
         score = baselines.score(m)
         rows.append({**s.row(), "metric": m, "score": score, "effect": effect(score, ablation),
                      "status": "no-op" if skip else OK})
     meta = {
         **baselines.meta(ablation, B),
-        "sites": len(site_list), "sites_noop": len(site_list) - sum(len(v) for v in todo.values()),
-        "copies_per_forward": copies, "rows": n_rows, "resume": use_resume, **stats,
-        "seconds": run.seconds(),
+        "sites": len(site_list), "sites_noop": sum(noop),
+        "copies_per_forward": copies, "rows": n_rows, "resume": use_resume, "refill": sweep, **stats,
+        "last_step": last_step, "seconds": run.seconds(),
     }
     return Result("patch", frame(rows), "score", meta)
+
+
+# ------------------------------------------------------- one forward for all
+def _one_forward(model, sites: Sequence[Site], shapes: Mapping[str, tuple], ablation, use_resume: bool,
+                 copies: int) -> bool:
+    """Whether the corrupted run and every patched copy can share one forward from the input.
+
+    Only when nothing would be resumed later than the input anyway (no resume protocol, or a
+    continuous carry whose copies all start at step 0 in one band), every copy fits in one
+    chunk next to the base rows, and the source is the clean run (no ablation): then the
+    corrupted base run is just B more rows of that forward, and its activations, recorded
+    there, decide the no-ops afterwards (a patch equal bit for bit to the activation of that
+    forward). Small problems are dominated by the number of forwards, so this is where it
+    matters (ACT's ponder steps: 3 forwards become 2).
+    """
+    if ablation is not None or not sites or len(sites) + 1 > copies:
+        return False
+    if not use_resume:
+        return True
+    if getattr(model, "resume_settles", True):
+        return False
+    loop = model.resume_loop
+    T = loop_sizes((n for n in shapes if HookName.parse(n).loop(loop) is not None), loops=(loop,)).get(loop, 0)
+    todo: dict[Any, list[int]] = {}
+    for i, s in enumerate(sites):
+        todo.setdefault(_resume_point(model, s.name), []).append(i)
+    chunks = _bands(todo, copies, T)
+    return len(chunks) == 1 and chunks[0][0] in (None, (0, 0))
+
+
+def _base_and_copies(model, run, metric: Metric, sites: Sequence[Site], clean_cache, given, stats: dict):
+    """One forward of the corrupted input and k patched copies of it: [(k + 1) * batch] rows.
+
+    Returns (the corrupted run as a ``BaseRun`` recording the sites' hooks, metrics [k, batch]).
+    The recording hook sees each activation before the patch hook replaces it.
+    """
+    B, k = run.batch, len(sites)
+    cache: dict[str, Tensor] = {}
+
+    def record(act: Tensor, hook) -> None:
+        cache[hook.name] = act[:B].clone()
+
+    names = list(dict.fromkeys(s.name for s in sites))
+    src = _Sources(None, clean_cache, {}, clean_cache, given)
+    by_name: dict[str, list[tuple[int, Site]]] = {}
+    for j, s in enumerate(sites):
+        by_name.setdefault(s.name, []).append((j + 1, s))  # copy 0: the unpatched corrupted run
+    hooks = [(n, record) for n in names] + [(n, _patch_hook(e, src[n], k + 1, B)) for n, e in by_name.items()]
+    with _hooked(model, hooks):
+        out = model(*repeat_batch(run.corrupted, k + 1), **run.forward_kwargs)
+    stats["forwards"] += 1
+    stats["copies_run"] += k
+    values = _metric_per_copy(metric, out, k + 1, B)
+    corr = BaseRun(_slice(out, 0, B, (k + 1) * B), cache, {n: tuple(v.shape) for n, v in cache.items()}, 0)
+    return corr, values[1:]
 
 
 # ------------------------------------------------------------------ runner
@@ -216,12 +297,19 @@ class _Runner:
             self.settles = getattr(model, "resume_settles", True)
             self.step_of = lambda n: HookName.parse(n, (loop,)).loop(loop)  # noqa: E731
             self._refs: dict[int, LoopState] = {}
+        self._repeated: dict[int, tuple] = {}
+        self._later: dict[int, list[str]] = {}
 
     def hooks(self, sites: Sequence[Site]) -> list[tuple[str, Callable]]:
+        """Patch hooks for ``len(sites)`` copies, copy j patched at ``sites[j]``."""
+        return self.hooks_for(list(enumerate(sites)), len(sites))
+
+    def hooks_for(self, patched: Sequence[tuple[int, Site]], k: int) -> list[tuple[str, Callable]]:
+        """Patch hooks for a batch of k copies: copy j patched at site s for each (j, s); the others untouched."""
         by_name: dict[str, list[tuple[int, Site]]] = {}
-        for j, s in enumerate(sites):
+        for j, s in patched:
             by_name.setdefault(s.name, []).append((j, s))
-        return [(name, _patch_hook(entries, self.sources[name], len(sites), self.B))
+        return [(name, _patch_hook(entries, self.sources[name], k, self.B))
                 for name, entries in by_name.items()]
 
     def full(self, sites: Sequence[Site]) -> Tensor:
@@ -233,17 +321,19 @@ class _Runner:
         self.stats["copies_run"] += k
         return _metric_per_copy(self.metric, out, k, self.B)
 
-    def resumed(self, t: int, inner: int, sites: Sequence[Site]) -> Tensor:
+    def resumed(self, t: int, inner: int, sites: Sequence[Site]) -> tuple[Tensor, list[int]]:
         """Patched copies that start at step t (block ``inner``) from the base run's state.
 
         The copies run one step at a time; after each step every copy whose carry equals the
         base run's is *settled*: its later steps are the base run's, so its output is
         assembled from its own record up to here and the base run's record after.
+        Returns (metrics [copies, batch], the last loop step each copy ran).
         """
         model, k, B = self.model, len(sites), self.B
         values = torch.empty(k, B)
+        ends = [max(t, self.T - 1)] * k
         alive = torch.arange(k)  # copies still running
-        args = repeat_batch(self.args, k)
+        args = self._args(k)
         kwargs = dict(self.fk)
         if t > 0 or inner > 0:
             state = model.resume_state(self.cache, t, inner) if inner else model.resume_state(self.cache, t)
@@ -254,7 +344,7 @@ class _Runner:
                 out = model(*args, **kwargs)
             self.stats["forwards"] += 1
             self.stats["copies_run"] += k
-            return _metric_per_copy(self.metric, out, k, B)
+            return _metric_per_copy(self.metric, out, k, B), ends
         own: dict[str, Tensor] = {}  # what the alive copies recorded at steps >= t
         u = t
         while True:
@@ -264,24 +354,143 @@ class _Runner:
             if out is not None:  # the run ended (the last step, or a fixed point)
                 values[alive] = _metric_per_copy(self.metric, out, len(alive), B)
                 self.stats["copies_run"] += len(alive)
-                return values
+                return values, ends
             own.update(step_cache)
             n = len(alive)
             state = model.resume_state(self._mix(own, u + 1, n), u + 1)
             settled = _settled(state.carry, self._reference(u + 1).carry, n, B)
             if settled.any():
                 rows, m = _rows(settled, B), int(settled.sum())
-                final = self._mix({name: v[rows] for name, v in own.items()}, self.T, m)
-                out = model(*_take(args, rows), **{**self.fk, "start": model.resume_state(final, self.T)})
-                values[alive[settled]] = _metric_per_copy(self.metric, out, m, B)
+                values[alive[settled]] = self._finish({name: v[rows] for name, v in own.items()}, m)
+                for j in alive[settled].tolist():
+                    ends[j] = u
                 self.stats["copies_settled"] += m
             if settled.all():
-                return values
+                return values, ends
             rows = _rows(~settled, B)
             alive, args = alive[~settled], _take(args, rows)
             own = {name: v[rows] for name, v in own.items()}
             kwargs = {**self.fk, "start": _take(state, rows)}
             u += 1
+
+    def sweep(self, todo: dict[tuple[int, int], list[int]], sites: Sequence[Site], copies: int,
+              progress: bool = False) -> dict[int, tuple[Tensor, int]]:
+        """Every looped site in one pass over the loop steps, the batch refilled as copies settle.
+
+        At step u one batch holds the copies still running from earlier steps and the copies
+        whose site lies in step u at block 0 (sites inside step u, at block i > 0, start there:
+        one more forward per such block); at most ``copies`` copies per forward. After the
+        step, settled copies leave and their outputs are assembled from their own records and
+        the base run's. So the batch does not shrink to a few stragglers per resume point, and
+        each loop step is entered once for all sites, not once per resume point.
+
+        ``todo``: {(step, inner): site indices}. Returns {site index: (metrics [batch], the last
+        loop step its copy ran)}.
+        """
+        model, B = self.model, self.B
+        done: dict[int, tuple[Tensor, int]] = {}
+        alive: list[int] = []  # site index of each running copy, in row order
+        own: dict[str, Tensor] = {}  # resume entries of steps < u of the running copies [copies * B, ...]
+        steps = range(min(t for t, _ in todo), self.T)
+        for u in tqdm(steps, disable=not progress, desc="patch", leave=False):
+            groups = []  # per start block: (site indices, index of the first new copy, state entering step u, record)
+            new = todo.get((u, 0), [])
+            if alive or new:
+                entering = {name: torch.cat([own[name], repeat_batch(self.cache[name], len(new))])
+                            if alive else repeat_batch(self.cache[name], len(new))
+                            for name in self._kept(u)}  # new copies: the base run's record
+                state = model.resume_state(entering, u) if u else None
+                groups.append((alive + new, len(alive), state, entering))
+            for (t, inner), idx in sorted(todo.items()):
+                if t == u and inner:
+                    groups.append((idx, 0, repeat_batch(model.resume_state(self.cache, u, inner), len(idx)), None))
+            alive, parts = [], []
+            for ids, first_new, state, entering in groups:
+                for a in range(0, len(ids), copies):  # forwards of at most ``copies`` copies
+                    chunk = ids[a: a + copies]
+                    rows = torch.arange(a * B, (a + len(chunk)) * B)
+                    start = None if state is None else (_take(state, rows) if len(ids) > copies else state)
+                    patched = [(j, sites[i]) for j, i in enumerate(chunk) if a + j >= first_new]
+                    out, step_cache = self._step(u, chunk, patched, start)
+                    if out is not None:  # the run ended early (a fixed point): these copies are done
+                        finished = _metric_per_copy(self.metric, out, len(chunk), B)
+                        for j, i in enumerate(chunk):
+                            done[i] = (finished[j], u)
+                        self.stats["copies_run"] += len(chunk)
+                        continue
+                    before = {name: (v[rows] if len(ids) > copies else v) for name, v in entering.items()} \
+                        if entering is not None else {name: repeat_batch(self.cache[name], len(chunk))
+                                                      for name in self._kept(u)}
+                    parts.append({**before, **step_cache})
+                    alive += chunk
+            if not alive:
+                own = {}
+                continue
+            own = {name: torch.cat([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
+                   for name in self._kept(u + 1)}
+            n = len(alive)
+            state = model.resume_state(own, u + 1)
+            settled = _settled(state.carry, self._reference(u + 1).carry, n, B)
+            self.stats["copies_settled"] += int(settled.sum())
+            if u + 1 == self.T:  # the last step: every copy is done
+                self.stats["copies_run"] += int((~settled).sum())
+                settled = torch.ones(n, dtype=torch.bool)
+            if settled.any():
+                rows, m = _rows(settled, B), int(settled.sum())
+                finished = self._finish(own if m == n else {name: v[rows] for name, v in own.items()}, m)
+                for j, i in enumerate(torch.tensor(alive)[settled].tolist()):
+                    done[i] = (finished[j], u)
+                if not settled.all():
+                    rows = _rows(~settled, B)
+                    own = {name: v[rows] for name, v in own.items()}
+                    alive = torch.tensor(alive)[~settled].tolist()
+                else:
+                    alive, own = [], {}
+        return done
+
+    def _step(self, u: int, ids: list[int], patched: list[tuple[int, Site]], start):
+        """Loop step u of ``len(ids)`` copies from ``start`` (None: from the input), with copy j
+        patched at site s for (j, s) in ``patched``; stops once the step's resume entries fired.
+        Returns (output or None, {name: activation} of the step)."""
+        kwargs = dict(self.fk)
+        if start is not None:
+            kwargs["start"] = start
+        hooks = self.hooks_for(patched, len(ids))
+        self.stats["forwards"] += 1
+        return _run_until(self.model, self._args(len(ids)), kwargs, hooks, self._produced(u))
+
+    def _produced(self, u: int) -> list[str]:
+        """The resume entries that loop step u writes (none past the last step)."""
+        if u >= self.T:
+            return []
+        return [n for n in self._later_names(u + 1) if self.step_of(n) == u]
+
+    def _kept(self, u: int) -> list[str]:
+        """The entries of steps < u a running copy carries: all that resuming at a later step or
+        assembling its output at the end reads."""
+        return [n for n in self._later_names(u) if self.step_of(n) < u]
+
+    def _later_names(self, u: int) -> list[str]:
+        """Every name ``resume_names(v)`` reads for v = u..T (in a stable order)."""
+        if u not in self._later:
+            names = dict.fromkeys(n for v in range(u, self.T + 1) for n in self.model.resume_names(v))
+            self._later[u] = list(names)
+        return self._later[u]
+
+    def _finish(self, own: dict, m: int) -> Tensor:
+        """Metrics [m, batch] of m copies whose own records are ``own`` and whose later steps are
+        the base run's: the output is assembled by resuming at the end (nothing runs)."""
+        final = self._mix(own, self.T, m)
+        out = self.model(*self._args(m), **{**self.fk, "start": self.model.resume_state(final, self.T)})
+        return _metric_per_copy(self.metric, out, m, self.B)
+
+    def _args(self, k: int) -> tuple:
+        """The base inputs repeated for k copies (kept: the sweep asks for the same sizes again)."""
+        if k not in self._repeated:
+            if len(self._repeated) > 64:
+                self._repeated.clear()
+            self._repeated[k] = repeat_batch(self.args, k)
+        return self._repeated[k]
 
     def _mix(self, own: dict, t: int, n: int) -> dict:
         """What ``resume_state(., t)`` reads: the copies' own entries, else the base run's (repeated)."""
