@@ -60,6 +60,14 @@ def ood_task(train_task: ga.GraphArithConfig, n_nodes: int) -> ga.GraphArithConf
     return replace(train_task, n_nodes=n_nodes, max_depth=depth, n_leaves=min(train_task.n_leaves, n_nodes))
 
 
+def per_size(n: int | list[int], sizes: list[int]) -> list[int]:
+    """One problem count per size from one count for all sizes or a list of one per size."""
+    counts = [n] * len(sizes) if isinstance(n, int) else list(n)
+    if len(counts) != len(sizes):
+        raise ValueError(f"n: {len(counts)} counts for {len(sizes)} sizes; give one count or one per size")
+    return counts
+
+
 @torch.no_grad()
 def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, progress: bool = False) -> Evaluation:
     cfg = model.cfg
@@ -110,12 +118,16 @@ def evaluate(model: Reasoner, problems: list[ga.Problem], batch_size: int = 64, 
     return Evaluation(fully, node_acc, steps, pd.DataFrame(rows), solved_step, per_position)
 
 
-def ood_table(models: dict[str, Reasoner], train_task: ga.GraphArithConfig, sizes: list[int], n: int, seed: int,
-              batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
-    """Fully solved vs number of nodes for each model (the paper's table), tidy rows."""
+def ood_table(models: dict[str, Reasoner], train_task: ga.GraphArithConfig, sizes: list[int], n: int | list[int],
+              seed: int, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Fully solved vs number of nodes for each model (the paper's table), tidy rows.
+
+    ``n``: fresh problems per size, one number for every size or one per size (large graphs cost
+    ~L^2 per step over more steps, so the largest sizes may get fewer)."""
+    counts = per_size(n, sizes)
     rows = []
-    for size in tqdm(sizes, disable=not progress, desc="sizes"):
-        problems = ga.sample(ood_task(train_task, size), n, np.random.default_rng([seed, size]))
+    for size, count in tqdm(list(zip(sizes, counts)), disable=not progress, desc="sizes"):
+        problems = ga.sample(ood_task(train_task, size), count, np.random.default_rng([seed, size]))
         for name, model in models.items():
             ev = evaluate(model, problems, batch_size)
             rows.append({"model": name, "n_nodes": size, **ev.summary()})

@@ -40,16 +40,18 @@ def test_shipped_reasoner_meets_its_card_at_the_training_size(name):
     assert solved >= p - margin, f"{name}: fully solved {solved:.3f}, card {p:.3f}"
 
 
-@pytest.mark.parametrize("name", ["reasoner", "reasoner-deep"])
-def test_full_method_generalizes_to_four_times_the_training_size(name):
+@pytest.mark.parametrize("name, n", [("reasoner", 48), ("reasoner-deep", 48),
+                                     pytest.param("reasoner-z23", 24, marks=pytest.mark.slow)])
+def test_full_method_generalizes_to_four_times_the_training_size(name, n):
     torch.set_num_threads(1)
     model = models.load(name)
     task = _task(name)
     big = ood_task(task, 4 * task.n_nodes)
     table = models.metrics(name)["ood"]
     card = next(r["fully_solved"] for r in table if r["n_nodes"] == big.n_nodes)
-    solved = evaluate(model, ga.sample(big, 48, 90211)).summary()["fully_solved"]
-    assert solved >= card - 0.15, f"fully solved {solved:.3f} at N={big.n_nodes}, card {card:.3f}"
+    solved = evaluate(model, ga.sample(big, n, 90211)).summary()["fully_solved"]
+    margin = max(0.15, 3 * math.sqrt(card * (1 - card) / n))
+    assert solved >= card - margin, f"fully solved {solved:.3f} at N={big.n_nodes}, card {card:.3f}"
 
 
 def test_the_solved_by_step_curve_agrees_with_the_final_state_and_the_exact_algorithm():

@@ -21,7 +21,7 @@ from apps.options import (add_dataclass_args, add_preset_arg, add_train_args as 
 from apps.views.reasoner import ood_figure, per_step_figure
 from models import recipes
 from models.reasoner import Reasoner, ReasonerConfig
-from models.reasoner_eval import evaluate, ood_table, ood_task
+from models.reasoner_eval import evaluate, ood_table, ood_task, per_size
 from models.recipes import reasoner as recipe
 from workbench.tasks import graph_arith as ga
 
@@ -55,7 +55,8 @@ def add_eval_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
                    help="comma-separated zoo names or folders (default: every reasoner)")
     p.add_argument("--sizes", type=list_of(positive_int), default=None,
                    help="comma-separated node counts (default: N/4 .. 4N in steps of N/4)")
-    p.add_argument("--n", type=positive_int, default=512, help="fresh problems per size")
+    p.add_argument("--n", type=list_of(positive_int), default=[512],
+                   help="fresh problems per size: one count, or comma-separated counts, one per size")
     p.add_argument("--seed", type=seed, default=1)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", type=folder, default="out/reasoner_eval", help="folder for CSV and HTML")
@@ -76,7 +77,8 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     sizes = args.sizes or list(range(max(1, N // 4), 4 * N + 1, max(1, N // 4)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = ood_table(loaded, train_task, sizes, args.n, args.seed, args.batch_size)
+    counts = per_size(args.n[0] if len(args.n) == 1 else args.n, sizes)
+    table = ood_table(loaded, train_task, sizes, counts, args.seed, args.batch_size)
     table.to_csv(out / "ood.csv", index=False)
     wide = table.pivot(index="model", columns="n_nodes", values="fully_solved")
     print("fully solved vs number of nodes (rows: models; columns: N)")
@@ -88,7 +90,8 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
     # per-step accuracy at the training size and at the largest size
     per_step = []
     for size in (N, max(sizes)):
-        problems = ga.sample(ood_task(train_task, size), min(args.n, 256), np.random.default_rng([args.seed, size, 7]))
+        count = min(counts[sizes.index(size)] if size in sizes else counts[0], 256)
+        problems = ga.sample(ood_task(train_task, size), count, np.random.default_rng([args.seed, size, 7]))
         for name, model in loaded.items():
             df = evaluate(model, problems, args.batch_size).per_step
             per_step.append(df.assign(model=name, n_nodes=size))
