@@ -29,6 +29,7 @@ DIFFICULTY = {"parity": ("n_nonzero",), "addition": ("digits", "position")}
 class ACTEvaluation:
     steps: pd.DataFrame  # one row per real input step: item, position, difficulty, correct, ponder, ponder_cost
     task_name: str
+    max_ponder: int | None = None  # the model's cap M on ponder steps (ACT on); None without ACT
 
     def summary(self) -> dict:
         s = self.steps
@@ -54,8 +55,12 @@ def fresh_problems(model: ACT, n: int, seed) -> object:
 
 
 @torch.no_grad()
-def evaluate(model: ACT, problems, batch_size: int = 1000) -> ACTEvaluation:
-    """Run ``problems`` (a ``ParitySet`` or a list of ``AdditionProblem``) through the model."""
+def evaluate(model: ACT, problems, batch_size: int = 1000, fwd_hooks: list | None = None) -> ACTEvaluation:
+    """Run ``problems`` (a ``ParitySet`` or a list of ``AdditionProblem``) through the model.
+
+    ``fwd_hooks`` (TransformerLens ``(name or filter, hook)`` pairs) run the model with those
+    hooks attached, e.g. ``PONDER_TO_CAP``.
+    """
     name, task = model.cfg.task_name, task_of(model)
     frames = []
     for start in range(0, len(problems), batch_size):
@@ -65,7 +70,8 @@ def evaluate(model: ACT, problems, batch_size: int = 1000) -> ACTEvaluation:
             batch = parity_batch(chunk)
         else:
             batch = addition_batch(problems[start : start + batch_size], task)
-        out = model(batch["inputs"], batch["mask"])
+        out = model.run_with_hooks(batch["inputs"], batch["mask"], fwd_hooks=fwd_hooks) if fwd_hooks \
+            else model(batch["inputs"], batch["mask"])
         _, wrong = model.task_loss(out, batch["targets"], batch["mask"])
         mask = batch["mask"].numpy()
         B, T = mask.shape
@@ -82,19 +88,36 @@ def evaluate(model: ACT, problems, batch_size: int = 1000) -> ACTEvaluation:
         else:
             df["digits"] = batch["digits"].numpy()[mask]
         frames.append(df)
-    return ACTEvaluation(pd.concat(frames, ignore_index=True), name)
+    return ACTEvaluation(pd.concat(frames, ignore_index=True), name, model.cfg.max_ponder if model.cfg.act else None)
+
+
+# every halting logit pushed down by 20: h ~ 0, so every input ponders up to the cap M and the
+# output is (almost entirely) that of the M-th ponder step
+PONDER_TO_CAP = [(lambda name: name.endswith("hook_halt_logit"), lambda logit, hook: logit - 20.0)]
 
 
 def ponder_by(ev: ACTEvaluation, by: str) -> pd.DataFrame:
-    """Mean ponder time and error per difficulty level: one row per value of ``by``."""
+    """Mean ponder time and error per difficulty level: one row per value of ``by``.
+
+    ``at_cap`` is the share of steps that pondered up to the cap M (``max_ponder``; NaN
+    without ACT); ``error_at_cap`` and ``error_below_cap`` split the error between them.
+    """
     if by not in ev.steps:
         raise ValueError(f"unknown difficulty {by!r}; allowed for {ev.task_name}: {DIFFICULTY[ev.task_name]}")
-    g = ev.steps.groupby(by)
+    s = ev.steps
+    cap = s["ponder"] >= ev.max_ponder if ev.max_ponder else pd.Series(False, index=s.index)
+    g = s.groupby(by)
+    wrong = ~s["correct"]
+    nan = float("nan")
     return pd.DataFrame({
         "mean_ponder": g["ponder"].mean(),
         "std_ponder": g["ponder"].std().fillna(0.0),
+        "median_ponder": g["ponder"].median(),
         "mean_ponder_cost": g["ponder_cost"].mean(),
         "step_error": 1 - g["correct"].mean(),
+        "at_cap": cap.groupby(s[by]).mean() if ev.max_ponder else nan,
+        "error_at_cap": wrong[cap].groupby(s[by][cap]).mean() if ev.max_ponder else nan,
+        "error_below_cap": wrong[~cap].groupby(s[by][~cap]).mean() if ev.max_ponder else nan,
         "n": g.size(),
     }).reset_index()
 

@@ -9,11 +9,21 @@ Schedule (``Forcing``): for the first ``start`` training steps every input is th
 then the probability of feeding the truth at each position falls linearly to ``min``
 over ``decay`` steps and stays there (the paper feeds the truth with probability ~0.25).
 The context prefix of the forecasting protocol is always the truth.
+
+Digits: every choice (hyperparameters, which run or checkpoint to keep) is made on a
+validation split carved from the training images (``digits_split``): the stratified
+``VAL_FRACTION`` of ``workbench.tasks.digits``'s train split, fixed by ``split_seed``.
+Training batches come from the rest ("fit"); the test split is read once, at the end
+(``models.warp_eval.digits_test_report``).
+
+    >>> task = dg.DigitsConfig()
+    >>> [len(digits_split(task, s)) for s in DIGIT_SPLITS]     # [1077, 270, 450]
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -43,6 +53,35 @@ class Forcing:
         return max(self.min, 1.0 - (1.0 - self.min) * (step - self.start) / self.decay)
 
 
+# the share of the training images held out for validation
+VAL_FRACTION = 0.2
+DIGIT_SPLITS = ("fit", "val", "test")
+
+
+@lru_cache(maxsize=8)
+def _val_rows(test_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (within the train split) of the fit and validation images, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    train = dg.load(dg.DigitsConfig(test_fraction=test_fraction, split_seed=split_seed), "train")
+    pos = np.arange(len(train))
+    fit, val = train_test_split(pos, test_size=VAL_FRACTION, random_state=split_seed, stratify=train.labels)
+    return np.sort(fit), np.sort(val)
+
+
+def digits_split(task: dg.DigitsConfig, split: str) -> dg.DigitSet:
+    """``fit`` (training images minus validation), ``val``, ``test``; or ``train`` (fit + val).
+
+    The three of ``DIGIT_SPLITS`` are disjoint and together are the whole of ``load_digits``.
+    """
+    if split in ("test", "train"):
+        return dg.load(task, split)
+    if split not in DIGIT_SPLITS:
+        raise ValueError(f"split={split!r}; allowed: {DIGIT_SPLITS + ('train',)}")
+    rows = _val_rows(task.test_fraction, task.split_seed)[DIGIT_SPLITS.index(split)]
+    return dg.load(task, "train").subset(rows)
+
+
 def task_name(task: dy.DynamicsConfig | dg.DigitsConfig) -> str:
     return task.system if isinstance(task, dy.DynamicsConfig) else "digits"
 
@@ -66,8 +105,8 @@ def dynamics_batch(task: dy.DynamicsConfig, n: int, rng: np.random.Generator, st
 
 
 def digits_batch(task: dg.DigitsConfig, n: int, rng: np.random.Generator, step: int, forcing: Forcing) -> dict:
-    """Training images drawn with replacement: pixel sequences and labels."""
-    data = dg.load(task, "train")
+    """Images of the fit split (training minus validation) drawn with replacement: pixel sequences and labels."""
+    data = digits_split(task, "fit")
     rows = rng.integers(0, len(data), size=n)
     batch = {"x": torch.from_numpy(dg.sequences(data.pixels[rows])),
              "label": torch.from_numpy(data.labels[rows])}

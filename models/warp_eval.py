@@ -5,7 +5,11 @@
   autoregressively; mean squared error over the generated states (the paper reports
   MSE x 10^-2).
 * ``digits_eval``: sequence-classification accuracy (teacher-forced, last step) and
-  completion MSE (context prefix, then pixel by pixel) on the fixed test split.
+  completion MSE (context prefix, then pixel by pixel) on one digits split: ``val`` for
+  every choice, ``test`` once at the end.
+* ``digits_test_report``: the end of the digits protocol: test accuracy with a 95% Wilson
+  interval, next to logistic regression and k-NN fit on the same training images (their
+  own settings chosen on the validation split).
 * ``results_table``: one tidy row per (model, metric).
 * ``theta_pca``: the trajectory of theta_t projected on its principal components.
 """
@@ -24,7 +28,7 @@ from workbench.tasks import dynamics as dy
 from . import registry
 from .gru import GRU
 from .warp import Warp
-from .warp_data import task_name
+from .warp_data import digits_split, task_name
 
 
 def model_kind(model) -> str:
@@ -73,23 +77,117 @@ def forecast_eval(model, task: Optional[dy.DynamicsConfig] = None, n: int = 512,
 @torch.no_grad()
 def digits_eval(model: Warp, task: Optional[dg.DigitsConfig] = None, split: str = "test",
                 batch_size: int = 512) -> dict:
-    """Classification accuracy and completion MSE on a whole split."""
+    """Classification accuracy and completion MSE on a whole split (``fit``, ``val``, ``test``, ``train``).
+
+    Choices are made on ``val``; ``test`` is for the final report (``digits_test_report``).
+    """
     task = task or model_task(model)
-    data = dg.load(task, split)
+    data = digits_split(task, split)
     x = torch.from_numpy(dg.sequences(data.pixels))
     out: dict = {"n": len(data), "split": split, "context": task.context}
     if model.cfg.n_classes:
         logits = torch.cat([model(x[i:i + batch_size], mode="parallel").logits[:, -1]
                             for i in range(0, len(x), batch_size)])
-        out["accuracy"] = float((logits.argmax(-1).numpy() == data.labels).mean())
+        correct = logits.argmax(-1).numpy() == data.labels
+        out["accuracy"] = float(correct.mean())
+        out["n_correct"] = int(correct.sum())
     if model.cfg.regress:
         pred = forecast(model, x, task.context, batch_size)
         out["completion_mse"] = float(((pred - x[:, task.context:]) ** 2).mean())
     return out
 
 
-def results_table(models: dict, n: int = 512, seed=1) -> pd.DataFrame:
-    """Tidy rows (task, kind, model, metric, value) for every model on fresh data."""
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k / n (95% for the default z).
+
+    >>> [round(v, 3) for v in wilson_interval(411, 450)]    # [0.884, 0.936]
+    """
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1; got k={k}, n={n}")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+# settings the baselines choose between on the validation split
+BASELINE_GRIDS = {"logistic regression": ("C", (0.01, 0.1, 1.0, 10.0)),
+                  "k-NN": ("n_neighbors", (1, 3, 5, 7))}
+
+
+def _baseline(name: str, value):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    if name == "logistic regression":
+        return LogisticRegression(C=value, max_iter=5000)
+    return KNeighborsClassifier(n_neighbors=value)
+
+
+def digits_baselines(task: dg.DigitsConfig, test: bool = True) -> list[dict]:
+    """Logistic regression and k-NN on raw pixels (scaled to [0, 1]), fit on the fit split.
+
+    Each picks its setting (``BASELINE_GRIDS``) by validation accuracy, then (``test=True``)
+    is scored once on the test split. One dict per baseline: model, setting, val and test
+    accuracy with the 95% Wilson interval.
+    """
+    fit, val = digits_split(task, "fit"), digits_split(task, "val")
+    scale = float(dg.MAX_VALUE)
+    rows = []
+    for name, (param, grid) in BASELINE_GRIDS.items():
+        scored = []
+        for value in grid:
+            clf = _baseline(name, value).fit(fit.pixels / scale, fit.labels)
+            scored.append((float(clf.score(val.pixels / scale, val.labels)), value, clf))
+        best = max(scored, key=lambda t: t[0])  # the first of equals: the smallest C, the fewest neighbours
+        row = {"model": name, "setting": f"{param}={best[1]}", "val_accuracy": best[0]}
+        if test:
+            data = digits_split(task, "test")
+            k = int((best[2].predict(data.pixels / scale) == data.labels).sum())
+            row.update(accuracy=k / len(data), n_correct=k, n=len(data), ci95=list(wilson_interval(k, len(data))))
+        rows.append(row)
+    return rows
+
+
+def digits_test_report(model: Warp, task: Optional[dg.DigitsConfig] = None) -> dict:
+    """The final digits measurement: read the test split once, next to simple baselines.
+
+    Returns the model's validation and test accuracy, the test accuracy's 95% Wilson
+    interval, completion MSE on the test split, and ``baselines`` (``digits_baselines``)
+    fit on the same training images.
+    """
+    task = task or model_task(model)
+    val = digits_eval(model, task, "val")
+    test = digits_eval(model, task, "test")
+    out = {"split": "test", "n": test["n"], "val_accuracy": val.get("accuracy"), "val_n": val["n"],
+           "fit_n": len(digits_split(task, "fit"))}
+    if "accuracy" in test:
+        out.update(accuracy=test["accuracy"], n_correct=test["n_correct"],
+                   ci95=list(wilson_interval(test["n_correct"], test["n"])))
+    if "completion_mse" in test:
+        out["completion_mse"] = test["completion_mse"]
+    out["baselines"] = digits_baselines(task)
+    return out
+
+
+def digits_report_table(report: dict, name: str = "WARP") -> pd.DataFrame:
+    """One row per classifier of a ``digits_test_report``: val accuracy, test accuracy, 95% interval."""
+    rows = [{"model": name, "setting": "", "val_accuracy": report.get("val_accuracy"),
+             "test_accuracy": report.get("accuracy"), "ci95_low": report["ci95"][0], "ci95_high": report["ci95"][1],
+             "n": report["n"]}]
+    for b in report["baselines"]:
+        rows.append({"model": b["model"], "setting": b["setting"], "val_accuracy": b["val_accuracy"],
+                     "test_accuracy": b["accuracy"], "ci95_low": b["ci95"][0], "ci95_high": b["ci95"][1],
+                     "n": b["n"]})
+    return pd.DataFrame(rows)
+
+
+def results_table(models: dict, n: int = 512, seed=1, digits_on: str = "val") -> pd.DataFrame:
+    """Tidy rows (task, kind, model, metric, value) for every model on fresh data.
+
+    Digits models are measured on the split ``digits_on`` (the validation split by default: a
+    table that compares models is a choice; the test split is ``digits_test_report``'s).
+    """
     rows = []
     for name, model in models.items():
         task = model_task(model)
@@ -99,11 +197,11 @@ def results_table(models: dict, n: int = 512, seed=1) -> pd.DataFrame:
             rows.append({"task": task.system, "kind": kind, "model": name, "metric": "mse_x1e-2",
                          "value": ev["mse_x1e-2"], "n": n})
         else:
-            ev = digits_eval(model, task)
+            ev = digits_eval(model, task, digits_on)
             for metric in ("accuracy", "completion_mse"):
                 if metric in ev:
                     rows.append({"task": task_name(task), "kind": kind, "model": name, "metric": metric,
-                                 "value": ev[metric], "n": ev["n"]})
+                                 "value": ev[metric], "n": ev["n"], "split": digits_on})
     return pd.DataFrame(rows)
 
 

@@ -51,3 +51,26 @@ def test_halting_trace_of_a_shipped_model():
     N = int(trace["N"].iloc[0])
     assert len(trace) == N and trace["p"].sum() == pytest.approx(1.0, abs=1e-5)
     assert trace["p"].iloc[-1] == pytest.approx(trace["R"].iloc[0])
+
+
+def test_parity_ponder_time_against_difficulty_as_documented():
+    """docs/act.md: two modes (short halts or the cap); the mean peaks near 11-12 non-zero entries
+    and falls beyond; the errors are early halts, and forcing them to the cap does not rescue them."""
+    from models.act_eval import PONDER_TO_CAP, ponder_by
+
+    torch.set_num_threads(1)
+    model = zoo("act-parity")
+    problems = fresh_problems(model, 8000, SEED)
+    table = ponder_by(evaluate(model, problems), "n_nonzero").set_index("n_nonzero")
+    M = model.cfg.max_ponder
+    assert {"at_cap", "error_at_cap", "error_below_cap", "median_ponder"} <= set(table.columns)
+    peak = table["mean_ponder"].idxmax()
+    assert 9 <= peak <= 14 and table.loc[16, "mean_ponder"] < table.loc[peak, "mean_ponder"] - 2
+    assert table.loc[16, "step_error"] > 0.08 and table.loc[:10, "step_error"].max() < 0.01
+    assert table.loc[16, "error_at_cap"] < 0.02 and table.loc[16, "error_below_cap"] > 0.2
+    assert table.loc[:3, "at_cap"].max() < 0.02 and table.loc[12, "at_cap"] > 0.7
+    ev = evaluate(model, problems)
+    early = ev.steps[(ev.steps.ponder < M) & (ev.steps.n_nonzero >= 14)]["item"].to_numpy()
+    forced = evaluate(model, problems, fwd_hooks=PONDER_TO_CAP).steps.set_index("item")
+    assert (forced["ponder"] == M).all()
+    assert 1 - forced.loc[early, "correct"].mean() > 0.4  # not rescued by pondering to the cap

@@ -76,3 +76,75 @@ def test_config_validation():
         dg.DigitsConfig(test_fraction=1.5)
     with pytest.raises(ValueError, match="split='val'"):
         dg.load(CFG, "val")
+
+
+# ------------------------------------------------ validation split and the final test report
+def test_validation_split_is_carved_from_train_and_disjoint_from_test():
+    from models.warp_data import DIGIT_SPLITS, digits_split
+
+    parts = {s: digits_split(CFG, s) for s in DIGIT_SPLITS}
+    fit, val, test = (set(parts[s].index) for s in DIGIT_SPLITS)
+    train = set(dg.load(CFG, "train").index)
+    assert not fit & val and not fit & test and not val & test
+    assert fit | val == train and sorted(fit | val | test) == list(range(1797))
+    assert set(parts["test"].index) == set(dg.load(CFG, "test").index)
+    assert (len(fit), len(val), len(test)) == (1077, 270, 450)
+    share = np.bincount(parts["val"].labels, minlength=10) / len(val)
+    assert np.abs(share - 0.1).max() < 0.02  # stratified by label
+    assert np.array_equal(digits_split(dg.DigitsConfig(), "val").index, parts["val"].index)  # deterministic
+    assert not np.array_equal(digits_split(dg.DigitsConfig(split_seed=1), "val").index, parts["val"].index)
+    with pytest.raises(ValueError, match=r"split='dev'"):
+        digits_split(CFG, "dev")
+
+
+def test_training_batches_and_training_evaluation_never_touch_val_or_test():
+    import torch
+
+    from models.recipes.warp import evaluate_task
+    from models.warp import Warp, WarpConfig
+    from models.warp_data import Forcing, digits_batch, digits_split
+
+    fit = {tuple(p) for p in digits_split(CFG, "fit").pixels}
+    held = {tuple(p) for s in ("val", "test") for p in digits_split(CFG, s).pixels} - fit  # duplicates aside
+    batch = digits_batch(CFG, 512, np.random.default_rng(0), 0, Forcing(min=1.0))
+    rows = {tuple(np.rint(r[:, 0].numpy() * dg.MAX_VALUE).astype(int)) for r in batch["x"]}
+    assert rows <= fit and not rows & held
+    torch.manual_seed(0)
+    model = Warp(WarpConfig(n_classes=10, seq_len=64, root_width=2, root_depth=1, init="learned", dt=1 / 32))
+    ev = evaluate_task(model, CFG, 8, [0, 1])
+    assert ev["split"] == "val" and ev["n"] == 270
+
+
+def test_wilson_interval():
+    from models.warp_eval import wilson_interval
+
+    lo, hi = wilson_interval(411, 450)
+    assert (round(lo, 4), round(hi, 4)) == (0.8837, 0.936)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson_interval(11, 10)
+
+
+def test_digits_test_command_reports_the_interval_and_the_baselines(tmp_path):
+    import pandas as pd
+    import torch
+
+    from apps.cli import main
+    from models.warp import Warp, WarpConfig
+    from workbench import checkpoints
+
+    torch.manual_seed(0)
+    folder, other = tmp_path / "tiny", tmp_path / "other"
+    for f in (folder, other):
+        checkpoints.save(f, Warp(WarpConfig(n_classes=10, seq_len=64, root_width=2, root_depth=1, init="learned",
+                                            dt=1 / 32, task={"test_fraction": 0.25, "split_seed": 0, "context": 32})))
+    assert main(["eval", "warp", "--models", str(folder), "--digits-test", "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "digits_test.csv")
+    assert list(table["model"])[1:] == ["logistic regression", "k-NN"]
+    assert (table["n"] == 450).all() and table["val_accuracy"].notna().all()
+    assert ((table.ci95_low <= table.test_accuracy) & (table.test_accuracy <= table.ci95_high)).all()
+    assert table.loc[1:, "test_accuracy"].min() > 0.95  # the baselines: how hard the split is
+    # the test split is read for one chosen model, not for a comparison between candidates
+    assert main(["eval", "warp", "--models", f"{folder},{other}", "--digits-test", "--out", str(tmp_path)]) != 0

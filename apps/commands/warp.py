@@ -3,6 +3,7 @@
     workbench train warp --preset warp-msd --out runs/warp-msd --threads 1
     workbench train warp --preset gru-msd --threads 1          # writes runs/warp-gru-msd
     workbench eval warp --n 512 --seed 1 --out out/warp_eval
+    workbench eval warp --models warp-digits --digits-test      # the digits test split, once, at the end
 
 A folder that already holds a run is never replaced: ``--resume`` continues it, ``--overwrite``
 replaces it (e.g. a zoo entry: ``--out models/zoo/warp-msd --overwrite``).
@@ -24,8 +25,10 @@ from models import recipes
 from models.gru import GRU
 from models.recipes import warp as recipe
 from models.warp import Warp, WarpConfig
-from models.warp_eval import dynamics_table, forecast, model_kind, model_task, results_table
-from workbench import checkpoints
+from models.warp_eval import (digits_report_table, digits_test_report, dynamics_table, forecast, model_kind,
+                              model_task, results_table)
+from workbench import checkpoints, files
+from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
 
 # value ranges checked while parsing (WarpConfig checks the rest when it is built)
@@ -73,6 +76,11 @@ def add_eval_args(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--seed", type=seed, default=1)
     p.add_argument("--threads", type=threads, default=1)
     p.add_argument("--out", type=folder, default="out/warp_eval", help="folder for CSV and HTML")
+    p.add_argument("--digits-test", action="store_true",
+                   help="read the digits test split (for one digits model, after every choice is made): accuracy "
+                        "with a 95%% Wilson interval next to logistic regression and k-NN fit on the same images")
+    p.add_argument("--update-zoo", action="store_true",
+                   help="with --digits-test: store the test report in that zoo model's metrics and card")
 
 
 def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
@@ -91,6 +99,10 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
                 loaded[n] = models.load(n)
     if not loaded:
         raise ValueError("no WARP or GRU checkpoints found; train one with `workbench train warp`")
+    if args.update_zoo and not args.digits_test:
+        raise ValueError("--update-zoo stores the digits test report; give --digits-test too")
+    if args.digits_test:
+        return _digits_test(loaded, Path(args.out), args.update_zoo)
     results = results_table(loaded, n=args.n, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,11 +114,39 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
         print(table.round(3).to_string())
     digits = results[results.task == "digits"]
     for _, r in digits.iterrows():
-        print(f"digits {r.model}: {r.metric} = {r.value:.4f} ({r.n} test images)")
+        print(f"digits {r.model}: {r.metric} = {r.value:.4f} ({r.n} {r.split} images)")
     results_table_figure(table, digits).write_html(out / "results.html", include_plotlyjs="cdn")
     written = [out / "results.csv", out / "dynamics_table.csv", out / "results.html"]
     written += _forecast_pages(loaded, out, args.seed)
     print("\nwrote " + ", ".join(str(p) for p in written))
+
+
+def _digits_test(loaded: dict, out: Path, update_zoo: bool) -> None:
+    """The end of the digits protocol: one model, the test split, its 95% interval, the baselines."""
+    digits = {n: m for n, m in loaded.items() if isinstance(model_task(m), dg.DigitsConfig)}
+    if len(digits) != 1:
+        raise ValueError("--digits-test reads the test split for one chosen digits model; "
+                         f"got {sorted(digits) or 'none'}"
+                         " (compare candidates on the validation split: `workbench eval warp --models a,b`)")
+    (name, model), = digits.items()
+    if files.load_metrics(models.resolve(name)).get("evaluation", {}).get("split") != "val":
+        print(f"note: {name} predates the validation split (its card reports no validation accuracy): it was "
+              "trained on the validation images too, so its validation accuracy below is not held out")
+    report = digits_test_report(model)
+    table = digits_report_table(report, f"{name} ({model_kind(model)})")
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "digits_test.csv", index=False)
+    print(f"digits: fit on {report['fit_n']} images, chosen on {report['val_n']} validation images, "
+          f"tested once on {report['n']} (95% Wilson intervals)")
+    print(table.round(4).to_string(index=False))
+    print(f"\nwrote {out / 'digits_test.csv'}")
+    if update_zoo:
+        folder = models.resolve(name)
+        if not str(folder.resolve()).startswith(str(models.ZOO.resolve())):
+            raise ValueError(f"--update-zoo: {name!r} is not a zoo model")
+        head = recipe.digits_headline(model_kind(model), {}, model_task(model).context, report)
+        recipes.update(recipe, folder, test=report, headline=head)
+        print(f"updated {folder / 'metrics.json'} and card.md")
 
 
 def _forecast_pages(loaded: dict, out: Path, seed: int) -> list[Path]:

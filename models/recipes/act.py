@@ -72,8 +72,13 @@ def evaluate(model: ACT, setup: Setup) -> dict:
     return {
         "evaluation": {**ev.summary(), "data": f"{args.final_n} fresh problems, {args.task} {asdict(setup.task)}",
                        "seed": fresh_seed},
-        f"ponder_by_{by}": ponder_by(ev, by).to_dict("records"),
+        f"ponder_by_{by}": _records(ponder_by(ev, by)),
     }
+
+
+def _records(df) -> list[dict]:
+    """Rows for metrics.json: NaN (e.g. the error at the cap where no input reached it) becomes null."""
+    return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
 def headline(parts: dict, setup: Setup) -> dict:
@@ -103,6 +108,13 @@ def card(folder: Path, stored: dict, metrics: dict, what: str | None) -> dict:
         what += (f" Training curriculum: at most {c['start']} nonzero entries at step 0, growing linearly to the "
                  f"full task at step {c['steps']} (`models.act_data.curriculum`); the evaluation uses the full task.")
     notes = f"Ponder time and error against {by.replace('_', ' ')}:\n\n{cards.markdown_table(diff_rows)}"
+    if metrics.get("seeds"):
+        sd = metrics["seeds"]
+        notes += (f"\n\nAcross training seeds (the same command with `--seed` changed; each checkpoint evaluated on "
+                  f"the same {sd['n']} fresh problems, seed {sd['eval_seed']}; seed 0 is this checkpoint):\n\n"
+                  + cards.markdown_table(sd["rows"], floats="{:.4f}"))
+        if sd.get("summary"):
+            notes += "\n\n" + sd["summary"]
     if metrics.get("sweep"):
         notes += "\n\nTime-penalty sweep (`workbench eval act`):\n\n" + cards.markdown_table(metrics["sweep"])
     return dict(

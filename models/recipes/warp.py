@@ -13,6 +13,7 @@ from models.recipes import Setup, from_args
 from models.warp import Warp, WarpConfig
 from models.warp_data import Forcing, training_batch
 from models.warp_eval import digits_eval, forecast_eval, model_kind
+from workbench import cards
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
 from workbench.train import TrainSpec
@@ -52,7 +53,10 @@ PRESETS: dict[str, dict] = {
                                   cls_weight=4.0, steps=6000, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=100,
                                   forcing_min=1.0, eval_every=1000, checkpoint_every=500, time_limit_min=19.0),
                         what="WARP on scikit-learn's 8x8 digits read pixel by pixel: classification at the "
-                             "last step and next-pixel prediction (completion) from the same root."),
+                             "last step and next-pixel prediction (completion) from the same root. Trained on "
+                             "the fit split (the training images minus a stratified 20% validation split); "
+                             "every choice is made on the validation split, the test split is read once at "
+                             "the end (`workbench eval warp --digits-test`)."),
 }
 # WarpConfig fields set from the task, not from the command line
 MODEL_SKIP = ("d_in", "n_classes", "dt", "phys_scales", "seq_len", "task")
@@ -105,11 +109,14 @@ def batches(task, batch_size: int, forcing: Forcing):
 
 
 def evaluate_task(model, task, n: int, seed) -> dict:
-    """Forecast MSE on ``n`` fresh trajectories, or accuracy and completion on the digits test split."""
+    """Forecast MSE on ``n`` fresh trajectories, or accuracy and completion on the digits validation split.
+
+    Training never reads the digits test split: ``workbench eval warp --digits-test`` does, once, at the end.
+    """
     if isinstance(task, dy.DynamicsConfig):
         ev = forecast_eval(model, task, n, seed)
         return {k: ev[k] for k in ("mse", "mse_x1e-2", "n")}
-    return digits_eval(model, task)
+    return digits_eval(model, task, "val")
 
 
 def evaluate(model, setup: Setup) -> dict:
@@ -132,7 +139,8 @@ def _data_note(task, final: dict) -> str:
     if isinstance(task, dy.DynamicsConfig):
         return (f"{final['n']} fresh {task.system} trajectories of {task.length} steps; the first {task.context} "
                 f"are given, the remaining {task.length - task.context} are generated autoregressively")
-    return f"the fixed test split of load_digits ({final['n']} images); completion from {task.context} pixels"
+    return (f"the validation split ({final['n']} of the {len(dg.load(task, 'train'))} training images, never "
+            f"trained on); completion from {task.context} pixels")
 
 
 def headline(parts: dict, setup: Setup) -> dict:
@@ -141,10 +149,22 @@ def headline(parts: dict, setup: Setup) -> dict:
         return {"metric": "forecast_mse_x1e-2", "value": final["mse_x1e-2"],
                 "text": f"{kind} on {task.system}: forecast MSE {final['mse_x1e-2']:.3g} x1e-2 "
                         f"({task.length - task.context} steps from {task.context})"}
-    text = f"{kind} on digits: test accuracy {final.get('accuracy', float('nan')):.3f}"
-    if "completion_mse" in final:
-        text += f", completion MSE {final['completion_mse']:.4f} (from {task.context} pixels)"
-    return {"metric": "accuracy", "value": final.get("accuracy"), "text": text}
+    return digits_headline(kind, final, task.context)
+
+
+def digits_headline(kind: str, ev: dict, context: int, test: dict | None = None) -> dict:
+    """The digits headline: validation accuracy after training; test accuracy with its 95% interval once measured."""
+    if test is None:
+        text = f"{kind} on digits: validation accuracy {ev.get('accuracy', float('nan')):.3f}"
+        if "completion_mse" in ev:
+            text += f", completion MSE {ev['completion_mse']:.4f} (from {context} pixels)"
+        return {"metric": "val_accuracy", "value": ev.get("accuracy"), "text": text}
+    lo, hi = test["ci95"]
+    text = (f"{kind} on digits: test accuracy {test['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {test['n']} images "
+            f"never used for a choice)")
+    if "completion_mse" in test:
+        text += f", completion MSE {test['completion_mse']:.4f} (from {context} pixels)"
+    return {"metric": "accuracy", "value": test["accuracy"], "split": "test", "text": text}
 
 
 def report(metrics: dict, setup: Setup) -> str:
@@ -158,17 +178,48 @@ def card(folder: Path, stored: dict, metrics: dict, what: str | None) -> dict:
                  "context": ev["task"]["context"], "horizon": ev["task"]["length"] - ev["task"]["context"],
                  "trajectories": ev["n"]}]
     else:
-        rows = [{"data": "digits test split", "model": m["kind"], "accuracy": ev.get("accuracy", ""),
-                 "completion MSE": ev.get("completion_mse", ""), "images": ev["n"]}]
+        split = "validation" if ev.get("split") == "val" else ev.get("split", "test")
+        rows = [{"data": f"digits {split} split", "model": m["kind"], "accuracy": ev.get("accuracy", ""),
+                 "95% CI": "", "completion MSE": ev.get("completion_mse", ""), "images": ev["n"]}]
+    notes = ""
+    test = metrics.get("test")
+    if test:  # written by `workbench eval warp --digits-test --update-zoo`
+        rows.append({"data": "digits test split", "model": m["kind"], "accuracy": test["accuracy"],
+                     "95% CI": _ci(test["ci95"]), "completion MSE": test.get("completion_mse", ""),
+                     "images": test["n"]})
+        for b in test["baselines"]:
+            rows.append({"data": "digits test split", "model": f"{b['model']} ({b['setting']})",
+                         "accuracy": b["accuracy"], "95% CI": _ci(b["ci95"]), "completion MSE": "", "images": b["n"]})
+        notes = (f"Protocol: the {test['fit_n']} fit images train the model; the {test['val_n']} validation images "
+                 f"(a stratified 20% of the training split, `models.warp_data.digits_split`) are the only data any "
+                 f"choice looked at; the {test['n']} test images were read once, at the end "
+                 f"(`workbench eval warp --models {folder.name} --digits-test`). The baselines are fit on the "
+                 f"same {test['fit_n']} images on raw pixels, their setting chosen on the validation split "
+                 "(validation accuracy: "
+                 + ", ".join(f"{b['model']} {b['val_accuracy']:.3f}" for b in test["baselines"])
+                 + f"; {m['kind']} {test['val_accuracy']:.3f}). Intervals: 95% Wilson score intervals.")
+    if metrics.get("selection"):  # the runs this checkpoint was chosen from, by validation accuracy
+        notes += ("\n\nChosen among these runs by validation accuracy (the test split was not read for any of "
+                  "them):\n\n" + cards.markdown_table(metrics["selection"]))
     size = (f"D = {m['D']} (A has {m['A_entries']:,} entries), {m['parameters']:,} parameters" if "D" in m
             else f"hidden = {m['hidden']}, {m['parameters']:,} parameters")
     keys = [k for k in ("root_width", "root_depth", "root_act", "tau_freqs", "root_takes_x", "init", "hyper_hidden",
                         "physics", "gaussian", "regress", "n_classes", "hidden", "seq_len") if k in cfg]
+    head = metrics["headline"]["text"]
+    if test:
+        head = digits_headline(m["kind"], ev, ev["context"], test)["text"]
     return dict(
         title=f"{m['kind']}: {folder.name}",
-        headline=metrics["headline"]["text"],
+        headline=head,
         what=(what or f"A {m['kind']} model.") + f"\n\nSize: {size}.\n\nConfig: "
         + ", ".join(f"{k}={cfg[k]}" for k in keys) + f"\n\nScheduled teacher forcing: {stored.get('forcing')}.",
         results=rows,
-        results_note=f"Measured on the saved checkpoint: {ev['data']} (seed {ev['seed']}).",
+        results_note=f"Measured on the saved checkpoint: {ev['data']} (seed {ev['seed']})."
+        + (f" Test rows: the fixed test split ({test['n']} images), read once after every choice was made."
+           if test else ""),
+        notes=notes,
     )
+
+
+def _ci(ci) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
