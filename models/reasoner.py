@@ -249,7 +249,8 @@ class Attention(nn.Module):
         v = hooks.hook_v(self.W_V(x).view(b, L, h, dh))
         bias = layout.bias(self, L, w)
         if self.cfg.length_ref:  # gain * (q.k / sqrt(d) + bias), as q * gain and bias * gain
-            gain = self.length_gain(layout.mask)  # [batch, 1, query|1, 1]
+            gain = self.length_gain(layout.mask)  # [sets, 1, query|1, 1]
+            gain = gain if layout.rows is None else gain[layout.rows]  # [batch | 1, 1, query|1, 1]
             q, bias = q * gain.transpose(1, 2), bias * gain
         if not layout.fused:
             scores = hooks.hook_attn_scores(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh) + bias)

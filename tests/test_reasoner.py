@@ -192,6 +192,10 @@ def test_length_ref_sharpens_attention_only_beyond_the_reference_length():
     changed = ~torch.isclose(cache["steps.0.blocks.0.attn.hook_pattern"],
                              plain_cache["steps.0.blocks.0.attn.hook_pattern"], atol=1e-6).all(-1).all(1)[0]
     assert not changed[: L // 3].any() and changed[L // 3 + 1:].all()
+    other = tokens(ga.sample(ga.GraphArithConfig(n_nodes=14, max_depth=4), 1, 4), scaled.cfg)
+    if other.shape[1] == L:  # copies share one layout: rows [x, x, other] give each row's own run
+        batch = scaled(torch.cat([x, x, other]), steps=3).value_logits
+        assert torch.allclose(batch[1], scaled(x, steps=3).value_logits[0], atol=1e-5)
     plain = scaled(x, steps=3).value_logits
     with scaled.fused_attention():  # the fused kernel applies the same gain
         assert torch.allclose(scaled(x, steps=3).value_logits, plain, atol=1e-4)

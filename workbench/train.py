@@ -337,6 +337,11 @@ def _read_state(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, out: Path):
     saved = checkpoints.read_config(out)["config"]
     current = checkpoints.as_saved(model.config_dict())
+    if saved != current and isinstance(saved, dict):  # fields added since the run began take their defaults
+        try:
+            saved = checkpoints.as_saved(type(model).from_config(saved).config_dict())
+        except (TypeError, ValueError):
+            pass  # reported below, field by field
     if saved != current:
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise checkpoints.CheckpointError(

@@ -110,6 +110,7 @@ def token_structure(enc: ga.Encoded) -> tuple[np.ndarray, dict[int, int], dict[i
 
 def allowed_keys(model: Reasoner, tokens: Tensor) -> Tensor:
     """Keys each query may attend to: [B, L, L] bool."""
-    mask = model.layout(tokens).mask  # [B, 1, L|1, L]
+    layout = model.layout(tokens)
+    mask = layout.mask if layout.rows is None else layout.mask[layout.rows]  # [B | 1, 1, L|1, L]
     B, L = tokens.shape[:2]
     return mask[:, 0].expand(B, L, L)
