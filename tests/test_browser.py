@@ -252,6 +252,8 @@ const figures = Array.from(document.querySelectorAll('.js-plotly-plot')).map((gd
 });
 const leaves = Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]'))
   .filter(e => !e.querySelector('[data-testid="stElementContainer"]'))
+  // the content of a collapsed expander is laid out but not shown
+  .filter(e => !e.closest('details:not([open])') && (!e.checkVisibility || e.checkVisibility()))
   .map(e => ({kind: (e.className.match(/\\bst(?!ElementContainer)[A-Z]\\w*/) || ['element'])[0], box: box(e)}))
   .filter(e => visible(e.box));
 return {figures, elements: leaves};
@@ -308,8 +310,9 @@ PAGES = [  # (url path, family of the tiny checkpoint to open it on or None for 
 ]
 
 
-@pytest.mark.xfail(reason="open: Home at 1000 px reports overlapping Streamlit element boxes (nested "
-                          "containers or a real overlap, not yet told apart)", strict=False)
+@pytest.mark.xfail(reason="open layout findings: legends over x-axis titles (reasoner state table, ACT halting "
+                          "at 1000 px), subplot titles over axis titles (gain effects, dynamics lens), axis and "
+                          "subplot titles cut off at 1000 px (codebook, probing, gain)", strict=False)
 def test_every_page_renders_legibly_at_both_widths(browser, server, shots):
     base, tiny = server
     findings = []
@@ -326,7 +329,6 @@ def test_every_page_renders_legibly_at_both_widths(browser, server, shots):
     assert not findings, "layout problems:\n" + "\n".join(findings)
 
 
-@pytest.mark.xfail(reason="open: the zoo link opens a new tab whose page title read 'Model'", strict=False)
 def test_a_zoo_row_opens_its_model_page(browser, server, shots):
     """The first zoo row's link (its model's name, drawn on the table's canvas) opens that model's
     page on that model."""
@@ -367,8 +369,10 @@ def test_a_zoo_row_opens_its_model_page(browser, server, shots):
         assert url.path.rstrip("/").endswith(f"/{family}"), browser.current_url
         assert urllib.parse.parse_qs(url.query).get("model") == [name], browser.current_url
         assert not s["errors"] and not s["tracebacks"], s["errors"]
-        chosen = browser.find_element(By.CSS_SELECTOR, f".st-key-{family}_model_choice").text
-        assert name in chosen, f"the page opened on {chosen!r}, not {name}"
+        # the model picker shows the chosen name (a select's value is not part of its .text)
+        picker = browser.find_element(By.CSS_SELECTOR, f".st-key-{family}_model_choice")
+        assert name in picker.get_attribute("innerText") + picker.get_attribute("innerHTML"), \
+            f"the page opened on another model than {name}"
     finally:
         if browser.current_window_handle != home:
             browser.close()
