@@ -235,11 +235,6 @@ class Attention(nn.Module):
             for h in range(cfg.n_heads // 2):
                 self.rel_bias.data[h] = torch.where(dist == -h, 0.0, -4.0)
 
-    def length_gain(self, mask: Tensor) -> Tensor:
-        """[batch, 1, query|1, 1] logit multiplier: max(1, log(keys seen) / log(length_ref))."""
-        seen = mask.sum(dim=-1, keepdim=True).clamp(min=1).float()
-        return (seen.log() / math.log(self.cfg.length_ref)).clamp(min=1.0)
-
     def forward(self, x: Tensor, hooks: AttnHooks, layout: "Layout") -> Tensor:
         """x: [batch, pos, d]; ``layout`` holds the attention mask and equation indices."""
         b, L, _ = x.shape
@@ -247,11 +242,9 @@ class Attention(nn.Module):
         q = hooks.hook_q(self.W_Q(x).view(b, L, h, dh))
         k = hooks.hook_k(self.W_K(x).view(b, L, h, dh))
         v = hooks.hook_v(self.W_V(x).view(b, L, h, dh))
-        bias = layout.bias(self, L, w)
-        if self.cfg.length_ref:  # gain * (q.k / sqrt(d) + bias), as q * gain and bias * gain
-            gain = self.length_gain(layout.mask)  # [sets, 1, query|1, 1]
-            gain = gain if layout.rows is None else gain[layout.rows]  # [batch | 1, 1, query|1, 1]
-            q, bias = q * gain.transpose(1, 2), bias * gain
+        bias = layout.bias(self, L, w)  # already multiplied by layout.gain
+        if layout.gain is not None:  # gain * (q.k / sqrt(d) + bias), as q * gain and bias * gain
+            q = q * layout.gain[layout.rows if layout.rows is not None else slice(None)].transpose(1, 2)
         if not layout.fused:
             scores = hooks.hook_attn_scores(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh) + bias)
             pattern = hooks.hook_pattern(scores.softmax(dim=-1))
@@ -283,6 +276,8 @@ class Layout:
     # otherwise every run takes the einsum path, so plain, cached and patched runs agree exactly
     fused: bool = False
     rows: Optional[Tensor] = None  # [batch] each row's set; None: one set per row, or one set for all
+    # [sets, 1, query|1, 1] attention-logit multiplier max(1, log(keys seen) / log(length_ref)); None: off
+    gain: Optional[Tensor] = None
     _biases: dict = field(default_factory=dict, repr=False)
 
     def bias(self, attn: "Attention", L: int, w: int) -> Tensor:
@@ -297,6 +292,8 @@ class Layout:
             bias = attn.rel_bias[:, rel][None]
             if attn.seg_bias is not None:  # [head, sets, query, key] -> [sets, head, query, key]
                 bias = bias + attn.seg_bias[:, self.segment_rel].transpose(0, 1)
+            if self.gain is not None:
+                bias = bias * self.gain
             bias = bias.masked_fill(~self.mask, float("-inf"))
             self._biases[key] = bias if self.rows is None else bias[self.rows]
         return self._biases[key]
@@ -428,7 +425,11 @@ class Reasoner(HookedRecurrentModule):
             segment_rel = (segment[:, None, :] - segment[:, :, None]).clamp(-ws, ws) + ws
         watch = self._score_hooks if steps is None else self._score_hooks[: 2 * self.cfg.n_layers * steps]
         fused = self._fused and not any(_watched(hook) for hook in watch)
-        return Layout(mask, segment_rel, fused, rows)
+        gain = None
+        if self.cfg.length_ref:
+            seen = mask.sum(dim=-1, keepdim=True).clamp(min=1).float()
+            gain = (seen.log() / math.log(self.cfg.length_ref)).clamp(min=1.0)
+        return Layout(mask, segment_rel, fused, rows, gain)
 
     @contextmanager
     def fused_attention(self) -> Iterator[None]:
