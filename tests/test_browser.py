@@ -310,9 +310,6 @@ PAGES = [  # (url path, family of the tiny checkpoint to open it on or None for 
 ]
 
 
-@pytest.mark.xfail(reason="open layout findings: legends over x-axis titles (reasoner state table, ACT halting "
-                          "at 1000 px), subplot titles over axis titles (gain effects, dynamics lens), axis and "
-                          "subplot titles cut off at 1000 px (codebook, probing, gain)", strict=False)
 def test_every_page_renders_legibly_at_both_widths(browser, server, shots):
     base, tiny = server
     findings = []

@@ -98,7 +98,9 @@ def test_effects_figure_one_panel_per_unit():
     fig = gain_views.effects_figure(effects)
     assert [a.text for a in fig.layout.annotations] == ["Peak shifts", "Response rates", "Correlations",
                                                          "Other measures"]
-    assert len(fig.data) == 4 and list(fig.data[0].y) == [effects.measure[1]]
+    assert len(fig.data) == 4 and [y.replace("<br>", " ") for y in fig.data[0].y] == [effects.measure[1]]
+    assert all(len(line) <= 32 for y in fig.data[0].y for line in y.split("<br>"))  # wrapped for narrow pages
+    assert fig.data[0].customdata[0][0] == effects.measure[1]  # the whole name on hover
     assert fig.layout.xaxis.title.text.endswith("(deg)") and "correlation" in fig.layout.xaxis3.title.text
     assert list(fig.data[3].marker.color) == ["grey"]  # no direction expected
     assert readable_problems(fig) == []

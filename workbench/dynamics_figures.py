@@ -18,7 +18,7 @@ def _go():
     return go, make_subplots
 
 
-_STEP = "step t (state after the t-th application of the loop)"
+_STEP = "step t (state after t loop steps)"
 
 
 def lens_figure(result: Result, value: Optional[str] = None, **kwargs):
@@ -46,7 +46,7 @@ def lens_figure(result: Result, value: Optional[str] = None, **kwargs):
         fig.add_trace(go.Scatter(x=x, y=t[rank], mode="lines+markers", text=hover,
                                  name=f"{'distance to' if values else 'rank of'} the {label[2:]}",
                                  hovertemplate="%{text}<br>%{y:.3g}<extra></extra>"), 1, 2)
-    xtitle = _STEP if not has_layers else "step t (the layers of step t lie between t - 1 and t)"
+    xtitle = _STEP if not has_layers else "step t (its layers lie in t-1..t)"
     fig.update_xaxes(title_text=xtitle, dtick=1 if len(t) <= 40 else None)
     share = "share of answers" + (f" (within tol {result.meta.get('tol')})" if values else "")
     fig.update_yaxes(title_text=share, range=[-0.02, 1.02], row=1, col=1)
@@ -80,7 +80,7 @@ def convergence_figure(result: Result, value: Optional[str] = None, max_lines: i
         fig.update_yaxes(title_text="commit step", row=1, col=3)
     elif "commit_step" in ex:
         fig.add_trace(go.Histogram(x=ex["commit_step"], name="commit step"), 1, 3)
-        fig.update_xaxes(title_text="commit step (first step after which the answer never changes)", row=1, col=3)
+        fig.update_xaxes(title_text="commit step (answer fixed from it on)", row=1, col=3)
         fig.update_yaxes(title_text="answers", row=1, col=3)
     else:
         fig.add_trace(go.Histogram(x=ex["last_update"], name="last update"), 1, 3)

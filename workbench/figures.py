@@ -38,10 +38,16 @@ _AXIS = {"step": "step t (steps.{t})", "time": "time step t (time.{t})", "ponder
          "layer": "layer l (blocks.{l})", "pos": "position", "head": "head"}
 
 
-def legend_below(fig: go.Figure, y: float = -0.2) -> go.Figure:
-    """Put the legend in a row under the plot: clear of the title above and of colour bars on the right."""
-    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=y, xanchor="left", x=0),
-                             margin=dict(b=110))
+def legend_below(fig: go.Figure, rows: int = 1) -> go.Figure:
+    """Put the legend in a row at the figure's bottom edge, under the x-axis title: clear of the
+    title above and of colour bars on the right whatever the plot's height. ``rows``: how many
+    legend rows to leave room for (long legends wrap on narrow pages)."""
+    return fig.update_layout(legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.005,
+                                         xanchor="left", x=0),
+                             margin=dict(b=LEGEND_MARGIN + 22 * (rows - 1)))
+
+
+LEGEND_MARGIN = 125  # px under the plot: tick labels, the x-axis title, one legend row
 
 
 def animate(frames: list[go.Figure], labels: list, prefix: str = "step t = ", duration_ms: int = 600,
@@ -330,10 +336,10 @@ def probe_map(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     fig.update_xaxes(title_text=axis_title(y) if y else "site", row=1, col=1)
     if y:
         fig.update_xaxes(dtick=1, tick0=0, row=1, col=1)  # whole loop steps only
-    fig.update_xaxes(title_text="selectivity (probe - control; R² clamped at 0)", row=1, col=2)
+    fig.update_xaxes(title_text="selectivity = probe − control", row=1, col=2)
     fig.update_yaxes(title_text=metric, row=1, col=1)
     fig.update_yaxes(title_text=metric, row=1, col=2)
-    return legend_below(fig.update_layout(title="Linear probes" + n_note, height=480), y=-0.22)
+    return legend_below(fig.update_layout(title="Linear probes" + n_note, height=480))
 
 
 def _wilson_band(xs: pd.Series, acc: pd.Series, n: pd.Series, color: str, alpha: float, group: str) -> go.Scatter:
@@ -359,12 +365,13 @@ def codebook_figure(result, which: str = "usage", step: int | None = None) -> go
     if which != "usage" and which not in tables:
         raise ValueError(f"this codebook report has no {which!r} table; it has: {sorted({'usage', *tables})}")
     if which == "usage":
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("perplexity (effective number of codes)",
-                                                            "codes used / dead"))
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("perplexity", "codes used / dead"))
         fig.add_trace(go.Scatter(x=df["step"], y=df["perplexity"], mode="lines+markers", name="perplexity"), 1, 1)
         fig.add_trace(go.Bar(x=df["step"], y=df["used"], name="used"), 1, 2)
         fig.add_trace(go.Bar(x=df["step"], y=df["dead"], name="dead"), 1, 2)
-        fig.update_xaxes(title_text="step")
+        fig.update_xaxes(title_text="step t", dtick=1 if len(df) <= 40 else None)
+        fig.update_yaxes(title_text="effective number of codes", row=1, col=1)
+        fig.update_yaxes(title_text="codes", row=1, col=2)
         return fig.update_layout(title="Code usage per step", barmode="stack", height=400)
     t = tables[which]
     if which == "accuracy":

@@ -6,6 +6,7 @@ neuron), ``tuning`` (tidy responses) and the correlation matrices.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
@@ -103,11 +104,12 @@ def gain_profile_figure(neurons: pd.DataFrame, adapter: float = 0.0, objective: 
 
 
 EFFECT_UNITS = (  # (panel, what the measure's text says, x-axis title): one unit per panel
-    ("Peak shifts", "(deg)", "change after - before (deg)"),
-    ("Response rates", "response", "change after - before (response, a.u.)"),
-    ("Correlations", "correlation", "change after - before (correlation r)"),
-    ("Other measures", "", "change after - before (the measure's own unit)"),
+    ("Peak shifts", "(deg)", "after - before (deg)"),
+    ("Response rates", "response", "after - before (response, a.u.)"),
+    ("Correlations", "correlation", "after - before (correlation r)"),
+    ("Other measures", "", "after - before (the measure's unit)"),
 )
+_PANEL_GAP, _BAR = 110, 34  # px: between panels (an axis title and the next panel's title); per bar
 
 
 def effect_unit(measure: str) -> str:
@@ -121,25 +123,31 @@ def effects_figure(effects: pd.DataFrame, objective: Optional[str] = None) -> go
     red: the other direction, grey: no direction expected."""
     d = effects.assign(unit=effects.measure.map(effect_unit))
     panels = [(name, title) for name, _, title in EFFECT_UNITS if (d.unit == name).any()]
-    sizes = [int((d.unit == name).sum()) for name, _ in panels]
+    sizes = [max(int((d.unit == name).sum()), 2) for name, _ in panels]
+    plot_px = _BAR * sum(sizes) + _PANEL_GAP * (len(panels) - 1)  # the gaps sized in pixels, not fractions
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[name for name, _ in panels],
-                        row_heights=[max(n, 1.5) for n in sizes], vertical_spacing=0.32 / len(panels))
+                        row_heights=sizes, vertical_spacing=_PANEL_GAP / plot_px)
     for row, (name, title) in enumerate(panels, start=1):
         g = d[d.unit == name]
         colors = ["grey" if e == "" else ("seagreen" if ok else "crimson") for e, ok in zip(g.expected, g.reproduced)]
-        fig.add_trace(go.Bar(x=g.change, y=g.measure, orientation="h", marker_color=colors, name=name,
-                             customdata=np.stack([g.before, g.after, g.expected.replace("", "none")], 1),
-                             hovertemplate="change %{x:.3f}<br>before %{customdata[0]:.3f}, after "
-                                           "%{customdata[1]:.3f}<br>expected %{customdata[2]}<extra></extra>"),
+        fig.add_trace(go.Bar(x=g.change, y=[_wrap(m) for m in g.measure], orientation="h", marker_color=colors,
+                             name=name, customdata=np.stack([g.measure, g.before, g.after,
+                                                             g.expected.replace("", "none")], 1),
+                             hovertemplate="%{customdata[0]}<br>change %{x:.3f}<br>before %{customdata[1]:.3f}, "
+                                           "after %{customdata[2]:.3f}<br>expected %{customdata[3]}<extra></extra>"),
                       row=row, col=1)
         fig.add_vline(x=0, line_color="grey", row=row, col=1)
-        fig.update_xaxes(title_text=title, row=row, col=1)
-        fig.update_yaxes(title_text="measure", autorange="reversed", row=row, col=1)
+        fig.update_xaxes(title_text=title, title_standoff=4, row=row, col=1)
+        fig.update_yaxes(title_text="measure", autorange="reversed", automargin=True, row=row, col=1)
     title = "Adaptation effects" + (f", {objective} objective" if objective else "") + \
-        " (green: direction as expected, red: not, grey: no direction expected)"
-    fig.update_layout(title=title, showlegend=False, margin=dict(l=420),
-                      height=140 + 34 * len(d) + 110 * len(panels))
+        "<br><sup>green: direction as expected, red: not, grey: no direction expected</sup>"
+    fig.update_layout(title=title, showlegend=False, margin=dict(t=110, b=70), height=plot_px + 180)
     return fig
+
+
+def _wrap(text: str, width: int = 32) -> str:
+    """A long measure name on a few short lines, so the bars keep most of a narrow page."""
+    return "<br>".join(textwrap.wrap(text, width))
 
 
 def figure(result, name: str) -> go.Figure:

@@ -46,7 +46,7 @@ def forecast_figure(times: np.ndarray, truth: np.ndarray, forecasts: dict[str, n
         fig.update_yaxes(title_text=name, row=j + 1, col=1)
     fig.update_layout(title=title + " (dotted line: end of the context)", height=260 * d + 160)
     fig.update_xaxes(title_text="time", row=d, col=1)
-    return legend_below(fig, y=-0.3 / d)
+    return legend_below(fig)
 
 
 def theta_pca_figure(coords: np.ndarray, tau: np.ndarray, explained: Optional[np.ndarray] = None,
