@@ -28,6 +28,7 @@ are written as JSON; the table is printed. On a busy machine they are upper boun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -184,6 +186,57 @@ def click(driver, steps, timeout_s: float) -> tuple[float, str] | None:
     return None
 
 
+# the floor: the least a Streamlit page with one Plotly chart costs in this browser on this machine
+FLOOR_APP = """
+import plotly.graph_objects as go
+import streamlit as st
+st.title("floor")
+st.plotly_chart(go.Figure(go.Scatter(y=[1, 3, 2])))
+"""
+
+
+@contextlib.contextmanager
+def serve(app: Path, env: dict, log: Path, timeout_s: float):
+    """``streamlit run app`` on a free port; yields (base URL, launch time, seconds to a healthy server)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    with open(log, "w") as out:
+        t_launch = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def healthy():
+                if proc.poll() is not None:
+                    raise SystemExit(f"streamlit exited ({proc.poll()}); see {log}")
+                try:
+                    return urllib.request.urlopen(f"{base}/_stcore/health", timeout=5).read() == b"ok"
+                except OSError:
+                    return False
+
+            wait(healthy, timeout_s, "the server's health check")
+            yield base, t_launch, time.perf_counter() - t_launch
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def floor(driver, env: dict, log: Path, timeout_s: float) -> dict:
+    """Start and warm visit of ``FLOOR_APP``, measured like the explorer's Home."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Path(tmp) / "floor.py"
+        app.write_text(FLOOR_APP)
+        with serve(app, env, log, timeout_s) as (base, t_launch, _):
+            visit(driver, base, timeout_s)
+            start = time.perf_counter() - t_launch
+            warm, _ = visit(driver, base, timeout_s)
+    return {"start_s": start, "warm_s": warm}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pages", nargs="+", default=list(PAGES), choices=PAGES)
@@ -197,28 +250,13 @@ def main() -> None:
     if args.reasoner:
         env["WORKBENCH_MODELS_ROOT"] = str(Path(args.reasoner).resolve().parent)
     driver = browser(args.width)  # the browser first: its start is not the app's
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log = Path(args.out).with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "streamlit", "run", "apps/explorer.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
     rows, start = [], {}
-    with open(log, "w") as out:
-        t_launch = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            def healthy():
-                if proc.poll() is not None:
-                    raise SystemExit(f"streamlit exited ({proc.poll()}); see {log}")
-                try:
-                    return urllib.request.urlopen(f"{base}/_stcore/health", timeout=5).read() == b"ok"
-                except OSError:
-                    return False
-
-            wait(healthy, args.timeout, "the server's health check")
-            start["server_s"] = time.perf_counter() - t_launch
+    try:
+        base_floor = floor(driver, env, log.with_suffix(".floor.log"), args.timeout)
+        with serve(ROOT / "apps" / "explorer.py", env, log, args.timeout) as (base, t_launch, server_s):
+            start["server_s"] = server_s
             for page in ["home"] + [q for q in args.pages if q != "home"]:
                 query = (f"?{urllib.parse.urlencode({'model': args.reasoner})}"
                          if args.reasoner and page in REASONER_PAGES else "")
@@ -233,23 +271,20 @@ def main() -> None:
                              "charts": state["charts"], "plot_nodes": state["nodes"], "errors": state["errors"]})
                 if page == "home" and "home" not in args.pages:
                     rows.pop()
-        finally:
-            driver.quit()
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    finally:
+        driver.quit()
 
+    print(f"floor (a one-chart Streamlit page, same browser): start {base_floor['start_s']:.2f} s, "
+          f"warm visit {base_floor['warm_s']:.2f} s")
     print(f"cold start, `streamlit run` -> Home rendered: {start['home_s']:.2f} s (target <= {START_TARGET_S:g} s; "
-          f"server answering after {start['server_s']:.2f} s)")
-    print(f"{'page':10s} {'cold (s)':>9s} {'warm (s)':>9s} {'change (s)':>11s} {'charts':>7s} {'plot nodes':>11s}"
-          f"  change clicked")
+          f"server answering after {start['server_s']:.2f} s; {start['home_s'] / base_floor['start_s']:.1f}x the floor)")
+    print(f"{'page':10s} {'cold (s)':>9s} {'warm (s)':>9s} {'warm/floor':>11s} {'change (s)':>11s} {'charts':>7s} "
+          f"{'plot nodes':>11s}  change clicked")
     for r in rows:
         change = "-" if r["change_s"] is None else f"{r['change_s']:.2f}"
         note = f"  ERROR: {r['errors'][0][:60]!r}" if r["errors"] else ""
-        print(f"{r['page']:10s} {r['cold_s']:9.2f} {r['warm_s']:9.2f} {change:>11s} {r['charts']:7d} "
-              f"{r['plot_nodes']:11d}  {r['change'] or '-'}{note}")
+        print(f"{r['page']:10s} {r['cold_s']:9.2f} {r['warm_s']:9.2f} {r['warm_s'] / base_floor['warm_s']:11.1f} "
+              f"{change:>11s} {r['charts']:7d} {r['plot_nodes']:11d}  {r['change'] or '-'}{note}")
     changes = [r["change_s"] for r in rows if r["change_s"] is not None]
     print(f"start within {START_TARGET_S:g} s: {start['home_s'] <= START_TARGET_S}; "
           f"every change within {CHANGE_TARGET_S:g} s: {all(c <= CHANGE_TARGET_S for c in changes)}")
@@ -257,7 +292,7 @@ def main() -> None:
     out_path.write_text(json.dumps({
         "start_target_s": START_TARGET_S, "change_target_s": CHANGE_TARGET_S, "width_px": args.width,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}",
-        **start, "pages": rows}, indent=2))
+        "floor": base_floor, **start, "pages": rows}, indent=2))
     print(f"wrote {out_path}")
 
 

@@ -52,3 +52,16 @@ def test_the_zoo_listing_reads_files_only():
     assert out.returncode == 0, out.stderr[-3000:]
     rows, torch_loaded = out.stdout.split()
     assert torch_loaded == "False"
+
+
+def test_home_shows_the_card_picked():
+    import models
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    names = models.zoo_names()
+    picker = at.selectbox(key="home_card")
+    assert list(picker.options) == names
+    last = names[-1]
+    at = picker.select(last).run()
+    first_line = (models.resolve(last) / "card.md").read_text().strip().splitlines()[0]
+    assert any(first_line in m.value for m in at.markdown), f"the card of {last} is not shown"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -70,10 +71,14 @@ def _zoo(stamp: tuple):
     return table, headline, bool(reasoners), ood_fig
 
 
+WARM_UP_DELAY_S = 4.0
+
+
 @st.cache_resource(show_spinner=False)
 def _warm_up() -> threading.Thread:
     """Once per server: import the model pages' heavy packages in the background."""
     def work():
+        time.sleep(WARM_UP_DELAY_S)  # let the browser draw Home first: on two cores the imports would slow it
         try:
             import torch  # noqa: F401
             import sklearn.decomposition  # noqa: F401
@@ -152,8 +157,12 @@ with guard("The OOD table"):
 
 with guard("The model cards"):
     st.subheader("Model cards")
-    for name in models.zoo_names():
-        with st.expander(name), guard(f"The card of {name}"):  # one unreadable card is one message
+    names = models.zoo_names()
+    # one card at a time: a dozen cards drawn at once (even in closed expanders) cost the page seconds
+    name = st.selectbox("Model card", names, key="home_card", help="the zoo entry whose card to show") \
+        if names else None
+    if name is not None:
+        with guard(f"The card of {name}"):  # an unreadable card is one message
             card = models.resolve(name) / "card.md"
             st.markdown(card.read_text() if card.is_file() else "(no card yet: the model is still being trained)")
 
