@@ -342,8 +342,8 @@ _DA = "models.dynamics_adapters"
 register(Family("reasoner", "Reasoner",
                 "recurrent transformer with a discrete bottleneck, solving modular-arithmetic graphs one hop a step",
                 classes=("models.reasoner.Reasoner",), task=reasoner_task, study="probes.reasoner",
-                metric="logit difference", targets=("value", "computed", "depth"), flagship="reasoner",
-                dynamics=Dynamics(f"{_DA}:REASONER", ("lens", "convergence", "transfer", "basin"),
+                metric="logit difference", targets=("value", "computed", "depth"), flagship="reasoner-z23",
+                dynamics=Dynamics(f"{_DA}:REASONER", ("lens", "convergence", "transfer", "basin"), example="reasoner",
                                   state="steps.{t}.hook_resid_final; readout: the value head")))
 register(Family("act", "ACT", "Graves' Adaptive Computation Time RNN: it ponders a learned number of steps per input",
                 classes=("models.act.ACT",), task=act_task, study="probes.act",
