@@ -376,6 +376,42 @@ def test_a_zoo_row_opens_its_model_page(browser, server, shots):
             browser.switch_to.window(home)
 
 
+# where a state-table cell is drawn: the category's pixel on each axis, in the page's coordinates
+CELL_JS = """
+const gd = document.querySelector('.st-key-state_table .js-plotly-plot');
+gd.scrollIntoView({block: 'center'});
+const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+const xs = xa._categories, ys = ya._categories;
+const col = xs.includes('1') ? '1' : xs[xs.length - 1], row = ys[0];
+return [col, row, r.left + xa._offset + xa.l2p(xa.d2l(col)), r.top + ya._offset + ya.l2p(ya.d2l(row))];
+"""
+
+
+def test_a_state_table_cell_opens_its_step(browser, server, shots):
+    """Clicking a cell of the reasoner's state table opens the Attention view at that cell's step,
+    and the link says so (``?step=``), so the view can be shared."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    base, tiny = server
+    browser.set_window_size(WIDTHS[-1], 1200)
+    visit(browser, f"{base}/reasoner?model={urllib.parse.quote(tiny['reasoner'])}", "reasoner state table")
+    col, row, x, y = browser.execute_script(CELL_JS)
+    click = ActionBuilder(browser)
+    click.pointer_action.move_to_location(int(x), int(y))
+    click.pointer_action.click()
+    click.perform()
+    assert _wait_for(lambda: "reasoner_view=Attention" in browser.current_url, PAGE_TIMEOUT_S), \
+        f"clicking the cell ({row}, step {col}) did not open the Attention view: {browser.current_url}"
+    s = settle(browser, "attention opened from a cell")
+    browser.save_screenshot(str(shots / "state_cell_opened.png"))
+    assert not s["errors"] and not s["tracebacks"], s["errors"]
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(browser.current_url).query)
+    assert query.get("step") == [col], browser.current_url
+    title = browser.execute_script(
+        "return document.querySelector('.st-key-attention .js-plotly-plot')._fullLayout.title.text;")
+    assert f"Attention at step {col}," in title, f"the attention shown is not the clicked step's: {title}"
+
+
 def test_bad_input_shows_a_message_in_the_browser(browser, server, shots):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -258,3 +258,17 @@ def test_probing_defaults_to_a_steady_sample_and_shows_n(tiny):
     assert "test rows per site" in spec["layout"]["title"]["text"]
     assert any(d.get("fill") == "toself" for d in spec["data"])
     assert spec["layout"]["xaxis"]["title"]["text"].startswith("ponder step n")
+
+
+def test_state_table_cells_are_clickable_and_read_back_as_steps():
+    table = pd.DataFrame({"slot": ["x_1", "x_2"] * 3, "step": [-1, -1, 0, 0, 1, 1],
+                          "value": ["EMPTY", "EMPTY", 3, "EMPTY", 3, 4], "truth": [3, 4] * 3,
+                          "exact": ["EMPTY", "EMPTY", 3, "EMPTY", 3, 4], "depth": [0, 1] * 3,
+                          "status": ["not yet computed"] * 2 + ["correct", "not yet computed"] + ["correct"] * 2})
+    fig = reasoner_views.state_table_figure(table)
+    cells = next(t for t in fig.data if t.name == "cells")
+    assert len(cells.x) == 6 and set(cells.x) == {"input", "0", "1"} and set(cells.y) == {"x_1", "x_2"}
+    assert fig.layout.clickmode == "event+select"
+    assert reasoner_views.state_cell({"x": "1", "y": "x_2"}) == (1, "x_2")
+    assert reasoner_views.state_cell({"x": "input", "y": "x_1"}) == (0, "x_1")  # the step that reads the input
+    assert reasoner_views.state_cell({"x": "Attention", "y": "x_1"}) is None and reasoner_views.state_cell({}) is None

@@ -41,6 +41,19 @@ def _lens(key: str, text: str, steps: int, _model):
     return ar.step_lens(_model, ar.parse_problem(_model, text), steps)
 
 
+def _open_cell() -> None:
+    """A state-table cell was clicked: the Attention view at its step, the step lens on its variable."""
+    points = (st.session_state.get("state_table") or {}).get("selection", {}).get("points", [])
+    cell = next((c for c in map(views.state_cell, points) if c is not None), None)
+    if cell is None:
+        return
+    step, slot = cell
+    st.session_state["reasoner_step"] = step
+    st.query_params["step"] = str(step)
+    st.session_state["reasoner_lens_slot"] = slot
+    st.session_state["reasoner_view"] = "Attention"
+
+
 VIEWS = ["State table", "Attention", "All heads", "Step lens", "Intervention", "Compare"]  # one at a time
 
 # ------------------------------------------------------------------ the problem
@@ -103,7 +116,9 @@ with ui.guard("Running the model"):
             operands = st.checkbox("Also show operand slots (filled by one-hop lookups)", key="reasoner_operands",
                                    disabled=cfg.scheme != "one_hop")
             table = ar.state_table(ro, operands=operands)
-            st.plotly_chart(views.state_table_figure(table), key="state_table")
+            st.plotly_chart(views.state_table_figure(table), key="state_table", on_select=_open_cell,
+                            selection_mode="points")
+            st.caption("Click a cell to open the attention at its step (and the step lens on its variable).")
             ui.download_csv(table, "reasoner_state.csv", key="state_csv")
 
     if view == "Attention":
@@ -149,8 +164,9 @@ with ui.guard("Running the model"):
                 lens = _lens(picked.key, text, ro.steps, model)
             slots = list(dict.fromkeys(lens["slot"]))
             deepest = problem.equations[max(range(problem.n_nodes), key=lambda i: problem.depths[i])].target
-            slot = st.selectbox("Variable", slots, index=slots.index(f"x_{deepest}") if f"x_{deepest}" in slots else 0,
-                                key="reasoner_lens_slot")
+            if st.session_state.get("reasoner_lens_slot") not in slots:  # a clicked cell sets it; else the deepest
+                st.session_state["reasoner_lens_slot"] = f"x_{deepest}" if f"x_{deepest}" in slots else slots[0]
+            slot = st.selectbox("Variable", slots, key="reasoner_lens_slot")
             st.plotly_chart(views.step_lens_figure(lens[lens.slot == slot], ar.lens_overview(lens), slot=slot),
                             key="step_lens")
             ui.download_csv(lens, "reasoner_step_lens.csv", key="lens_csv")

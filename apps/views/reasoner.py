@@ -69,6 +69,20 @@ def per_step_figure(per_step: pd.DataFrame) -> go.Figure:
 STATUS_COLORS = {"not yet computed": "#d9d9d9", "correct": "#2ca02c", "wrong": "#d62728"}
 
 
+def state_cell(point: dict) -> tuple[int, str] | None:
+    """(loop step t, variable) of a clicked state-table cell (a selection point of the figure's
+    "cells" trace), the input column read as step 0 (the step that reads it); None for other points."""
+    x, y = point.get("x"), point.get("y")
+    if x is None or y is None:
+        return None
+    if str(x) == "input":
+        return 0, str(y)
+    try:
+        return int(x), str(y)
+    except (TypeError, ValueError):
+        return None
+
+
 def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
                        title: str = "Each variable's decoded value after every step") -> go.Figure:
     """The step-by-step state: one row per variable, one column per step, the value as text.
@@ -99,7 +113,15 @@ def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
     z = np.array([[codes.get(v, np.nan) for v in row] for row in grid.values], dtype=float)
     fig = go.Figure(go.Heatmap(
         z=z, x=labels, y=slots, text=text.values, texttemplate="%{text}",
-        customdata=custom, colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1,
+        colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1, hoverinfo="skip"))
+    # the cells again as invisible markers: a heatmap sends no selection to the app, markers do
+    # (a click on a cell opens its step); they carry the hover text too
+    cols, rows = np.meshgrid(np.arange(len(steps)), np.arange(len(slots)))
+    fig.add_trace(go.Scatter(
+        x=[labels[c] for c in cols.ravel()], y=[slots[r] for r in rows.ravel()], mode="markers",
+        name="cells", showlegend=False, marker=dict(symbol="square", size=18, color="rgba(0,0,0,0)"),
+        text=text.values.ravel(), customdata=custom.reshape(-1, custom.shape[-1]),
+        selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=1)),
         hovertemplate="%{y}, after step %{x}<br>decoded %{text}<br>true value %{customdata[0]}"
                       "<br>exact algorithm %{customdata[1]}<br>depth %{customdata[2]}<extra></extra>"))
     for status, color in STATUS_COLORS.items():  # legend entries for the three colours
@@ -110,7 +132,7 @@ def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
                                  mode="markers", name="changed",
                                  marker=dict(symbol="square-open", size=22, color="black", line=dict(width=2)),
                                  hoverinfo="skip"))
-    fig.update_layout(title=title, xaxis_title=STATE_AXIS, yaxis_title="variable",
+    fig.update_layout(title=title, xaxis_title=STATE_AXIS, yaxis_title="variable", clickmode="event+select",
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"),
                       height=max(300, 24 * len(slots) + 160))
     legend_below(fig)
