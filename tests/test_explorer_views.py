@@ -3,6 +3,7 @@ intervals, Gain effect panels and escaped messages: figure builders on hand-made
 pages under Streamlit's AppTest, bad deep links included (a message, never a traceback)."""
 
 import json
+import urllib.parse
 
 import numpy as np
 import pandas as pd
@@ -272,3 +273,25 @@ def test_state_table_cells_are_clickable_and_read_back_as_steps():
     assert reasoner_views.state_cell({"x": "1", "y": "x_2"}) == (1, "x_2")
     assert reasoner_views.state_cell({"x": "input", "y": "x_1"}) == (0, "x_1")  # the step that reads the input
     assert reasoner_views.state_cell({"x": "Attention", "y": "x_1"}) is None and reasoner_views.state_cell({}) is None
+
+
+def test_top_sites_link_to_the_model_page_at_their_step(tiny):
+    at = ok(_page("patching", model=tiny["reasoner"]))
+    at.button_group(key="patch_view").set_value("Top sites").run()
+    ok(at)
+    links = next(d.value for d in at.dataframe if "open" in d.value)
+    ranked = _spec(at)["data"][0]["y"]  # the bars, largest first
+    assert list(links["site"]) == list(ranked)
+    first = urllib.parse.urlparse(links["open"][0])
+    query = urllib.parse.parse_qs(first.query)
+    assert first.path == "/reasoner" and query["model"] == [tiny["reasoner"]]
+    assert query["reasoner_view"] == ["Attention"]
+    assert query["step"] == [links["site"][0].split(".")[1]]  # 'steps.3.blocks.0...' -> 3
+
+
+def test_site_link_reads_each_family_s_step():
+    row = pd.Series({"step": 3, "time": 2, "site": "x"})
+    assert analysis.site_link("warp", "warp-msd", row) == "/warp?model=warp-msd&step=3"
+    assert analysis.site_link("act", "act-parity", row) == "/act?model=act-parity&step=2"
+    assert analysis.site_link("gain", "gain-v1", row) is None  # no step slider on its page
+    assert analysis.site_link("act", "act-parity", pd.Series({"step": 1})) is None  # no input step in the row

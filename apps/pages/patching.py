@@ -6,7 +6,7 @@ import streamlit as st
 
 from apps import ui, zoo
 from apps.adapters import analysis as an
-from apps.views.analysis import AGGREGATES, inputs_table, loop_grid_figure, top_sites_figure
+from apps.views.analysis import AGGREGATES, inputs_table, loop_grid_figure, site_link, top_sites, top_sites_figure
 from models import registry
 from workbench.figures import site_map
 
@@ -112,6 +112,13 @@ with ui.guard("Patching"):
     if view == "Top sites":
         with ui.guard("Top sites"):
             st.plotly_chart(top_sites_figure(res.df, value), key="top_sites")
+            top = top_sites(res.df, value)[0]
+            links = [site_link(family, picked.name, row) for _, row in top.iterrows()]
+            if any(links):  # each site opens its model's page at that step
+                link = st.column_config.LinkColumn("open at step", display_text=r"step=(\d+)",
+                                                   help="the model's page at this site's step")
+                st.dataframe(top.assign(open=links)[["open", "site", value]], hide_index=True, key="top_links",
+                             column_config={"open": link})
     if view == "Table":
         st.dataframe(res.df, hide_index=True)
     ui.download_csv(res.df, f"patching_{family}.csv", key="patch_csv")

@@ -11,6 +11,8 @@ silently dropped. The top sites of a patching table are those with the largest `
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -87,13 +89,14 @@ def loop_grid_figure(df: pd.DataFrame, value: str, agg: str = "max |value|", tit
     return legend_below(fig) if shown else fig
 
 
-def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | None = None) -> go.Figure:
-    """The ``k`` sites with the largest effect, as horizontal bars of ``value`` (largest on top).
+def top_sites(df: pd.DataFrame, value: str, k: int = 15) -> tuple[pd.DataFrame, str, int]:
+    """The ``k`` measured sites with the largest effect (largest first), the column ranked on, and
+    how many sites were left unranked.
 
     A patching / attribution table (with an ``effect`` column) is ranked on ``|effect|`` (so a
     zero ablation lists the sites that matter, not the unaffected ones whose score is ~1);
     any other table on ``|value|``. Sites without a measurement (``status`` other than "ok",
-    or NaN) are not ranked; the title counts them.
+    or NaN) are not ranked.
     """
     if value not in df:
         raise ValueError(f"column {value!r} is not in the table; columns: {list(df.columns)}")
@@ -106,7 +109,13 @@ def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | Non
         why = ", ".join(f"{n} {k}" for k, n in reasons(df, value).items()) or "no site has status 'ok'"
         raise ValueError(f"every {value!r} is missing ({why}): nothing to draw")
     top = d.loc[d[rank].astype(float).abs().sort_values(ascending=False, kind="stable").index].head(int(k))
-    left = len(df) - len(d)
+    return top, rank, len(df) - len(d)
+
+
+def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | None = None) -> go.Figure:
+    """The ``top_sites`` as horizontal bars of ``value`` (largest on top); the title counts the
+    sites left unranked."""
+    top, rank, left = top_sites(df, value, k)
     fig = go.Figure(go.Bar(x=top[value], y=top["site"], orientation="h",
                            marker_color=["#2166ac" if v >= 0 else "#b2182b" for v in top[value]],
                            hovertemplate="%{y}<br>" + value + " = %{x:.4f}<extra></extra>"))
@@ -115,6 +124,22 @@ def top_sites_figure(df: pd.DataFrame, value: str, k: int = 15, title: str | Non
                       yaxis=dict(autorange="reversed"), height=max(300, 26 * len(top) + 150),
                       margin=dict(l=320))
     return fig
+
+
+# where a site opens on its model's page: the page's step query from the site's loop index, and its view
+SITE_PAGES = {"reasoner": ("step", {"reasoner_view": "Attention"}), "act": ("time", {}), "warp": ("step", {})}
+
+
+def site_link(family: str, model: str, row: pd.Series) -> str | None:
+    """The model page at a result row's loop step (``/reasoner?model=m&step=3&reasoner_view=Attention``);
+    None where the family has no page with a step slider or the row has no step."""
+    if family not in SITE_PAGES:
+        return None
+    column, extra = SITE_PAGES[family]
+    step = row.get(column)
+    if step is None or pd.isna(step):
+        return None
+    return f"/{family}?{urlencode({'model': model, 'step': int(step), **extra})}"
 
 
 # ------------------------------------------------------------------ inputs
