@@ -3,7 +3,8 @@
 Measured in one run, one row per case (the reasoner at N=16 over several problem seeds and at
 N=32, ACT's ponder steps, WARP's time steps):
 
-1. ``workbench.patching.patch`` over the case's grid of sites;
+1. ``workbench.patching.patch`` over the case's grid of sites (the best of three calls; the
+   first, which pays one-time costs such as the model's resume names, is in the JSON);
 2. the per-site reference the tests check ``patch`` against (``tests.test_oracles.reference_patch``:
    one ``run_with_hooks`` per site, as TransformerLens's ``generic_activation_patch``, sharing
    no code with ``workbench.patching``) on a random sample of ``--loop-sites`` sites, checked
@@ -162,9 +163,13 @@ def per_site_loop(case: Case, sites):
 def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int) -> dict:
     kw = case.forward_kwargs
     case.model(*_args(case.corrupted), **kw)  # warm up
-    t0 = time.perf_counter()
-    exact = patch(case.model, case.clean, case.corrupted, case.metric, case.grid, forward_kwargs=kw, memory_mb=memory_mb)
-    t_exact = time.perf_counter() - t0
+    times = []  # the first call pays one-time costs (resume names, hook-name parsing): report it, rank the best
+    for _ in range(3):
+        t0 = time.perf_counter()
+        exact = patch(case.model, case.clean, case.corrupted, case.metric, case.grid, forward_kwargs=kw,
+                      memory_mb=memory_mb)
+        times.append(time.perf_counter() - t0)
+    t_exact, t_first = min(times), times[0]
 
     t0 = time.perf_counter()
     per_site_loop(case, [])
@@ -183,7 +188,7 @@ def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int
     m = exact.meta
     out = {
         "case": case.name, "sites": len(all_sites), "sites_noop": m["sites_noop"],
-        "seconds": {"exact": t_exact, "loop_extrapolated": t_loop, "loop_per_site": per_site,
+        "seconds": {"exact": t_exact, "exact_first_call": t_first, "loop_extrapolated": t_loop, "loop_per_site": per_site,
                     "lower_bound": t_bound, "lower_bound_without_settling": t_to_end},
         "blocks_per_second": throughput, "loop_sites_timed": int(len(pick)),
         "max_abs_diff_vs_loop": diff, "speedup_vs_loop": t_loop / t_exact, "ratio_to_lower_bound": t_exact / t_bound

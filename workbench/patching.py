@@ -534,7 +534,7 @@ def _patch_hook(entries: list[tuple[int, Site]], src: Tensor, k: int, B: int) ->
 
 
 # --------------------------------------------------------------- helpers
-def _bands(todo: dict, copies: int, T: int, waste: float = 0.25) -> list[tuple[Any, list[int]]]:
+def _bands(todo: dict, copies: int, T: int, waste: float = 1.0) -> list[tuple[Any, list[int]]]:
     """Chunks of sites with different resume points, each started at its earliest point.
 
     For models whose patched copies run to the end in one forward (``resume_settles = False``):
