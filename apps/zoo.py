@@ -88,8 +88,11 @@ def names_of(*families: str) -> list[str]:
 def headline(name_or_path: str | Path) -> dict:
     """The card's headline line and the metrics' headline number of one checkpoint.
 
-    Returns ``{"headline": str, "metric": str, "value": float | None}``; missing parts are
-    empty (a checkpoint still training has no card).
+    Returns ``{"headline": str, "metric": str, "value": float | None, "spread": float | None,
+    "seeds": int | None}``; missing parts are empty (a checkpoint still training has no card).
+    ``spread`` and ``seeds``: the sample standard deviation of the headline metric over
+    training seeds and their number, where the metrics store a ``seeds`` comparison of that
+    metric (``{"metric": ..., "values": [...]}``).
     """
     folder = models.resolve(name_or_path)
     line = ""
@@ -99,7 +102,8 @@ def headline(name_or_path: str | Path) -> dict:
             line = next((ln[2:].strip() for ln in card.read_text().splitlines() if ln.startswith("> ")), "")
         except (OSError, UnicodeDecodeError) as e:
             raise files.CheckpointError(f"{card}: unreadable ({e})") from e
-    head = files.load_metrics(folder).get("headline", {})
+    metrics = files.load_metrics(folder)
+    head = metrics.get("headline", {})
     metric, value = "", None
     if isinstance(head, dict) and "metric" in head and "value" in head:
         if _is_number(head["value"]):
@@ -108,7 +112,20 @@ def headline(name_or_path: str | Path) -> dict:
         numbers = [(k, v) for k, v in head.items() if _is_number(v)]
         if numbers:
             metric, value = str(numbers[0][0]), float(numbers[0][1])
-    return {"headline": line, "metric": metric, "value": value}
+    spread, seeds = seed_spread(metrics.get("seeds"), metric)
+    return {"headline": line, "metric": metric, "value": value, "spread": spread, "seeds": seeds}
+
+
+def seed_spread(seeds, metric: str) -> tuple[float | None, int | None]:
+    """(sample standard deviation, number of seeds) of ``metric`` in a metrics file's ``seeds``
+    part, or (None, None) where it holds no such comparison (or fewer than two numbers)."""
+    if not isinstance(seeds, dict) or seeds.get("metric") != metric or not metric:
+        return None, None
+    values = [float(v) for v in seeds.get("values", []) if _is_number(v)]
+    if len(values) < 2:
+        return None, None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), len(values)
 
 
 def _is_number(v) -> bool:
@@ -116,7 +133,8 @@ def _is_number(v) -> bool:
 
 
 def zoo_table() -> pd.DataFrame:
-    """One row per zoo model: model, family, headline (card line), metric, value."""
+    """One row per zoo model: model, family, headline (card line), metric, value, and the spread
+    over training seeds where measured (``spread``, ``seeds``; see ``headline``)."""
     rows = []
     for name in models.zoo_names():
         try:
@@ -127,7 +145,10 @@ def zoo_table() -> pd.DataFrame:
             rows.append({"model": name, "family": label(fam), **headline(name)})
         except Exception as e:  # noqa: BLE001 - one bad entry is one row saying what is wrong
             rows.append({"model": name, "family": "?", "headline": f"unreadable: {e}", "metric": "", "value": None})
-    return pd.DataFrame(rows, columns=["model", "family", "headline", "metric", "value"])
+    return pd.DataFrame(rows, columns=ZOO_COLUMNS)
+
+
+ZOO_COLUMNS = ["model", "family", "headline", "metric", "value", "spread", "seeds"]
 
 
 def ood_table(names: list[str] | None = None) -> pd.DataFrame:

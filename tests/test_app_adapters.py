@@ -1,6 +1,7 @@
 """The explorer's adapters (``apps/zoo.py``, ``apps/adapters``) on tiny checkpoints: right numbers, clear errors."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -39,9 +40,10 @@ def test_ood_table_and_headline(folders):
     ood = zoo.ood_table([str(folders["reasoner"])])
     assert list(ood.n_nodes) == [4, 8, 16] and set(ood.model) == {str(folders["reasoner"])}
     assert zoo.ood_table([str(folders["act"])]).empty
-    assert zoo.headline(folders["act"]) == {"headline": "", "metric": "error", "value": 0.5}
+    assert zoo.headline(folders["act"]) == {"headline": "", "metric": "error", "value": 0.5, "spread": None,
+                                           "seeds": None}
     assert zoo.training_size([str(folders["reasoner"])]) == 8
-    assert list(zoo.zoo_table().columns) == ["model", "family", "headline", "metric", "value"]
+    assert list(zoo.zoo_table().columns) == ["model", "family", "headline", "metric", "value", "spread", "seeds"]
 
 
 # --------------------------------------------------------------- reasoner
@@ -188,3 +190,29 @@ def test_patching_probing_codebook_on_tiny_models(loaded):
     assert {"perplexity", "accuracy"} <= set(rep.df.columns)
     with pytest.raises(ValueError, match="n=5 is out of range"):
         an.codebook(loaded["act"], "act", 5, 0)
+
+
+def test_headline_carries_the_spread_over_seeds(tmp_path):
+    import json
+    import shutil
+
+    from apps.views.home import headline_figure
+
+    src = models.resolve("act-parity")
+    folder = tmp_path / "act-seeds"
+    shutil.copytree(src, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metric = metrics["headline"]["metric"]
+    metrics["seeds"] = {"metric": metric, "values": [0.1, 0.2, 0.3]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    head = zoo.headline(folder)
+    assert head["seeds"] == 3 and abs(head["spread"] - 0.1) < 1e-12  # sample sd of 0.1, 0.2, 0.3
+    metrics["seeds"] = {"metric": "another metric", "values": [0.1, 0.2]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert zoo.headline(folder)["spread"] is None  # a spread of another metric is not this one's
+    table = pd.DataFrame([{"model": "a", "family": "ACT", "metric": metric, "value": 0.2, "spread": 0.1, "seeds": 3},
+                          {"model": "b", "family": "ACT", "metric": metric, "value": 0.4, "spread": None,
+                           "seeds": None}])
+    bar = headline_figure(table).data[0]
+    assert list(bar.error_x.array) == [0.1, 0.0] and bar.error_x.visible
+    assert bar.text[0] == "0.2 ± 0.1 (3 seeds)" and bar.text[1] == "0.4"

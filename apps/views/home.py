@@ -32,8 +32,9 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
     Panels are grouped, lower-is-better metrics first, then higher-is-better, then the rest, and
     each panel's title says which way is better: no axis mixes the two.
 
-    table: ``apps.zoo.zoo_table`` rows (model, family, metric, value); rows without a number
-    are left out.
+    table: ``apps.zoo.zoo_table`` rows (model, family, metric, value, and spread / seeds where
+    a model was trained over several seeds: drawn as an error bar of one standard deviation);
+    rows without a number are left out.
     """
     df = table.dropna(subset=["value"])
     df = df[df["metric"] != ""]
@@ -49,9 +50,15 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
                         vertical_spacing=gap / (height - 160) if len(metrics) > 1 else 0.0)
     for i, metric in enumerate(metrics, start=1):
         g = df[df["metric"] == metric]
+        spread = g["spread"] if "spread" in g else pd.Series(float("nan"), index=g.index)
+        seeds = g["seeds"] if "seeds" in g else pd.Series(float("nan"), index=g.index)
+        text = [f"{v:.3g}" if pd.isna(s) else f"{v:.3g} ± {s:.2g} ({int(n)} seeds)"
+                for v, s, n in zip(g["value"], spread, seeds)]
         fig.add_trace(go.Bar(x=g["value"], y=g["model"], orientation="h", name=metric, showlegend=False,
-                             customdata=g["family"], text=[f"{v:.3g}" for v in g["value"]], textposition="auto",
-                             hovertemplate="%{y} (%{customdata})<br>" + metric + " = %{x:.4g}<extra></extra>"),
+                             customdata=g["family"], text=text, textposition="auto",
+                             error_x=dict(type="data", array=spread.fillna(0.0).tolist(), color="black",
+                                          visible=bool(spread.notna().any()), thickness=1.5),
+                             hovertemplate="%{y} (%{customdata})<br>" + metric + " = %{text}<extra></extra>"),
                       row=i, col=1)
         fig.update_xaxes(title_text=_panel_title(metric), row=i, col=1)
         fig.update_yaxes(title_text="model", dtick=1, row=i, col=1)
