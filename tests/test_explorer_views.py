@@ -295,3 +295,14 @@ def test_site_link_reads_each_family_s_step():
     assert analysis.site_link("act", "act-parity", row) == "/act?model=act-parity&step=2"
     assert analysis.site_link("gain", "gain-v1", row) is None  # no step slider on its page
     assert analysis.site_link("act", "act-parity", pd.Series({"step": 1})) is None  # no input step in the row
+
+
+def test_large_state_tables_drop_cell_text_and_draw_cells_with_webgl():
+    slots, steps = [f"x_{i}" for i in range(100)], list(range(-1, 30))
+    table = pd.DataFrame([{"slot": s, "step": t, "value": 1, "truth": 1, "exact": 1, "depth": 0, "status": "correct"}
+                          for t in steps for s in slots])
+    assert len(table) > reasoner_views.MAX_TEXT_CELLS
+    fig = reasoner_views.state_table_figure(table)
+    assert fig.data[0].texttemplate is None and fig.data[1].type == "scattergl"
+    small = reasoner_views.state_table_figure(table[table.slot.isin(slots[:4])])
+    assert small.data[0].texttemplate == "%{text}" and small.data[1].type == "scatter"

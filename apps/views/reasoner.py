@@ -67,6 +67,7 @@ def per_step_figure(per_step: pd.DataFrame) -> go.Figure:
 
 # ------------------------------------------------------------ one problem, step by step
 STATUS_COLORS = {"not yet computed": "#d9d9d9", "correct": "#2ca02c", "wrong": "#d62728"}
+MAX_TEXT_CELLS = 2500  # larger state tables show values on hover only, their cells drawn with WebGL
 
 
 def state_cell(point: dict) -> tuple[int, str] | None:
@@ -111,13 +112,14 @@ def state_table_figure(table: pd.DataFrame, changed: pd.DataFrame | None = None,
     n = len(STATUS_COLORS)
     scale = [v for i, c in enumerate(STATUS_COLORS.values()) for v in ((i / n, c), ((i + 1) / n, c))]
     z = np.array([[codes.get(v, np.nan) for v in row] for row in grid.values], dtype=float)
+    large = z.size > MAX_TEXT_CELLS  # thousands of text labels and SVG markers make the browser crawl
     fig = go.Figure(go.Heatmap(
-        z=z, x=labels, y=slots, text=text.values, texttemplate="%{text}",
+        z=z, x=labels, y=slots, text=text.values, texttemplate=None if large else "%{text}",
         colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1, hoverinfo="skip"))
     # the cells again as invisible markers: a heatmap sends no selection to the app, markers do
     # (a click on a cell opens its step); they carry the hover text too
     cols, rows = np.meshgrid(np.arange(len(steps)), np.arange(len(slots)))
-    fig.add_trace(go.Scatter(
+    fig.add_trace((go.Scattergl if large else go.Scatter)(
         x=[labels[c] for c in cols.ravel()], y=[slots[r] for r in rows.ravel()], mode="markers",
         name="cells", showlegend=False, marker=dict(symbol="square", size=18, color="rgba(0,0,0,0)"),
         text=text.values.ravel(), customdata=custom.reshape(-1, custom.shape[-1]),
