@@ -17,6 +17,7 @@ wrong, ``names_of`` and ``ood_table`` leave it out.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -124,8 +125,7 @@ def seed_spread(seeds, metric: str) -> tuple[float | None, int | None]:
     values = [float(v) for v in seeds.get("values", []) if _is_number(v)]
     if len(values) < 2:
         return None, None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), len(values)
+    return statistics.stdev(values), len(values)
 
 
 def _is_number(v) -> bool:
