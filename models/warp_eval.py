@@ -182,11 +182,14 @@ def digits_report_table(report: dict, name: str = "WARP") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def results_table(models: dict, n: int = 512, seed=1, digits_on: str = "val") -> pd.DataFrame:
+def results_table(models: dict, n: int = 512, seed=1, digits_on: str = "val",
+                  trajectories: Optional[list] = None) -> pd.DataFrame:
     """Tidy rows (task, kind, model, metric, value) for every model on fresh data.
 
     Digits models are measured on the split ``digits_on`` (the validation split by default: a
     table that compares models is a choice; the test split is ``digits_test_report``'s).
+    ``trajectories``: a list that receives, per forecaster, rows (task, kind, model,
+    trajectory, mse_x1e-2) of each trajectory's own error (for ``margins``).
     """
     rows = []
     for name, model in models.items():
@@ -196,12 +199,41 @@ def results_table(models: dict, n: int = 512, seed=1, digits_on: str = "val") ->
             ev = forecast_eval(model, task, n, [seed, list(dy.SYSTEMS).index(task.system)])  # same data for every model of a system
             rows.append({"task": task.system, "kind": kind, "model": name, "metric": "mse_x1e-2",
                          "value": ev["mse_x1e-2"], "n": n})
+            if trajectories is not None:
+                trajectories += [{"task": task.system, "kind": kind, "model": name, "trajectory": i,
+                                  "mse_x1e-2": float(e) * 100} for i, e in enumerate(ev["mse_per_sample"])]
         else:
             ev = digits_eval(model, task, digits_on)
             for metric in ("accuracy", "completion_mse"):
                 if metric in ev:
                     rows.append({"task": task_name(task), "kind": kind, "model": name, "metric": metric,
                                  "value": ev[metric], "n": ev["n"], "split": digits_on})
+    return pd.DataFrame(rows)
+
+
+def margins(trajectories: pd.DataFrame) -> pd.DataFrame:
+    """How many times lower one forecaster's error is than another's, trajectory by trajectory.
+
+    trajectories: rows (task, kind, model, trajectory, mse_x1e-2), every model of a system on
+    the same trajectories (``results_table(..., trajectories=...)``). One row per system and
+    ordered pair (model, other): ``mean_ratio`` = other's mean MSE / model's (the table's
+    margin), and over trajectories of other's MSE / model's: the median, the 10th and 90th
+    percentiles, and ``share_better``, the share of trajectories where the model's error is lower.
+    """
+    rows = []
+    for task, g in trajectories.groupby("task", sort=False):
+        wide = g.pivot_table(index="trajectory", columns="model", values="mse_x1e-2")
+        kinds = dict(zip(g["model"], g["kind"]))
+        for a in wide.columns:
+            for b in wide.columns:
+                if a == b:
+                    continue
+                ratio = (wide[b] / wide[a]).to_numpy()
+                rows.append({"task": task, "model": a, "kind": kinds[a], "other": b, "other_kind": kinds[b],
+                             "mean_ratio": float(wide[b].mean() / wide[a].mean()),
+                             "median_ratio": float(np.median(ratio)), "p10_ratio": float(np.percentile(ratio, 10)),
+                             "p90_ratio": float(np.percentile(ratio, 90)), "share_better": float((ratio > 1).mean()),
+                             "n": len(ratio)})
     return pd.DataFrame(rows)
 
 

@@ -270,6 +270,8 @@ def test_training_batches_and_forcing_schedule():
 def test_train_and_eval_commands_write_a_checkpoint_card_and_table(tmp_path):
     import json
 
+    import pandas as pd
+
     from apps.cli import main
 
     out = tmp_path / "tiny"
@@ -287,6 +289,8 @@ def test_train_and_eval_commands_write_a_checkpoint_card_and_table(tmp_path):
     table = (report / "dynamics_table.csv").read_text()
     assert "sine" in table and "GRU" in table and "WARP" in table
     assert (report / "results.html").stat().st_size > 1000 and (report / "forecast_sine.html").is_file()
+    margin = pd.read_csv(report / "margins.csv")
+    assert len(margin) == 2 and set(margin.model) == {str(out), str(gru)} and (margin.n == 8).all()
     assert main(["eval", "warp", "--models", "no-such-model", "--out", str(report)]) == 2
 
 
@@ -373,3 +377,20 @@ def test_shipped_digits_model_classifies_and_completes():
     # the held-out split is fixed, so the measurement is deterministic: the 0.90 target itself
     assert ev["n"] == 450 and ev["accuracy"] >= 0.90
     assert ev["completion_mse"] < 1.2 * models.metrics("warp-digits")["evaluation"]["completion_mse"]
+
+
+def test_margins_compare_forecasters_trajectory_by_trajectory():
+    import pandas as pd
+
+    from models.warp_eval import margins
+
+    # model a's errors against b's on 4 shared trajectories: b / a = 10, 10, 2, 0.5
+    errs = {"a": [1.0, 1.0, 1.0, 4.0], "b": [10.0, 10.0, 2.0, 2.0]}
+    rows = [{"task": "msd", "kind": k.upper(), "model": k, "trajectory": i, "mse_x1e-2": e}
+            for k, es in errs.items() for i, e in enumerate(es)]
+    m = margins(pd.DataFrame(rows)).set_index(["model", "other"])
+    a = m.loc[("a", "b")]
+    assert a.mean_ratio == pytest.approx(24 / 7)  # the table's margin: mean 6 / mean 1.75
+    assert a.median_ratio == pytest.approx(6.0) and a.share_better == pytest.approx(0.75)
+    assert a.p10_ratio == pytest.approx(0.5 + 0.3 * 1.5)  # numpy's linear interpolation between 0.5 and 2
+    assert m.loc[("b", "a")].share_better == pytest.approx(0.25) and a.n == 4

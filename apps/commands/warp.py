@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 import models
@@ -25,7 +26,7 @@ from models import recipes
 from models.gru import GRU
 from models.recipes import warp as recipe
 from models.warp import Warp, WarpConfig
-from models.warp_eval import (digits_report_table, digits_test_report, dynamics_table, forecast, model_kind,
+from models.warp_eval import (digits_report_table, digits_test_report, dynamics_table, forecast, margins, model_kind,
                               model_task, results_table)
 from workbench import checkpoints, files
 from workbench.tasks import digits as dg
@@ -103,20 +104,32 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
         raise ValueError("--update-zoo stores the digits test report; give --digits-test too")
     if args.digits_test:
         return _digits_test(loaded, Path(args.out), args.update_zoo)
-    results = results_table(loaded, n=args.n, seed=args.seed)
+    per_trajectory: list = []
+    results = results_table(loaded, n=args.n, seed=args.seed, trajectories=per_trajectory)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / "results.csv", index=False)
     table = dynamics_table(results)
+    written = [out / "results.csv"]
     if len(table):
         table.to_csv(out / "dynamics_table.csv")
+        written.append(out / "dynamics_table.csv")
         print(f"forecast MSE x 1e-2 on {args.n} fresh trajectories per system (seed {args.seed})")
         print(table.round(3).to_string())
+        margin = margins(pd.DataFrame(per_trajectory))
+        if len(margin):
+            margin.to_csv(out / "margins.csv", index=False)
+            written.append(out / "margins.csv")
+            print("\nper trajectory, other's MSE / model's (median, 10th-90th percentile) and the share of "
+                  "trajectories where the model is better:")
+            for r in margin.itertuples():
+                print(f"  {r.task}: {r.model} vs {r.other}: mean {r.mean_ratio:.2f}x, median {r.median_ratio:.2f}x "
+                      f"({r.p10_ratio:.2f}-{r.p90_ratio:.2f}), better on {r.share_better:.0%}")
     digits = results[results.task == "digits"]
     for _, r in digits.iterrows():
         print(f"digits {r.model}: {r.metric} = {r.value:.4f} ({r.n} {r.split} images)")
     results_table_figure(table, digits).write_html(out / "results.html", include_plotlyjs="cdn")
-    written = [out / "results.csv", out / "dynamics_table.csv", out / "results.html"]
+    written.append(out / "results.html")
     written += _forecast_pages(loaded, out, args.seed)
     print("\nwrote " + ", ".join(str(p) for p in written))
 
