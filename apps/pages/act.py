@@ -23,6 +23,12 @@ model, cfg = picked.model, picked.model.cfg
 
 VIEWS = ["Halting", "Ponder time vs difficulty", "Patch the halting logit"]  # one is shown and computed at a time
 
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _ponder_vs_difficulty(key: str, n: int, seed: int, by: str, _model):
+    """Ponder time and error by difficulty on n fresh problems: computed once per model and setting."""
+    return aa.ponder_vs_difficulty(_model, n, seed, by)
+
 # ------------------------------------------------------------------ the input
 text_key = f"act_text::{picked.key}"
 
@@ -91,7 +97,7 @@ with ui.guard("Running the model"):
             seed = ui.number("Seed", where=b3, lo=0, hi=ui.SEED_MAX, value=1, key="act_batch_seed")
             ui.need(n, seed)
             with st.spinner("Evaluating fresh problems…"):
-                table = aa.ponder_vs_difficulty(model, int(n), int(seed), by)
+                table = _ponder_vs_difficulty(picked.key, int(n), int(seed), by, model)
             st.plotly_chart(views.ponder_difficulty_figure(table.assign(model=picked.name), by), key="difficulty")
             ui.download_csv(table, "act_ponder_by.csv", key="difficulty_csv")
 

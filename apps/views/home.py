@@ -60,7 +60,7 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
                                           visible=bool(spread.notna().any()), thickness=1.5),
                              hovertemplate="%{y} (%{customdata})<br>" + metric + " = %{text}<extra></extra>"),
                       row=i, col=1)
-        fig.update_xaxes(title_text=_panel_title(metric), row=i, col=1)
+        fig.update_xaxes(title_text=_panel_title(metric), rangemode="tozero", row=i, col=1)  # bars start at 0
         fig.update_yaxes(title_text="model", dtick=1, row=i, col=1)
     fig.update_layout(title=title, height=max(300, height))
     return fig
