@@ -89,11 +89,12 @@ def names_of(*families: str) -> list[str]:
 def headline(name_or_path: str | Path) -> dict:
     """The card's headline line and the metrics' headline number of one checkpoint.
 
-    Returns ``{"headline": str, "metric": str, "value": float | None, "spread": float | None,
-    "seeds": int | None}``; missing parts are empty (a checkpoint still training has no card).
-    ``spread`` and ``seeds``: the sample standard deviation of the headline metric over
-    training seeds and their number, where the metrics store a ``seeds`` comparison of that
-    metric (``{"metric": ..., "values": [...]}``).
+    Returns ``{"headline": str, "metric": str, "value": float | None, "seed_mean": float | None,
+    "spread": float | None, "seeds": int | None}``; missing parts are empty (a checkpoint still
+    training has no card). ``value`` is this checkpoint's; ``seed_mean``, ``spread`` and
+    ``seeds`` are the mean and sample standard deviation of the headline metric over training
+    seeds and their number, where the metrics store a ``seeds`` comparison of that metric
+    (``{"metric": ..., "values": [...]}``).
     """
     folder = models.resolve(name_or_path)
     line = ""
@@ -113,19 +114,19 @@ def headline(name_or_path: str | Path) -> dict:
         numbers = [(k, v) for k, v in head.items() if _is_number(v)]
         if numbers:
             metric, value = str(numbers[0][0]), float(numbers[0][1])
-    spread, seeds = seed_spread(metrics.get("seeds"), metric)
-    return {"headline": line, "metric": metric, "value": value, "spread": spread, "seeds": seeds}
+    mean, spread, seeds = seed_spread(metrics.get("seeds"), metric)
+    return {"headline": line, "metric": metric, "value": value, "seed_mean": mean, "spread": spread, "seeds": seeds}
 
 
-def seed_spread(seeds, metric: str) -> tuple[float | None, int | None]:
-    """(sample standard deviation, number of seeds) of ``metric`` in a metrics file's ``seeds``
-    part, or (None, None) where it holds no such comparison (or fewer than two numbers)."""
+def seed_spread(seeds, metric: str) -> tuple[float | None, float | None, int | None]:
+    """(mean, sample standard deviation, number of seeds) of ``metric`` in a metrics file's
+    ``seeds`` part, or Nones where it holds no such comparison (or fewer than two numbers)."""
     if not isinstance(seeds, dict) or seeds.get("metric") != metric or not metric:
-        return None, None
+        return None, None, None
     values = [float(v) for v in seeds.get("values", []) if _is_number(v)]
     if len(values) < 2:
-        return None, None
-    return statistics.stdev(values), len(values)
+        return None, None, None
+    return statistics.mean(values), statistics.stdev(values), len(values)
 
 
 def _is_number(v) -> bool:
@@ -133,8 +134,8 @@ def _is_number(v) -> bool:
 
 
 def zoo_table() -> pd.DataFrame:
-    """One row per zoo model: model, family, headline (card line), metric, value, and the spread
-    over training seeds where measured (``spread``, ``seeds``; see ``headline``)."""
+    """One row per zoo model: model, family, headline (card line), metric, value, and the mean and
+    spread over training seeds where measured (``seed_mean``, ``spread``, ``seeds``; see ``headline``)."""
     rows = []
     for name in models.zoo_names():
         try:
@@ -148,7 +149,7 @@ def zoo_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ZOO_COLUMNS)
 
 
-ZOO_COLUMNS = ["model", "family", "headline", "metric", "value", "spread", "seeds"]
+ZOO_COLUMNS = ["model", "family", "headline", "metric", "value", "seed_mean", "spread", "seeds"]
 
 
 def ood_table(names: list[str] | None = None) -> pd.DataFrame:

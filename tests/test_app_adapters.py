@@ -40,10 +40,11 @@ def test_ood_table_and_headline(folders):
     ood = zoo.ood_table([str(folders["reasoner"])])
     assert list(ood.n_nodes) == [4, 8, 16] and set(ood.model) == {str(folders["reasoner"])}
     assert zoo.ood_table([str(folders["act"])]).empty
-    assert zoo.headline(folders["act"]) == {"headline": "", "metric": "error", "value": 0.5, "spread": None,
-                                           "seeds": None}
+    assert zoo.headline(folders["act"]) == {"headline": "", "metric": "error", "value": 0.5, "seed_mean": None,
+                                           "spread": None, "seeds": None}
     assert zoo.training_size([str(folders["reasoner"])]) == 8
-    assert list(zoo.zoo_table().columns) == ["model", "family", "headline", "metric", "value", "spread", "seeds"]
+    assert list(zoo.zoo_table().columns) == ["model", "family", "headline", "metric", "value", "seed_mean", "spread",
+                                             "seeds"]
 
 
 # --------------------------------------------------------------- reasoner
@@ -207,12 +208,14 @@ def test_headline_carries_the_spread_over_seeds(tmp_path):
     (folder / "metrics.json").write_text(json.dumps(metrics))
     head = zoo.headline(folder)
     assert head["seeds"] == 3 and abs(head["spread"] - 0.1) < 1e-12  # sample sd of 0.1, 0.2, 0.3
+    assert abs(head["seed_mean"] - 0.2) < 1e-12
     metrics["seeds"] = {"metric": "another metric", "values": [0.1, 0.2]}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     assert zoo.headline(folder)["spread"] is None  # a spread of another metric is not this one's
-    table = pd.DataFrame([{"model": "a", "family": "ACT", "metric": metric, "value": 0.2, "spread": 0.1, "seeds": 3},
-                          {"model": "b", "family": "ACT", "metric": metric, "value": 0.4, "spread": None,
-                           "seeds": None}])
-    bar = headline_figure(table).data[0]
-    assert list(bar.error_x.array) == [0.1, 0.0] and bar.error_x.visible
-    assert bar.text[0] == "0.2 ± 0.1 (3 seeds)" and bar.text[1] == "0.4"
+    table = pd.DataFrame([{"model": "a", "family": "ACT", "metric": metric, "value": 0.02, "seed_mean": 0.2,
+                           "spread": 0.1, "seeds": 3},
+                          {"model": "b", "family": "ACT", "metric": metric, "value": 0.4, "seed_mean": None,
+                           "spread": None, "seeds": None}])
+    bar, mean = headline_figure(table).data
+    assert bar.text[0] == "0.02 (over 3 seeds: 0.2 ± 0.1)" and bar.text[1] == "0.4"
+    assert list(mean.y) == ["a"] and list(mean.x) == [0.2] and list(mean.error_x.array) == [0.1]

@@ -133,8 +133,8 @@ with guard("The zoo"):
         links = [page_link(name) for name in table["model"]]
         table = table.assign(page=links)
         # the model's name is the link to its page; a row without one (an unreadable entry) shows the name apart
-        shown = (["page"] if all(links) else ["model", "page"]) + ["headline", "value", "spread", "seeds", "metric",
-                                                                    "family"]
+        shown = (["page"] if all(links) else ["model", "page"]) + ["headline", "value", "seed_mean", "spread",
+                                                                    "seeds", "metric", "family"]
         # rows tall enough for a headline to wrap (the grid wraps text only in rows over 64 px)
         st.dataframe(table, hide_index=True, row_height=ROW_PX, height=HEADER_PX + ROW_PX * len(table) + 3,
                      column_order=shown, column_config={
@@ -144,6 +144,8 @@ with guard("The zoo"):
                              pinned=True, help="opens the model's page on this model"),
                          "headline": st.column_config.TextColumn("headline (model card)", width=HEADLINE_PX),
                          "value": st.column_config.NumberColumn("value", format="%.4g"),
+                         "seed_mean": st.column_config.NumberColumn(
+                             "mean over seeds", format="%.4g", help="the headline metric's mean over training seeds"),
                          "spread": st.column_config.NumberColumn(
                              "± sd", format="%.2g", help="standard deviation over training seeds, where measured"),
                          "seeds": st.column_config.NumberColumn("seeds", format="%d")})

@@ -32,9 +32,10 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
     Panels are grouped, lower-is-better metrics first, then higher-is-better, then the rest, and
     each panel's title says which way is better: no axis mixes the two.
 
-    table: ``apps.zoo.zoo_table`` rows (model, family, metric, value, and spread / seeds where
-    a model was trained over several seeds: drawn as an error bar of one standard deviation);
-    rows without a number are left out.
+    table: ``apps.zoo.zoo_table`` rows (model, family, metric, value; and seed_mean / spread /
+    seeds where a model was trained over several seeds: a black diamond at the mean with one
+    standard deviation either side, next to the shipped checkpoint's bar); rows without a
+    number are left out.
     """
     df = table.dropna(subset=["value"])
     df = df[df["metric"] != ""]
@@ -50,16 +51,22 @@ def headline_figure(table: pd.DataFrame, title: str = "Headline metric of every 
                         vertical_spacing=gap / (height - 160) if len(metrics) > 1 else 0.0)
     for i, metric in enumerate(metrics, start=1):
         g = df[df["metric"] == metric]
-        spread = g["spread"] if "spread" in g else pd.Series(float("nan"), index=g.index)
-        seeds = g["seeds"] if "seeds" in g else pd.Series(float("nan"), index=g.index)
-        text = [f"{v:.3g}" if pd.isna(s) else f"{v:.3g} ± {s:.2g} ({int(n)} seeds)"
-                for v, s, n in zip(g["value"], spread, seeds)]
+        nan = pd.Series(float("nan"), index=g.index)
+        mean, spread, seeds = (g[c] if c in g else nan for c in ("seed_mean", "spread", "seeds"))
+        text = [f"{v:.3g}" if pd.isna(s) else f"{v:.3g} (over {int(n)} seeds: {m:.3g} ± {s:.2g})"
+                for v, m, s, n in zip(g["value"], mean, spread, seeds)]
         fig.add_trace(go.Bar(x=g["value"], y=g["model"], orientation="h", name=metric, showlegend=False,
                              customdata=g["family"], text=text, textposition="auto",
-                             error_x=dict(type="data", array=spread.fillna(0.0).tolist(), color="black",
-                                          visible=bool(spread.notna().any()), thickness=1.5),
                              hovertemplate="%{y} (%{customdata})<br>" + metric + " = %{text}<extra></extra>"),
                       row=i, col=1)
+        seeded = spread.notna()
+        if seeded.any():  # the mean over training seeds, one standard deviation either side
+            fig.add_trace(go.Scatter(x=mean[seeded], y=g["model"][seeded], mode="markers", showlegend=False,
+                                     name="mean over seeds", marker=dict(color="black", symbol="diamond", size=9),
+                                     error_x=dict(type="data", array=spread[seeded].tolist(), color="black",
+                                                  thickness=1.5),
+                                     hovertemplate="%{y}: mean over seeds %{x:.4g}<extra></extra>"),
+                          row=i, col=1)
         fig.update_xaxes(title_text=_panel_title(metric), rangemode="tozero", row=i, col=1)  # bars start at 0
         fig.update_yaxes(title_text="model", dtick=1, row=i, col=1)
     fig.update_layout(title=title, height=max(300, height))
