@@ -17,9 +17,13 @@ STATE = ROOT / "training" / "reasoner-z23"
 COMMAND = ROOT / "training" / "reasoner-z23.command.txt"
 
 
-def _resume(folder: Path, stop_at: int) -> None:
+def _resume(folder: Path, stop_at: int, last: int) -> None:
+    """Resume the committed command into ``folder`` up to ``stop_at``; a schedule that ends before
+    ``last`` (a completed run) is extended to it, the same for every resume of the test."""
     argv = shlex.split(COMMAND.read_text())[1:]  # drop the program name
     argv[argv.index("--out") + 1] = str(folder)
+    steps = argv.index("--steps") + 1
+    argv[steps] = str(max(int(argv[steps]), last))
     argv += ["--stop-at", str(stop_at), "--final-n", "2", "--eval-n", "2", "--data-workers", "0"]
     assert main(argv) == 0
 
@@ -32,10 +36,10 @@ def test_resuming_the_committed_state_takes_the_steps_an_uninterrupted_run_takes
     once, twice = tmp_path / "once", tmp_path / "twice"
     for folder in (once, twice):
         shutil.copytree(STATE, folder)
-    _resume(once, start + 2)
-    _resume(twice, start + 1)
+    _resume(once, start + 2, start + 2)
+    _resume(twice, start + 1, start + 2)
     assert saved_step(twice) == start + 1
-    _resume(twice, start + 2)
+    _resume(twice, start + 2, start + 2)
     a = checkpoints.read_safetensors(once / checkpoints.WEIGHTS)
     b = checkpoints.read_safetensors(twice / checkpoints.WEIGHTS)
     before = checkpoints.read_safetensors(STATE / checkpoints.WEIGHTS)

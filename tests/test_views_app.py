@@ -50,7 +50,9 @@ def _state_table():
 def test_state_table_figure_colours_status_and_marks_changes():
     table = _state_table()
     fig = reasoner_views.state_table_figure(table)
-    assert _types(fig) == ["Heatmap", "Scatter", "Scatter", "Scatter"]  # cells + one legend entry per status
+    # the heatmap, its cells as clickable markers, one legend entry per status
+    assert _types(fig) == ["Heatmap", "Scatter", "Scatter", "Scatter", "Scatter"]
+    assert fig.data[1].name == "cells" and len(fig.data[1].x) == 6
     z = np.asarray(fig.data[0].z)
     assert z.shape == (2, 3)
     assert z[0, 0] == 0 and z[0, 1] == 1 and z[0, 2] == 2  # not yet computed, correct, wrong
