@@ -38,16 +38,15 @@ _AXIS = {"step": "step t (steps.{t})", "time": "time step t (time.{t})", "ponder
          "layer": "layer l (blocks.{l})", "pos": "position", "head": "head"}
 
 
-def legend_below(fig: go.Figure, rows: int = 1) -> go.Figure:
+LEGEND_MARGIN = 125  # px under the plot: tick labels, the x-axis title, one legend row
+
+
+def legend_below(fig: go.Figure) -> go.Figure:
     """Put the legend in a row at the figure's bottom edge, under the x-axis title: clear of the
-    title above and of colour bars on the right whatever the plot's height. ``rows``: how many
-    legend rows to leave room for (long legends wrap on narrow pages)."""
+    title above and of colour bars on the right whatever the plot's height."""
     return fig.update_layout(legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.005,
                                          xanchor="left", x=0),
-                             margin=dict(b=LEGEND_MARGIN + 22 * (rows - 1)))
-
-
-LEGEND_MARGIN = 125  # px under the plot: tick labels, the x-axis title, one legend row
+                             margin=dict(b=LEGEND_MARGIN))
 
 
 def animate(frames: list[go.Figure], labels: list, prefix: str = "step t = ", duration_ms: int = 600,
