@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 import models
 from apps import zoo
+from apps.picker import view_picker  # noqa: F401 - the pages call it as ui.view_picker
 from models import registry
 from workbench import checkpoints
 
@@ -438,22 +439,6 @@ def int_list(text: str, name: str) -> list[int]:
     if not values:
         raise ValueError(f"{name} is empty: enter integers like '0, 10, 40'")
     return values
-
-
-# ---------------------------------------------------------------------- views
-def view_picker(views: list[str], key: str, label: str = "View", default: str | None = None) -> str:
-    """The one view of a page that is shown, and the only one that computes.
-
-    A segmented control, not tabs: tabs run every tab's code on every rerun, hidden ones
-    included. The choice follows the page's link as ``?<key>=<view>`` (``/reasoner?reasoner_view=Attention``),
-    so every view is deep-linkable; an unknown value falls back to the first view. ``default``:
-    the view shown when the link names none (the first view when None).
-    """
-    if key in st.session_state and st.session_state[key] not in views:
-        del st.session_state[key]
-    default = default if default in views else views[0]
-    chosen = st.segmented_control(label, views, default=default, required=True, key=key, bind="query-params")
-    return chosen if chosen in views else views[0]
 
 
 # ------------------------------------------------------------------- loop steps

@@ -51,6 +51,7 @@ REASONER_PAGES = ("reasoner", "patching", "probing", "codebook", "dynamics")
 # page -> the click timed in a warm session: (kind, widget key, what to click); a "tab" step first
 # (client side, untimed) where the control sits in a tab that is hidden by default
 CHANGES = {
+    "home": [("segment", "home_view", "Headline metrics")],
     "reasoner": [("segment", "reasoner_view", "Attention")],
     "act": [("segment", "act_view", "Ponder time vs difficulty")],
     "warp": [("segment", "warp_view", "theta_t (PCA)")],
@@ -186,13 +187,16 @@ def click(driver, steps, timeout_s: float) -> tuple[float, str] | None:
     return None
 
 
-# the floor: the least a Streamlit page with one Plotly chart costs in this browser on this machine
+# the floor: the least a Streamlit page with one Plotly chart costs in this browser on this machine,
+# and the least a click that swaps that chart for another costs
 FLOOR_APP = """
 import plotly.graph_objects as go
 import streamlit as st
 st.title("floor")
-st.plotly_chart(go.Figure(go.Scatter(y=[1, 3, 2])))
+view = st.segmented_control("View", ["a", "b"], default="a", required=True, key="floor_view")
+st.plotly_chart(go.Figure(go.Scatter(y=[1, 3, 2] if view == "a" else [2, 1, 3])))
 """
+FLOOR_CHANGE = [("segment", "floor_view", "b")]
 
 
 @contextlib.contextmanager
@@ -234,7 +238,8 @@ def floor(driver, env: dict, log: Path, timeout_s: float) -> dict:
             visit(driver, base, timeout_s)
             start = time.perf_counter() - t_launch
             warm, _ = visit(driver, base, timeout_s)
-    return {"start_s": start, "warm_s": warm}
+            change = click(driver, FLOOR_CHANGE, timeout_s)
+    return {"start_s": start, "warm_s": warm, "change_s": change[0] if change else None}
 
 
 def main() -> None:
@@ -274,8 +279,9 @@ def main() -> None:
     finally:
         driver.quit()
 
+    floor_change = "-" if base_floor["change_s"] is None else f"{base_floor['change_s']:.2f} s"
     print(f"floor (a one-chart Streamlit page, same browser): start {base_floor['start_s']:.2f} s, "
-          f"warm visit {base_floor['warm_s']:.2f} s")
+          f"warm visit {base_floor['warm_s']:.2f} s, a click that swaps its chart {floor_change}")
     ratio = start["home_s"] / base_floor["start_s"]
     print(f"cold start, `streamlit run` -> Home rendered: {start['home_s']:.2f} s (target <= {START_TARGET_S:g} s; "
           f"server answering after {start['server_s']:.2f} s; {ratio:.1f}x the floor)")
@@ -287,8 +293,10 @@ def main() -> None:
         print(f"{r['page']:10s} {r['cold_s']:9.2f} {r['warm_s']:9.2f} {r['warm_s'] / base_floor['warm_s']:11.1f} "
               f"{change:>11s} {r['charts']:7d} {r['plot_nodes']:11d}  {r['change'] or '-'}{note}")
     changes = [r["change_s"] for r in rows if r["change_s"] is not None]
+    failed = [r["page"] for r in rows if r["errors"]]  # a page that shows an error is fast for the wrong reason
     print(f"start within {START_TARGET_S:g} s: {start['home_s'] <= START_TARGET_S}; "
-          f"every change within {CHANGE_TARGET_S:g} s: {all(c <= CHANGE_TARGET_S for c in changes)}")
+          f"every change within {CHANGE_TARGET_S:g} s: {all(c <= CHANGE_TARGET_S for c in changes)}"
+          + (f"; NOT MET, pages showing an error: {', '.join(failed)}" if failed else ""))
     out_path = Path(args.out)
     out_path.write_text(json.dumps({
         "start_target_s": START_TARGET_S, "change_target_s": CHANGE_TARGET_S, "width_px": args.width,

@@ -79,7 +79,9 @@ def shows_error(at: AppTest, *words: str) -> None:
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_opens_with_its_defaults(page):
     at = ok(open_page(page))
-    if shipped(page):
+    if page == "home":
+        assert len(at.dataframe) == 1 and charts(at) == 0  # the zoo table; the figures are views of their own
+    elif shipped(page):
         assert charts(at) >= 1
     else:
         assert at.info  # no model of the page's family is shipped yet: the page says so
@@ -91,7 +93,20 @@ def test_home_shows_the_zoo_and_the_ood_figure(tiny, monkeypatch):
     at = ok(open_page("home"))
     assert at.title[0].value == "Loop workbench"
     assert len(at.dataframe[0].value) == len(zoo.zoo_table())
-    assert charts(at) == 2  # headline metrics and the OOD figure
+    for view in ("Headline metrics", "OOD generalisation"):
+        ok(show(at, "home_view", view))
+        assert charts(at) == 1 and not at.dataframe, view
+
+
+def test_home_opens_the_view_its_link_names():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["home_view"] = "OOD generalisation"
+    ok(at.run())
+    assert charts(at) == 1 and not at.dataframe
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["home_view"] = "no such view"
+    ok(at.run())
+    assert len(at.dataframe) == 1  # an unknown view falls back to the zoo
 
 
 @pytest.mark.parametrize("page, family", [("reasoner", "reasoner"), ("act", "act"), ("warp", "warp"),

@@ -14,9 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = checkpoints.allow(ToyLoop)
 
 
-def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_min=None, crash_at=None, overwrite=False):
+def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_min=None, crash_at=None, overwrite=False,
+        init_from=None, weights=None):
     torch.manual_seed(0)
     model = ToyLoop()
+    if weights is not None:
+        model.load_state_dict(weights)
 
     def batch(rng, step):
         if step == crash_at:
@@ -27,7 +30,7 @@ def run(out, steps, resume=False, nan_at=None, checkpoint_every=5, time_limit_mi
                      evaluate=lambda m: {"w_norm": m.lin.weight.norm().item()})
     cfg = TrainConfig(steps=steps, lr=1e-2, warmup=2, out=str(out), resume=resume, progress=False,
                       checkpoint_every=checkpoint_every, eval_every=5, time_limit_min=time_limit_min,
-                      overwrite=overwrite)
+                      overwrite=overwrite, init_from=init_from)
     return model, train(spec, cfg)
 
 
@@ -50,6 +53,23 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k])
     assert saved_step(tmp_path / "part") == 12
+
+
+def test_a_fine_tune_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_path):
+    from safetensors.torch import load_file
+
+    first, _ = run(tmp_path / "first", 6)
+    tuned, _ = run(tmp_path / "tuned", 4, init_from=str(tmp_path / "first"))
+    # the same as a model given those weights by hand and trained from step 0
+    by_hand, _ = run(tmp_path / "by_hand", 4, weights=load_file(str(tmp_path / "first" / "model.safetensors")))
+    fresh, _ = run(tmp_path / "fresh", 4)
+    for k, v in tuned.state_dict().items():
+        assert torch.equal(v, by_hand.state_dict()[k])
+    assert not torch.equal(tuned.lin.weight, fresh.lin.weight)
+    assert saved_step(tmp_path / "tuned") == 4
+    assert checkpoints.read_config(tmp_path / "tuned")["train"]["init_from"] == str(tmp_path / "first")
+    with pytest.raises(ValueError, match=r"init_from=.*no model.safetensors there"):
+        run(tmp_path / "bad", 4, init_from=str(tmp_path / "no-such-run"))
 
 
 def test_same_seed_same_weights(tmp_path):

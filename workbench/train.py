@@ -65,6 +65,7 @@ class TrainConfig:
     progress: bool = True
     device: str = "cpu"  # "cuda" trains on a GPU; checkpoints are always written from CPU copies
     data_workers: int = 0  # >0: batches are made ahead in this many forked processes (same batches)
+    init_from: Optional[str] = None  # a fresh run starts from this checkpoint's weights (fine-tuning)
 
     def __post_init__(self):
         positive = {"steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every,
@@ -97,6 +98,9 @@ class TrainConfig:
             raise ValueError(f"device={self.device!r} but no CUDA GPU is available here; use 'cpu'")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        if self.init_from is not None and not (Path(self.init_from) / checkpoints.WEIGHTS).is_file():
+            raise ValueError(f"init_from={self.init_from!r}: no {checkpoints.WEIGHTS} there; "
+                             "give a checkpoint folder of the same model")
 
 
 @dataclass
@@ -161,6 +165,9 @@ def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
     start, wall_before, history = 0, 0.0, []
     if cfg.resume and has_state(out):
         start, wall_before, history = _resume(model, optimizer, out)
+    elif cfg.init_from:
+        # weights only: the optimizer, the step and the schedule start afresh, and the task may differ
+        checkpoints.load_weights(model, Path(cfg.init_from) / checkpoints.WEIGHTS)
     objective = _Objective(model)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)

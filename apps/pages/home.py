@@ -1,5 +1,7 @@
-"""Home: the zoo (every shipped model with its card's headline, linked to its page) and the
-reasoners' OOD figure.
+"""Home: the zoo (every shipped model with its card's headline, linked to its page, and the model
+cards), the headline metrics as a figure, and the reasoners' OOD figure: one view at a time
+(``?home_view=``), the zoo first. The zoo view draws no Plotly figure, so the first page a user
+sees does not wait for the browser to load Plotly's code, nor the server to build figures.
 
 Home reads the zoo's files only (``config.json``, ``metrics.json``, ``card.md``): it imports
 neither torch nor the models (nor ``apps.ui``, which imports torch, unless another page has
@@ -21,8 +23,7 @@ import streamlit as st
 
 import models
 from apps import zoo
-from apps.views.home import headline_figure
-from apps.views.reasoner import ood_figure
+from apps.picker import view_picker
 from models import registry
 
 PAGES = Path(__file__).parent  # a family with a file here has a page of its own, at /<family>
@@ -63,12 +64,26 @@ def _stamp() -> tuple:
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _zoo(stamp: tuple):
-    table = zoo.zoo_table()
-    headline = headline_figure(table) if table["value"].notna().any() else None
+    """The zoo's table; built without Plotly, which only the figure views import."""
+    return zoo.zoo_table()
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _headline(stamp: tuple):
+    from apps.views.home import headline_figure
+
+    table = _zoo(stamp)
+    return headline_figure(table) if table["value"].notna().any() else None
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _ood(stamp: tuple):
+    """(whether any reasoner is shipped, its OOD figure or None)."""
+    from apps.views.reasoner import ood_figure
+
     reasoners = zoo.names_of("reasoner")
     ood = zoo.ood_table(reasoners)
-    ood_fig = None if ood.empty else ood_figure(ood, train_n=zoo.training_size(reasoners))
-    return table, headline, bool(reasoners), ood_fig
+    return bool(reasoners), None if ood.empty else ood_figure(ood, train_n=zoo.training_size(reasoners))
 
 
 WARM_UP_DELAY_S = 4.0
@@ -80,6 +95,7 @@ def _warm_up() -> threading.Thread:
     def work():
         time.sleep(WARM_UP_DELAY_S)  # let the browser draw Home first: on two cores the imports would slow it
         try:
+            import plotly.subplots  # noqa: F401 - Home's own figure views first
             import torch  # noqa: F401
             import sklearn.decomposition  # noqa: F401
             import transformer_lens  # noqa: F401
@@ -119,57 +135,73 @@ st.title("Loop workbench")
 st.caption("Hooked, trained looped models and the tools to look inside every step. Pick a page on the left: "
            "one per model family, one per analysis.")
 
-unknown = [q for q in st.query_params if q != "model"]
+VIEWS = ["Zoo", "Headline metrics", "OOD generalisation"]
+unknown = [q for q in st.query_params if q not in ("model", "home_view")]
 if unknown:  # as apps.ui.query_names: a misspelt parameter is not ignored silently
-    st.warning(f"This page ignores the link's {', '.join(f'?{q}=' for q in unknown)}: it takes ?model=")
+    st.warning(f"This page ignores the link's {', '.join(f'?{q}=' for q in unknown)}: it takes ?home_view=")
+view = view_picker(VIEWS, "home_view")
 
-with guard("The zoo"):
-    table, headline, any_reasoner, ood = _zoo(_stamp())
+if view == "Zoo":
     st.subheader("The zoo")
-    if table.empty:
+    table = None  # what an unreadable zoo leaves
+    with guard("The zoo"):
+        table = _zoo(_stamp())
+    if table is None:
+        pass  # the guard above said why
+    elif table.empty:
         st.info("The zoo is empty: train a model, e.g. `workbench train reasoner --preset quick --out "
                 "models/zoo/<name>`.")
     else:
-        links = [page_link(name) for name in table["model"]]
-        table = table.assign(page=links)
-        # the model's name is the link to its page; a row without one (an unreadable entry) shows the name apart
-        shown = (["page"] if all(links) else ["model", "page"]) + ["headline", "value", "seed_mean", "spread",
-                                                                    "seeds", "metric", "family"]
-        # rows tall enough for a headline to wrap (the grid wraps text only in rows over 64 px)
-        st.dataframe(table, hide_index=True, row_height=ROW_PX, height=HEADER_PX + ROW_PX * len(table) + 3,
-                     column_order=shown, column_config={
-                         "model": st.column_config.TextColumn("model", width=MODEL_PX, pinned=True),
-                         "page": st.column_config.LinkColumn(
-                             "model" if all(links) else "page", display_text=r"model=([^&]+)", width=MODEL_PX,
-                             pinned=True, help="opens the model's page on this model"),
-                         "headline": st.column_config.TextColumn("headline (model card)", width=HEADLINE_PX),
-                         "value": st.column_config.NumberColumn("value", format="%.4g"),
-                         "seed_mean": st.column_config.NumberColumn(
-                             "mean over seeds", format="%.4g", help="the headline metric's mean over training seeds"),
-                         "spread": st.column_config.NumberColumn(
-                             "± sd", format="%.2g", help="standard deviation over training seeds, where measured"),
-                         "seeds": st.column_config.NumberColumn("seeds", format="%d")})
-        if headline is not None:
+        with guard("The zoo table"):
+            links = [page_link(name) for name in table["model"]]
+            table = table.assign(page=links)
+            # the model's name is the link to its page; a row without one (an unreadable entry) shows the name apart
+            shown = (["page"] if all(links) else ["model", "page"]) + ["headline", "value", "seed_mean", "spread",
+                                                                        "seeds", "metric", "family"]
+            # rows tall enough for a headline to wrap (the grid wraps text only in rows over 64 px)
+            st.dataframe(table, hide_index=True, row_height=ROW_PX, height=HEADER_PX + ROW_PX * len(table) + 3,
+                         column_order=shown, column_config={
+                             "model": st.column_config.TextColumn("model", width=MODEL_PX, pinned=True),
+                             "page": st.column_config.LinkColumn(
+                                 "model" if all(links) else "page", display_text=r"model=([^&]+)", width=MODEL_PX,
+                                 pinned=True, help="opens the model's page on this model"),
+                             "headline": st.column_config.TextColumn("headline (model card)", width=HEADLINE_PX),
+                             "value": st.column_config.NumberColumn("value", format="%.4g"),
+                             "seed_mean": st.column_config.NumberColumn(
+                                 "mean over seeds", format="%.4g",
+                                 help="the headline metric's mean over training seeds"),
+                             "spread": st.column_config.NumberColumn(
+                                 "± sd", format="%.2g", help="standard deviation over training seeds, where measured"),
+                             "seeds": st.column_config.NumberColumn("seeds", format="%d")})
+
+    with guard("The model cards"):
+        st.subheader("Model cards")
+        names = models.zoo_names()
+        # one card at a time: a dozen cards drawn at once (even in closed expanders) cost the page seconds
+        name = st.selectbox("Model card", names, key="home_card", help="the zoo entry whose card to show") \
+            if names else None
+        if name is not None:
+            with guard(f"The card of {name}"):  # an unreadable card is one message
+                card = models.resolve(name) / "card.md"
+                st.markdown(card.read_text() if card.is_file() else "(no card yet: the model is still being trained)")
+
+elif view == "Headline metrics":
+    with guard("The headline metrics"):
+        headline = _headline(_stamp())
+        if headline is None:
+            st.info("No model in the zoo has a headline number yet.")
+        else:
             st.plotly_chart(headline, key="headline")
 
-with guard("The OOD table"):
-    st.subheader("Out-of-distribution generalisation (reasoners)")
-    if ood is None:
-        st.info("No reasoner in the zoo has an OOD table yet"
-                + ("" if any_reasoner else " (no reasoner is shipped yet)")
-                + ": `workbench eval reasoner --update-zoo` measures fully solved vs number of nodes and stores it.")
-    else:
-        st.plotly_chart(ood, key="ood")
-
-with guard("The model cards"):
-    st.subheader("Model cards")
-    names = models.zoo_names()
-    # one card at a time: a dozen cards drawn at once (even in closed expanders) cost the page seconds
-    name = st.selectbox("Model card", names, key="home_card", help="the zoo entry whose card to show") \
-        if names else None
-    if name is not None:
-        with guard(f"The card of {name}"):  # an unreadable card is one message
-            card = models.resolve(name) / "card.md"
-            st.markdown(card.read_text() if card.is_file() else "(no card yet: the model is still being trained)")
+else:
+    with guard("The OOD table"):
+        st.subheader("Out-of-distribution generalisation (reasoners)")
+        any_reasoner, ood = _ood(_stamp())
+        if ood is None:
+            st.info("No reasoner in the zoo has an OOD table yet"
+                    + ("" if any_reasoner else " (no reasoner is shipped yet)")
+                    + ": `workbench eval reasoner --update-zoo` measures fully solved vs number of nodes and stores it.")
+        else:
+            st.plotly_chart(ood, key="ood")
 
 _warm_up()
