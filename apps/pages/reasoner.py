@@ -29,6 +29,12 @@ def _rollout(key: str, text: str, steps: int, _model) -> ar.Rollout:
     return ar.rollout(_model, ar.parse_problem(_model, text), steps)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _attention(key: str, text: str, steps: int, step: int, layer: int, _model):
+    """[heads, query, key]: one layer's attention at one step (a slider move back is a cache hit)."""
+    return ar.attention(_model, ar.parse_problem(_model, text), steps, step, layer)
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _attention_steps(key: str, text: str, steps: int, layer: int, _model):
     """[steps, heads, query, key]: one layer's attention at every step."""
@@ -143,7 +149,7 @@ with ui.guard("Running the model"):
                                 key="attention_play")
             else:
                 with st.spinner("Reading the attention pattern…"):
-                    pattern = ar.attention(model, problem, ro.steps, step, layer)
+                    pattern = _attention(picked.key, text, ro.steps, step, layer, model)
                 shown = pattern.mean(0) if head == "mean over heads" else pattern[int(head)]
                 st.plotly_chart(views.attention_figure(shown, labels, marks,
                                                        title=f"Attention at step {step}, layer {layer}, {what}"),
@@ -154,7 +160,8 @@ with ui.guard("Running the model"):
             step = ui.step_slider("Step t", ro.steps, key="reasoner_step",
                                   help="hooks steps.{t}: the step that produces the state table's column t")
             with st.spinner("Reading every head…"):
-                grid = np.stack([ar.attention(model, problem, ro.steps, step, l) for l in range(cfg.n_layers)])
+                grid = np.stack([_attention(picked.key, text, ro.steps, step, l, model)
+                                 for l in range(cfg.n_layers)])
             st.plotly_chart(views.attention_grid_figure(grid, ar.token_labels(ro.enc, cfg.modulus), step),
                             key="attention_grid")
 
