@@ -1,6 +1,6 @@
 """Copy a reasoner run's checkpoint into the zoo, evaluated afresh, with its card.
 
-    python training/to_zoo.py training/reasoner-z23 reasoner-z23 --length-ref 200
+    python training/to_zoo.py training/reasoner-z23 reasoner-z23 --length-ref 300
 
 The zoo folder gets the checkpoint's config (with ``length_ref`` if given: no parameters, see
 ``ReasonerConfig``) and weights as one unit, then metrics measured on the copied checkpoint
