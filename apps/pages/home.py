@@ -142,17 +142,13 @@ if unknown:  # as apps.ui.query_names: a misspelt parameter is not ignored silen
 view = view_picker(VIEWS, "home_view")
 
 if view == "Zoo":
-    st.subheader("The zoo")
-    table = None  # what an unreadable zoo leaves
     with guard("The zoo"):
+        st.subheader("The zoo")
         table = _zoo(_stamp())
-    if table is None:
-        pass  # the guard above said why
-    elif table.empty:
-        st.info("The zoo is empty: train a model, e.g. `workbench train reasoner --preset quick --out "
-                "models/zoo/<name>`.")
-    else:
-        with guard("The zoo table"):
+        if table.empty:
+            st.info("The zoo is empty: train a model, e.g. `workbench train reasoner --preset quick --out "
+                    "models/zoo/<name>`.")
+        else:
             links = [page_link(name) for name in table["model"]]
             table = table.assign(page=links)
             # the model's name is the link to its page; a row without one (an unreadable entry) shows the name apart
