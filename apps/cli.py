@@ -6,12 +6,13 @@
     workbench patch reasoner --positions each
     workbench probe act-parity --targets parity
     workbench dynamics reasoner --analysis convergence
+    workbench seeds act-addition --runs runs/seeds/act-addition-s1,runs/seeds/act-addition-s2
 
 ``train`` and ``eval`` take a model family (one module per family in apps/commands/, each
 offering ``add_<command>_args(parser, argv)`` and ``<command>(args)``); the analyses ``patch``,
 ``attribute``, ``probe`` and ``codebook`` take any zoo model or checkpoint folder
 (apps/commands/analysis.py); ``dynamics`` runs the loop-dynamics lab on one
-(apps/commands/dynamics.py).
+(apps/commands/dynamics.py); ``seeds`` compares a zoo model with its seed runs (apps/commands/seeds.py).
 
 Only the parser that the command line selects is built, so ``workbench --help`` and
 ``workbench list`` import neither torch nor any model. Every expected failure (a bad option
@@ -44,9 +45,10 @@ _HELP = {
     "codebook": "codebook / discrete-state analysis of a zoo model or checkpoint",
     "dynamics": "loop dynamics (iteration lens, convergence, probe transfer, basins, fixed points) of a zoo model "
                 "or checkpoint",
+    "seeds": "a zoo model's headline metric over its training seeds, every checkpoint on the same fresh inputs",
 }
 # commands with a module of their own in apps/commands/ (not a model family)
-OWN_MODULES = ("analysis", "dynamics")
+OWN_MODULES = ("analysis", "dynamics", "seeds")
 
 
 class UsageError(Exception):
@@ -123,11 +125,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             analysis = importlib.import_module("apps.commands.analysis")
             getattr(analysis, f"add_{command}_args")(p, argv)
             p.set_defaults(func=getattr(analysis, command))
-    p = sub.add_parser("dynamics", help=_HELP["dynamics"], description=_sentence(_HELP["dynamics"]))
-    if selected == "dynamics":
-        module = importlib.import_module("apps.commands.dynamics")
-        module.add_dynamics_args(p, argv)
-        p.set_defaults(func=module.dynamics)
+    for command in ("dynamics", "seeds"):  # one module each in apps/commands/
+        p = sub.add_parser(command, help=_HELP[command], description=_sentence(_HELP[command]))
+        if selected == command:
+            module = importlib.import_module(f"apps.commands.{command}")
+            getattr(module, f"add_{command}_args")(p, argv)
+            p.set_defaults(func=getattr(module, command))
     return parser
 
 

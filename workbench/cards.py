@@ -23,6 +23,16 @@ def markdown_table(rows: Iterable[dict], floats: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
+def seeds_section(seeds: dict) -> str:
+    """The card's table of a model's training seeds (``models.seeds``), or "" where none was measured."""
+    if not isinstance(seeds, dict) or not seeds.get("rows"):
+        return ""
+    text = (f"Across training seeds (the same command with `--seed` changed; each checkpoint evaluated on the same "
+            f"{seeds['n']} fresh inputs, seed {seeds['eval_seed']}; seed {seeds['rows'][0]['seed']} is this "
+            f"checkpoint):\n\n" + markdown_table(seeds["rows"], floats="{:.4f}"))
+    return text + (f"\n\n{seeds['summary']}" if seeds.get("summary") else "")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 

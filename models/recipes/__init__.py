@@ -91,8 +91,10 @@ def write_card(recipe: ModuleType, folder: str | Path, metrics: dict, command: s
     stored = files.read_json(folder / files.CONFIG)
     what = recipe.PRESETS.get(preset or "", {}).get("what")
     train = metrics["train"]
+    parts = recipe.card(folder, stored, metrics, what)
+    parts["notes"] = "\n\n".join(p for p in (parts.get("notes", ""), cards.seeds_section(metrics.get("seeds"))) if p)
     cards.write_card(folder, command=command, seed=train["seed"], wall_s=train["train_wall_s"],
-                     hardware=train["hardware"], **recipe.card(folder, stored, metrics, what))
+                     hardware=train["hardware"], **parts)
 
 
 def update(recipe: ModuleType, folder: str | Path, **parts) -> None:

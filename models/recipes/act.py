@@ -76,6 +76,12 @@ def evaluate(model: ACT, setup: Setup) -> dict:
     }
 
 
+def score(model: ACT, n: int, seed) -> dict:
+    """The headline metric and its companion on ``n`` fresh problems (``models.seeds`` compares training seeds)."""
+    ev = evaluate_problems(model, fresh_problems(model, n, seed)).summary()
+    return {"error": ev["error"], "mean ponder N": ev["mean_ponder"]}
+
+
 def _records(df) -> list[dict]:
     """Rows for metrics.json: NaN (e.g. the error at the cap where no input reached it) becomes null."""
     return df.astype(object).where(df.notna(), None).to_dict("records")
@@ -108,13 +114,6 @@ def card(folder: Path, stored: dict, metrics: dict, what: str | None) -> dict:
         what += (f" Training curriculum: at most {c['start']} nonzero entries at step 0, growing linearly to the "
                  f"full task at step {c['steps']} (`models.act_data.curriculum`); the evaluation uses the full task.")
     notes = f"Ponder time and error against {by.replace('_', ' ')}:\n\n{cards.markdown_table(diff_rows)}"
-    if metrics.get("seeds"):
-        sd = metrics["seeds"]
-        notes += (f"\n\nAcross training seeds (the same command with `--seed` changed; each checkpoint evaluated on "
-                  f"the same {sd['n']} fresh problems, seed {sd['eval_seed']}; seed 0 is this checkpoint):\n\n"
-                  + cards.markdown_table(sd["rows"], floats="{:.4f}"))
-        if sd.get("summary"):
-            notes += "\n\n" + sd["summary"]
     if metrics.get("sweep"):
         notes += "\n\nTime-penalty sweep (`workbench eval act`):\n\n" + cards.markdown_table(metrics["sweep"])
     return dict(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import registry
 from models.reasoner import Reasoner, ReasonerConfig
 from models.reasoner_data import training_batch
 from models.reasoner_eval import evaluate as evaluate_problems, repair_rate
@@ -79,6 +80,12 @@ def evaluate(model: Reasoner, setup: Setup) -> dict:
               else {"repair_rate": None, "corrupted": 0})
     return {"evaluation": {**summary, **repair, "data": f"{args.final_n} fresh problems, {asdict(task)}",
                            "seed": fresh_seed}}
+
+
+def score(model: Reasoner, n: int, seed) -> dict:
+    """The headline metric and its companion on ``n`` fresh problems of the training size (``models.seeds``)."""
+    ev = evaluate_problems(model, registry.sample(model, n, seed), progress=True).summary()
+    return {"fully_solved": ev["fully_solved"], "node accuracy": ev["node_acc"]}
 
 
 def headline(parts: dict, setup: Setup) -> dict:

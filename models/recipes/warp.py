@@ -12,7 +12,7 @@ from models.gru import GRU, GRUConfig, hidden_for_params
 from models.recipes import Setup, from_args
 from models.warp import Warp, WarpConfig
 from models.warp_data import Forcing, training_batch
-from models.warp_eval import digits_eval, forecast_eval, model_kind
+from models.warp_eval import digits_eval, forecast_eval, model_kind, model_task
 from workbench import cards
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
@@ -117,6 +117,15 @@ def evaluate_task(model, task, n: int, seed) -> dict:
         ev = forecast_eval(model, task, n, seed)
         return {k: ev[k] for k in ("mse", "mse_x1e-2", "n")}
     return digits_eval(model, task, "val")
+
+
+def score(model, n: int, seed) -> dict:
+    """The headline metric on ``n`` fresh trajectories, or on the digits validation split (``models.seeds``)."""
+    task = model_task(model)
+    ev = evaluate_task(model, task, n, seed)
+    if isinstance(task, dy.DynamicsConfig):
+        return {"forecast_mse_x1e-2": ev["mse_x1e-2"]}
+    return {"val_accuracy": ev.get("accuracy")}
 
 
 def evaluate(model, setup: Setup) -> dict:

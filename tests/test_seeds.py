@@ -1,0 +1,84 @@
+"""Seed comparisons (``models.seeds``, ``workbench seeds``): every checkpoint scored on the same fresh
+inputs, runs that differ in more than the seed refused, the result stored on the zoo model's card."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from apps.cli import build_parser, main
+from models import recipes, registry, seeds
+from models.act_data import parity_batch
+from models.recipes import act
+
+TINY = ("--preset parity --size 6 --hidden 8 --max-ponder 3 --steps 6 --curriculum-steps 2 --warmup 1 "
+        "--eval-every 6 --eval-n 8 --final-n 16 --batch-size 8 --threads 1 --no-progress")
+
+
+def _train(out, extra: str = "") -> None:
+    argv = ["train", "act", *shlex.split(TINY + " " + extra), "--out", str(out)]
+    recipes.run(act, build_parser(argv).parse_args(argv), "workbench " + shlex.join(argv))
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A zoo with one tiny ACT model (seed 0) and, outside it, its runs with seeds 1 and 2 and a different one."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("seeds")
+    _train(root / "zoo" / "tiny")
+    for s in (1, 2):
+        _train(root / "runs" / f"tiny-s{s}", f"--seed {s}")
+    _train(root / "runs" / "wider-s3", "--seed 3 --hidden 12")
+    return root
+
+
+def _parity_error(model, n: int, eval_seed) -> float:
+    """Oracle: the share of fresh parity vectors whose sign of the output disagrees with the parity."""
+    problems = registry.sample(model, n, eval_seed)
+    with torch.no_grad():
+        out = model(parity_batch(problems)["inputs"])
+    predicted = (out.outputs[:, 0, 0] > 0).numpy().astype(int)
+    return float(np.mean(predicted != np.asarray(problems.target)))
+
+
+def test_every_checkpoint_is_scored_on_the_same_fresh_inputs(zoo):
+    runs = [zoo / "runs" / "tiny-s1", zoo / "runs" / "tiny-s2"]
+    part = seeds.compare(zoo / "zoo" / "tiny", runs, n=300, eval_seed=[5, 1])
+    assert [r["seed"] for r in part["rows"]] == [0, 1, 2] and part["metric"] == "error"
+    for row, folder in zip(part["rows"], [zoo / "zoo" / "tiny", *runs]):
+        assert row["error"] == pytest.approx(_parity_error(models.load(folder), 300, [5, 1]), abs=1e-9)
+    assert part["values"] == [r["error"] for r in part["rows"]]
+    mean, sd = statistics.mean(part["values"]), statistics.stdev(part["values"])
+    assert f"3 seeds: error {mean:.4g} ± {sd:.4g}" in part["summary"]
+    assert json.loads(json.dumps(part)) == part  # stored as plain JSON
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_refused(zoo):
+    with pytest.raises(ValueError, match="differs .* in hidden"):
+        seeds.compare(zoo / "zoo" / "tiny", [zoo / "runs" / "wider-s3"], n=10, eval_seed=0)
+    with pytest.raises(ValueError, match="both trained with seed 1"):
+        seeds.compare(zoo / "zoo" / "tiny", [zoo / "runs" / "tiny-s1", zoo / "runs" / "tiny-s1"], n=10, eval_seed=0)
+    with pytest.raises(ValueError, match="at least one seed run"):
+        seeds.compare(zoo / "zoo" / "tiny", [], n=10, eval_seed=0)
+
+
+def test_the_command_stores_the_comparison_on_the_zoo_card(zoo, monkeypatch, capsys):
+    monkeypatch.setattr(models, "ZOO", zoo / "zoo")
+    runs = f"{zoo / 'runs' / 'tiny-s1'},{zoo / 'runs' / 'tiny-s2'}"
+    assert main(["seeds", str(zoo / "runs" / "tiny-s1"), "--runs", str(zoo / "runs" / "tiny-s2"), "--n", "50",
+                 "--update-zoo"]) == 2
+    assert "not a zoo model" in capsys.readouterr().err
+    card_before = (zoo / "zoo" / "tiny" / "card.md").read_text()
+    assert main(["seeds", str(zoo / "zoo" / "tiny"), "--runs", runs, "--n", "50", "--seed", "9",
+                 "--update-zoo"]) == 0
+    stored = json.loads((zoo / "zoo" / "tiny" / "metrics.json").read_text())["seeds"]
+    assert stored["n"] == 50 and stored["eval_seed"] == [9] and len(stored["values"]) == 3
+    card = (zoo / "zoo" / "tiny" / "card.md").read_text()
+    assert card.startswith(card_before.split("## Notes")[0])  # the rest of the card is unchanged
+    assert "Across training seeds" in card and stored["summary"] in card and "tiny-s2 (not shipped)" in card
