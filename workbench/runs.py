@@ -224,10 +224,12 @@ def ablation_source(ablation: Optional[str], name: str, clean: Mapping[str, Tens
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     """The result table: ``pos`` / ``head`` dropped when no row has one, else nullable ints."""
+    # the empty columns leave before the frame is built: dropping them after costs more than the rest
+    empty = [c for c in ("pos", "head") if rows and c in rows[0] and all(r.get(c) is None for r in rows)]
+    if empty:
+        rows = [{k: v for k, v in r.items() if k not in empty} for r in rows]
     df = pd.DataFrame(rows)
     for col in ("pos", "head"):
-        if col in df and df[col].isna().all():
-            df = df.drop(columns=col)
-        elif col in df:
+        if col in df:
             df[col] = df[col].astype("Int64")
     return df
