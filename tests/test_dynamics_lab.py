@@ -1,4 +1,4 @@
-"""The loop-dynamics lab on hand-made dynamics with known answers (workbench/dynamics.py)."""
+"""The loop-dynamics lab on hand-made dynamics with known answers (workbench/dynamics/)."""
 
 from __future__ import annotations
 
