@@ -42,8 +42,10 @@ def _recipe(family: registry.Family):
     return recipe
 
 
-# training options that may differ between seed runs: where the run was written and how it was run
-_FREE = ("seed", "out", "resume", "threads", "progress", "time_limit_min", "world_size")
+# training options that may differ between seed runs: where and how the run was written and run
+# (not what it learned); checkpoints from before an option existed do not record it
+_FREE = ("seed", "out", "resume", "overwrite", "threads", "progress", "time_limit_min", "world_size", "device",
+         "data_workers")
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -77,6 +79,11 @@ def check_runs(shipped: str | Path, runs: Sequence[str | Path]) -> list[Path]:
     return folders
 
 
+def _num(v: float) -> str:
+    """Four decimals for rates and small errors, three significant digits for larger values."""
+    return f"{v:.4f}" if abs(v) < 1 else f"{v:.3g}"
+
+
 def compare(shipped: str | Path, runs: Sequence[str | Path], n: int, eval_seed) -> dict:
     """The ``seeds`` part for ``shipped``: each checkpoint scored on the same ``n`` fresh inputs."""
     folders = check_runs(shipped, runs)
@@ -91,10 +98,9 @@ def compare(shipped: str | Path, runs: Sequence[str | Path], n: int, eval_seed) 
         rows.append({"seed": _train_seed(folder), **scores,
                      "checkpoint": "this one" if i == 0 else f"{folder} (not shipped)"})
     values = [float(r[metric]) for r in rows]
-    lo, hi = min(values), max(values)
-    spread = f" ± {statistics.stdev(values):.4g}" if len(values) > 1 else ""
-    summary = (f"{len(values)} seeds: {metric} {statistics.mean(values):.4g}{spread} (mean ± sample standard "
-               f"deviation; range {lo:.4g}-{hi:.4g}).")
+    spread = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""
+    summary = (f"{len(values)} seeds: {metric} {_num(statistics.mean(values))}{spread} (mean ± sample standard "
+               f"deviation; range {_num(min(values))}-{_num(max(values))}).")
     return {"n": n, "eval_seed": list(eval_seed) if isinstance(eval_seed, (list, tuple)) else eval_seed,
             "metric": metric, "values": values, "rows": rows, "summary": summary}
 

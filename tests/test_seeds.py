@@ -55,7 +55,7 @@ def test_every_checkpoint_is_scored_on_the_same_fresh_inputs(zoo):
         assert row["error"] == pytest.approx(_parity_error(models.load(folder), 300, [5, 1]), abs=1e-9)
     assert part["values"] == [r["error"] for r in part["rows"]]
     mean, sd = statistics.mean(part["values"]), statistics.stdev(part["values"])
-    assert f"3 seeds: error {mean:.4g} ± {sd:.4g}" in part["summary"]
+    assert f"3 seeds: error {mean:.4f} ± {sd:.2g}" in part["summary"]
     assert json.loads(json.dumps(part)) == part  # stored as plain JSON
 
 
