@@ -82,3 +82,24 @@ def test_the_command_stores_the_comparison_on_the_zoo_card(zoo, monkeypatch, cap
     card = (zoo / "zoo" / "tiny" / "card.md").read_text()
     assert card.startswith(card_before.split("## Notes")[0])  # the rest of the card is unchanged
     assert "Across training seeds" in card and stored["summary"] in card and "tiny-s2 (not shipped)" in card
+
+
+def test_a_forecaster_is_scored_on_its_forecast_error(tmp_path):
+    """WARP's seed score: the forecast MSE (x 1e-2) of fresh trajectories, checked against one written here."""
+    from workbench.tasks import dynamics as dy
+
+    torch.set_num_threads(1)
+    argv = ["train", "warp", "--preset", "warp-sine", "--steps", "3", "--batch-size", "4", "--warmup", "1",
+            "--root-width", "6", "--eval-n", "4", "--final-n", "8", "--forcing-decay", "2", "--threads", "1",
+            "--no-progress", "--out", str(tmp_path / "sine")]
+    from models.recipes import warp
+
+    recipes.run(warp, build_parser(argv).parse_args(argv), "workbench " + shlex.join(argv))
+    model = models.load(tmp_path / "sine")
+    task = registry.task_of(model)
+    x = torch.from_numpy(dy.stack(dy.sample(task, 20, np.random.default_rng([3, 4])))).float()
+    with torch.no_grad():
+        out = model(x[:, :task.context], context=task.context, horizon=task.length - task.context)
+    forecast = out.mean[:, task.context - 1: task.length - 1]  # the prediction of x[:, context:]
+    expected = float(((forecast - x[:, task.context:]) ** 2).mean()) * 100
+    assert warp.score(model, 20, [3, 4]) == {"forecast_mse_x1e-2": pytest.approx(expected, rel=1e-4)}
