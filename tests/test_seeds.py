@@ -103,3 +103,21 @@ def test_a_forecaster_is_scored_on_its_forecast_error(tmp_path):
     forecast = out.mean[:, task.context - 1: task.length - 1]  # the prediction of x[:, context:]
     expected = float(((forecast - x[:, task.context:]) ** 2).mean()) * 100
     assert warp.score(model, 20, [3, 4]) == {"forecast_mse_x1e-2": pytest.approx(expected, rel=1e-4)}
+
+
+def test_a_seed_run_is_the_cards_command_with_another_seed_and_folder():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seed_runs", Path(__file__).parent.parent / "training" / "seeds.py")
+    seed_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_runs)
+    card = shlex.split((models.ZOO / "act-addition" / "card.md").read_text().split("```")[1].strip())[1:]
+    argv = seed_runs.seed_command("act-addition", 2, Path("runs/x"))
+    assert argv[-4:] == ["--seed", "2", "--out", "runs/x"]
+    assert argv[:-4] == [a for i, a in enumerate(card) if a != "--out" and (i == 0 or card[i - 1] != "--out")]
+    with pytest.raises(ValueError, match="3 resumed runs; give --time-limit-min"):
+        seed_runs.seed_command("reasoner-continuous", 1, Path("runs/y"))
+    resumed = seed_runs.seed_command("reasoner-continuous", 1, Path("runs/y"), time_limit_min=80)
+    assert "--resume" not in resumed and resumed[resumed.index("--time-limit-min") + 1] == "80"
+    assert resumed.count("--time-limit-min") == 1
