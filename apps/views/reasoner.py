@@ -152,19 +152,22 @@ def attention_figure(pattern: np.ndarray, labels: list[str], reads: pd.DataFrame
     L = len(labels)
     if pattern.shape != (L, L):
         raise ValueError(f"pattern must be [query, key] = [{L}, {L}] (one per token label); got {list(pattern.shape)}")
+    # Categorical axes named by the tokens: the hover reads them from the axes, so the figure does
+    # not carry two [L, L] arrays of labels (at L = 179 they were three quarters of its 0.8 MB).
     ticks = [f"{i}:{lab}" for i, lab in enumerate(labels)]
-    fig = go.Figure(go.Heatmap(z=pattern, x=list(range(L)), y=list(range(L)), colorscale="Blues", zmin=0,
-                               colorbar=dict(title="weight"), customdata=np.array(ticks)[None, :].repeat(L, 0),
-                               text=np.array(ticks)[:, None].repeat(L, 1),
-                               hovertemplate="query %{text}<br>key %{customdata}<br>weight %{z:.3f}<extra></extra>"))
+    fig = go.Figure(go.Heatmap(z=pattern.astype(np.float32), x=ticks, y=ticks, colorscale="Blues", zmin=0,
+                               colorbar=dict(title="weight"),
+                               hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
     symbols = {"definition": ("circle-open", "#d62728"), "operand": ("square-open", "#ff7f0e")}
     if reads is not None and len(reads):
         for kind, g in reads.groupby("kind"):
             symbol, color = symbols.get(kind, ("x", "black"))
-            fig.add_trace(go.Scatter(x=g["key"], y=g["query"], mode="markers", name=f"reads the {kind}",
+            fig.add_trace(go.Scatter(x=[ticks[k] for k in g["key"]], y=[ticks[q] for q in g["query"]],
+                                     mode="markers", name=f"reads the {kind}",
                                      marker=dict(symbol=symbol, color=color, size=9, line=dict(width=2))))
     step = max(1, L // 40)
-    axis = dict(tickmode="array", tickvals=list(range(0, L, step)), ticktext=ticks[::step], tickfont=dict(size=9))
+    axis = dict(type="category", tickmode="array", tickvals=ticks[::step], ticktext=ticks[::step],
+                tickfont=dict(size=9))
     fig.update_layout(title=title, xaxis=dict(title="key position", **axis),
                       yaxis=dict(title="query position", autorange="reversed", **axis),
                       height=max(450, min(900, 12 * L + 200)))
