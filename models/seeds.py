@@ -35,6 +35,11 @@ def _train_seed(folder: Path) -> int:
     return seed
 
 
+def _train_step(folder: Path) -> int | None:
+    """The step a checkpoint was trained to (a wall-time limit may stop a run before its ``--steps``)."""
+    return files.load_metrics(folder).get("train", {}).get("step")
+
+
 def _recipe(family: registry.Family):
     recipe = family.recipe
     if recipe is None or not hasattr(recipe, "score"):
@@ -42,10 +47,11 @@ def _recipe(family: registry.Family):
     return recipe
 
 
-# training options that may differ between seed runs: where and how the run was written and run
-# (not what it learned); checkpoints from before an option existed do not record it
-_FREE = ("seed", "out", "resume", "overwrite", "threads", "progress", "time_limit_min", "world_size", "device",
-         "data_workers")
+# training options that may differ between seed runs: where, how long and how the run was written
+# (not what it learned; the steps trained are a column of the table); checkpoints from before an
+# option existed do not record it
+_FREE = ("seed", "out", "resume", "overwrite", "threads", "progress", "time_limit_min", "stop_at", "world_size",
+         "device", "data_workers")
 
 
 def _differences(a: dict, b: dict) -> list[str]:
@@ -95,7 +101,7 @@ def compare(shipped: str | Path, runs: Sequence[str | Path], n: int, eval_seed) 
         if metric not in scores:
             raise ValueError(f"{folders[0]}: its headline metric {metric!r} is not one the recipe scores "
                              f"({', '.join(scores)})")
-        rows.append({"seed": _train_seed(folder), **scores,
+        rows.append({"seed": _train_seed(folder), **scores, "steps": _train_step(folder),
                      "checkpoint": "this one" if i == 0 else f"{folder} (not shipped)"})
     values = [float(r[metric]) for r in rows]
     spread = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""

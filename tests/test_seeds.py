@@ -113,11 +113,15 @@ def test_a_seed_run_is_the_cards_command_with_another_seed_and_folder():
     seed_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed_runs)
     card = shlex.split((models.ZOO / "act-addition" / "card.md").read_text().split("```")[1].strip())[1:]
+    step = json.loads((models.ZOO / "act-addition" / "metrics.json").read_text())["train"]["step"]
     argv = seed_runs.seed_command("act-addition", 2, Path("runs/x"))
-    assert argv[-4:] == ["--seed", "2", "--out", "runs/x"]
-    assert argv[:-4] == [a for i, a in enumerate(card) if a != "--out" and (i == 0 or card[i - 1] != "--out")]
-    with pytest.raises(ValueError, match="3 resumed runs; give --time-limit-min"):
-        seed_runs.seed_command("reasoner-continuous", 1, Path("runs/y"))
-    resumed = seed_runs.seed_command("reasoner-continuous", 1, Path("runs/y"), time_limit_min=80)
-    assert "--resume" not in resumed and resumed[resumed.index("--time-limit-min") + 1] == "80"
-    assert resumed.count("--time-limit-min") == 1
+    assert argv[-8:] == ["--stop-at", str(step), "--time-limit-min", "600", "--seed", "2", "--out", "runs/x"]
+    assert argv[:-8] == [a for i, a in enumerate(card) if a != "--out" and (i == 0 or card[i - 1] != "--out")]
+    # a card of several resumed runs (each under a 40-minute limit): one run, to the shipped step
+    lines = [ln for ln in (models.ZOO / "reasoner-continuous" / "card.md").read_text().split("```")[1].splitlines()
+             if ln.strip()]
+    assert len(lines) > 1 and all("--time-limit-min" in ln for ln in lines)
+    step = json.loads((models.ZOO / "reasoner-continuous" / "metrics.json").read_text())["train"]["step"]
+    resumed = seed_runs.seed_command("reasoner-continuous", 1, Path("runs/y"), time_limit_min=90)
+    assert "--resume" not in resumed and resumed.count("--time-limit-min") == 1
+    assert resumed[resumed.index("--time-limit-min") + 1] == "90" and resumed[resumed.index("--stop-at") + 1] == str(step)
