@@ -291,6 +291,8 @@ def test_train_and_eval_commands_write_a_checkpoint_card_and_table(tmp_path):
     assert (report / "results.html").stat().st_size > 1000 and (report / "forecast_sine.html").is_file()
     margin = pd.read_csv(report / "margins.csv")
     assert len(margin) == 2 and set(margin.model) == {str(out), str(gru)} and (margin.n == 8).all()
+    results = pd.read_csv(report / "results.csv")
+    assert set(results.metric) == {"mse_x1e-2", "one_step_x1e-2"} and len(results) == 4
     assert main(["eval", "warp", "--models", "no-such-model", "--out", str(report)]) == 2
 
 
@@ -394,3 +396,19 @@ def test_margins_compare_forecasters_trajectory_by_trajectory():
     assert a.median_ratio == pytest.approx(6.0) and a.share_better == pytest.approx(0.75)
     assert a.p10_ratio == pytest.approx(0.5 + 0.3 * 1.5)  # numpy's linear interpolation between 0.5 and 2
     assert m.loc[("b", "a")].share_better == pytest.approx(0.25) and a.n == 4
+
+
+@pytest.mark.parametrize("name", ["plain", "phys-msd"])
+def test_one_step_predicts_each_target_from_the_true_states_before_it(name):
+    from models.gru import GRU, GRUConfig
+    from models.warp_eval import one_step
+
+    context = 12
+    warp = small(**VARIANTS[name])
+    x = inputs(warp, batch=5, T=40)
+    for model in (warp, GRU(GRUConfig(d_in=2, hidden=8)).double().eval()):
+        got = one_step(model, x, context, batch_size=2)  # batches of 2: the split must not matter
+        with torch.no_grad():  # oracle: run each prefix x[:, :t] and keep its last prediction
+            want = torch.stack([model(x[:, :t]).mean[:, -1] for t in range(context, 40)], 1)
+        assert got.shape == (5, 40 - context, 2)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)

@@ -116,6 +116,9 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
         written.append(out / "dynamics_table.csv")
         print(f"forecast MSE x 1e-2 on {args.n} fresh trajectories per system (seed {args.seed})")
         print(table.round(3).to_string())
+        one_step = dynamics_table(results, "one_step_x1e-2")
+        print("\nthe same targets predicted one step ahead from the true states (teacher forced), MSE x 1e-2:")
+        print(one_step.round(4).to_string())
         margin = margins(pd.DataFrame(per_trajectory))
         if len(margin):
             margin.to_csv(out / "margins.csv", index=False)
