@@ -10,6 +10,8 @@
 * ``digits_test_report``: the end of the digits protocol: test accuracy with a 95% Wilson
   interval, next to logistic regression and k-NN fit on the same training images (their
   own settings chosen on the validation split).
+* ``euler_true_params``: WARP-Phys's formula on the mass-spring-damper with the true m, c, k
+  (no learning): what exact identification of the parameters would forecast.
 * ``results_table``: one tidy row per (model, metric).
 * ``theta_pca``: the trajectory of theta_t projected on its principal components.
 """
@@ -88,6 +90,32 @@ def forecast_eval(model, task: Optional[dy.DynamicsConfig] = None, n: int = 512,
 
 
 @torch.no_grad()
+def euler_true_params(task: dy.DynamicsConfig, n: int = 512, seed=1, dt: Optional[float] = None) -> dict:
+    """WARP-Phys's forecast with the true parameters: explicit Euler steps of m x'' + c x' + k x = 0
+    from the last context state, each from the previous one (``forecast_mse_x1e-2``), and one step
+    from each true state (``one_step_x1e-2``), on the ``n`` fresh trajectories ``forecast_eval``
+    draws with ``seed``. ``dt``: the formula's step (the model's ``cfg.dt``; default the task's).
+    """
+    if task.system != "msd":
+        raise ValueError(f"the Euler formula with true parameters is WARP-Phys's on 'msd', not {task.system!r}")
+    trajs = dy.sample(task, n, np.random.default_rng(seed))
+    x = dy.stack(trajs).astype(np.float64)  # [n, T, 2]: (position, velocity)
+    m, c, k = (np.array([t.params[p] for t in trajs])[:, None] for p in ("m", "c", "k"))
+    h = task.dt if dt is None else dt
+
+    def step(s: np.ndarray) -> np.ndarray:  # s [n, ..., 2]
+        pos, vel = s[..., 0], s[..., 1]
+        return np.stack([pos + h * vel, vel - h * (c * vel + k * pos) / m], -1)
+
+    free, s = [], x[:, task.context - 1]
+    for _ in range(task.length - task.context):
+        s = step(s[:, None])[:, 0]
+        free.append(s)
+    err = (np.stack(free, 1) - x[:, task.context:]) ** 2
+    one = (step(x[:, task.context - 1:-1]) - x[:, task.context:]) ** 2
+    return {"forecast_mse_x1e-2": float(err.mean() * 100), "one_step_x1e-2": float(one.mean() * 100), "n": n}
+
+
 def digits_eval(model: Warp, task: Optional[dg.DigitsConfig] = None, split: str = "test",
                 batch_size: int = 512) -> dict:
     """Classification accuracy and completion MSE on a whole split (``fit``, ``val``, ``test``, ``train``).

@@ -412,3 +412,27 @@ def test_one_step_predicts_each_target_from_the_true_states_before_it(name):
             want = torch.stack([model(x[:, :t]).mean[:, -1] for t in range(context, 40)], 1)
         assert got.shape == (5, 40 - context, 2)
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
+
+
+def test_the_euler_floor_is_the_formula_with_the_true_parameters():
+    from models.warp_eval import euler_true_params
+    from workbench.tasks import dynamics as dy
+
+    task = dy.DynamicsConfig(system="msd")
+    got = euler_true_params(task, n=6, seed=[9, 1])
+    # oracle: the Euler map is linear, s_{j+1} = M s_j, so the j-th forecast is M^j applied to the last context state
+    trajs = dy.sample(task, 6, np.random.default_rng([9, 1]))
+    free, one = [], []
+    for t in trajs:
+        m, c, k, h = t.params["m"], t.params["c"], t.params["k"], task.dt
+        M = np.array([[1.0, h], [-h * k / m, 1.0 - h * c / m]])
+        x = np.asarray(t.states, dtype=np.float64)
+        H = task.length - task.context
+        pred = np.stack([np.linalg.matrix_power(M, j) @ x[task.context - 1] for j in range(1, H + 1)])
+        free.append(((pred - x[task.context:]) ** 2).mean())
+        one.append(((x[task.context - 1:-1] @ M.T - x[task.context:]) ** 2).mean())
+    assert got["forecast_mse_x1e-2"] == pytest.approx(100 * np.mean(free), rel=1e-9)
+    assert got["one_step_x1e-2"] == pytest.approx(100 * np.mean(one), rel=1e-9)
+    assert got["one_step_x1e-2"] < got["forecast_mse_x1e-2"]  # errors compound when the formula runs free
+    with pytest.raises(ValueError, match="not 'lv'"):
+        euler_true_params(dy.DynamicsConfig(system="lv"), n=2)
