@@ -62,16 +62,25 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out + [k for k in sorted(set(a) | set(b)) if k not in ("class", "config", "train") and a.get(k) != b.get(k)]
 
 
+def _effective_config(folder: Path) -> dict:
+    """``config.json`` with the model config as the model built from it sees it: a field added to
+    the config after a checkpoint was written is absent from its file and takes its default."""
+    config = checkpoints.read_config(folder)
+    if config["class"] in registry.class_table():
+        config["config"] = checkpoints.build(folder, registry.class_table()).config_dict()
+    return config
+
+
 def check_runs(shipped: str | Path, runs: Sequence[str | Path]) -> list[Path]:
     """The folders of ``shipped`` and ``runs``; ValueError unless every run is the shipped model's
     class and config with another training seed (so the comparison varies the seed alone)."""
     if not runs:
         raise ValueError("--runs: give at least one seed run to compare with the shipped model")
     folders = [models.resolve(shipped), *(models.resolve(r) for r in runs)]
-    base = checkpoints.read_config(folders[0])
+    base = _effective_config(folders[0])
     seen: dict[int, Path] = {}
     for folder in folders:
-        config = checkpoints.read_config(folder)
+        config = _effective_config(folder)
         if config["class"] != base["class"]:
             raise ValueError(f"{folder}: a {config['class']}, not a {base['class']} like {folders[0]}")
         differ = _differences(base, config)

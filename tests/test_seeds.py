@@ -68,6 +68,21 @@ def test_runs_that_differ_in_more_than_the_seed_are_refused(zoo):
         seeds.compare(zoo / "zoo" / "tiny", [], n=10, eval_seed=0)
 
 
+def test_a_config_field_added_later_counts_at_its_default(zoo, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"  # the shipped model as written before ``eps`` was a config field
+    shutil.copytree(zoo / "zoo" / "tiny", old)
+    config = json.loads((old / "config.json").read_text())
+    assert config["config"].pop("eps") == 0.01  # its default
+    (old / "config.json").write_text(json.dumps(config))
+    assert seeds.check_runs(old, [zoo / "runs" / "tiny-s1"])[1] == zoo / "runs" / "tiny-s1"
+    config["config"]["tau"] = 0.5  # a value that is not the run's: still refused
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="differs .* in tau"):
+        seeds.check_runs(old, [zoo / "runs" / "tiny-s1"])
+
+
 def test_the_command_stores_the_comparison_on_the_zoo_card(zoo, monkeypatch, capsys):
     monkeypatch.setattr(models, "ZOO", zoo / "zoo")
     runs = f"{zoo / 'runs' / 'tiny-s1'},{zoo / 'runs' / 'tiny-s2'}"
