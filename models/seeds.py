@@ -77,10 +77,10 @@ def check_runs(shipped: str | Path, runs: Sequence[str | Path]) -> list[Path]:
     if not runs:
         raise ValueError("--runs: give at least one seed run to compare with the shipped model")
     folders = [models.resolve(shipped), *(models.resolve(r) for r in runs)]
-    base = _effective_config(folders[0])
+    configs = [_effective_config(folder) for folder in folders]
+    base = configs[0]
     seen: dict[int, Path] = {}
-    for folder in folders:
-        config = _effective_config(folder)
+    for folder, config in zip(folders, configs):
         if config["class"] != base["class"]:
             raise ValueError(f"{folder}: a {config['class']}, not a {base['class']} like {folders[0]}")
         differ = _differences(base, config)

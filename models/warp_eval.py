@@ -227,6 +227,11 @@ def digits_report_table(report: dict, name: str = "WARP") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def system_seed(seed: int, system: str) -> list[int]:
+    """The problem seed of ``system`` in an evaluation with ``seed``: every model of a system sees the same data."""
+    return [seed, list(dy.SYSTEMS).index(system)]
+
+
 def results_table(models: dict, n: int = 512, seed=1, digits_on: str = "val",
                   trajectories: Optional[list] = None) -> pd.DataFrame:
     """Tidy rows (task, kind, model, metric, value) for every model on fresh data.
@@ -241,8 +246,7 @@ def results_table(models: dict, n: int = 512, seed=1, digits_on: str = "val",
         task = model_task(model)
         kind = model_kind(model)
         if isinstance(task, dy.DynamicsConfig):
-            seed_of_system = [seed, list(dy.SYSTEMS).index(task.system)]  # the same data for every model of a system
-            ev = forecast_eval(model, task, n, seed_of_system, with_one_step=True)
+            ev = forecast_eval(model, task, n, system_seed(seed, task.system), with_one_step=True)
             rows += [{"task": task.system, "kind": kind, "model": name, "metric": metric, "value": ev[metric], "n": n}
                      for metric in ("mse_x1e-2", "one_step_x1e-2")]
             if trajectories is not None:

@@ -27,7 +27,7 @@ from models.gru import GRU
 from models.recipes import warp as recipe
 from models.warp import Warp, WarpConfig
 from models.warp_eval import (digits_report_table, digits_test_report, dynamics_table, euler_true_params, forecast,
-                              margins, model_kind, model_task, results_table)
+                              margins, model_kind, model_task, results_table, system_seed)
 from workbench import checkpoints, files
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
@@ -122,7 +122,7 @@ def eval(args: argparse.Namespace) -> None:  # noqa: A001 - the CLI verb
         phys = [m for m in loaded.values() if getattr(getattr(m, "cfg", None), "physics", "none") == "msd"]
         if phys:
             task = model_task(phys[0])
-            ideal = euler_true_params(task, args.n, [args.seed, list(dy.SYSTEMS).index("msd")], dt=phys[0].cfg.dt)
+            ideal = euler_true_params(task, args.n, system_seed(args.seed, "msd"), dt=phys[0].cfg.dt)
             print("\nmsd, WARP-Phys's formula with the true m, c, k (no learning: what exact identification would "
                   f"forecast): forecast {ideal['forecast_mse_x1e-2']:.3f}, "
                   f"one step {ideal['one_step_x1e-2']:.4f} (x 1e-2)")
