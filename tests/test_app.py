@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -96,6 +97,18 @@ def test_home_shows_the_zoo_and_the_ood_figure(tiny, monkeypatch):
     for view in ("Headline metrics", "OOD generalisation"):
         ok(show(at, "home_view", view))
         assert charts(at) == 1 and not at.dataframe, view
+
+
+def test_home_preloads_the_plotly_chunk_streamlit_itself_imports():
+    at = ok(open_page("home"))
+    (html,) = at.get("html")
+    chunk = re.search(r"import\(new URL\('\./(PlotlyChart\.[\w-]+\.js)'", html.proto.body).group(1)
+    js = Path(st.__file__).parent / "static" / "static" / "js"
+    assert (js / chunk).is_file()
+    # the same relative URL as Streamlit's own lazy import of it, so the browser evaluates it once
+    assert any(f"import(`./{chunk}`)" in p.read_text() for p in js.glob("index.*.js"))
+    ok(show(at, "home_view", "Headline metrics"))
+    assert not at.get("html")  # a figure view loads the code itself
 
 
 def test_home_opens_the_view_its_link_names():

@@ -381,6 +381,19 @@ def test_a_zoo_row_opens_its_model_page(browser, server, shots):
             browser.switch_to.window(home)
 
 
+def test_home_has_the_browser_load_the_plotly_code_before_a_figure_view_is_opened(browser, server):
+    """The zoo view draws no figure, yet the browser fetches Streamlit's Plotly chart code while it
+    is shown, so the first figure view opened from Home does not wait for it."""
+    from selenium.webdriver.common.by import By
+
+    base, _ = server
+    browser.set_window_size(WIDTHS[-1], 1200)
+    visit(browser, f"{base}/", "home", want_plot=None)
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')
+    fetched = "return performance.getEntriesByType('resource').some(e => /[/]PlotlyChart[.][^/]*[.]js$/.test(e.name));"
+    assert _wait_for(lambda: browser.execute_script(fetched), 60), "Home never loaded the Plotly chart code"
+
+
 # where a state-table cell is drawn: the category's pixel on each axis, in the page's coordinates
 CELL_JS = """
 const gd = document.querySelector('.st-key-state_table .js-plotly-plot');

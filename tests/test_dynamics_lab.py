@@ -281,6 +281,26 @@ def test_every_result_has_a_titled_figure_a_summary_and_saves(tmp_path):
         assert all(p.exists() for p in paths)
 
 
+def test_convergence_figure_draws_each_example_in_one_trace_per_panel():
+    model = looped(Counter())
+    x = torch.tensor([[0.0], [2.0], [3.0], [1.0]])
+    res = dyn.convergence(model, x, state_hooks=STATE, readout=counter_readout(5), forward_kwargs={"steps": 5})
+    grey = [t for t in res.figure().data if t.type == "scatter" and t.line.color == "lightgrey"]
+    assert len(grey) == 2  # update size and distance to the final state, each one trace for all examples
+    for trace, col in zip(grey, ("update_norm", "dist_to_final")):
+        pieces, piece = [], []
+        for v in trace.y:  # the line of each example, ended by a gap
+            if v is None:
+                pieces.append(piece)
+                piece = []
+            else:
+                piece.append(v)
+        examples = [g[col].to_numpy() for _, g in res.df.groupby("example", sort=True)]
+        assert len(pieces) == len(examples) == 4 and piece == []
+        for got, want in zip(pieces, examples):
+            np.testing.assert_allclose(got, want)
+
+
 def test_state_hook_forms_agree_and_bad_templates_name_the_hooks():
     model = looped(Counter(), max_steps=6)
     x = torch.zeros(2, 1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Optional
 
 import numpy as np
@@ -64,12 +65,13 @@ def convergence_figure(result: Result, value: Optional[str] = None, max_lines: i
         "commit step" if "commit_step" in ex else "last update")
     fig = make_subplots(rows=1, cols=3, subplot_titles=(value.replace("_", " "), "distance to the final state", third))
     keys = ["example", "pos"] if "pos" in df else ["example"]
-    for i, (_, g) in enumerate(df.groupby(keys, sort=True)):
-        if i >= max_lines:
-            break
-        for col, c in ((value, 1), ("dist_to_final", 2)):
-            fig.add_trace(go.Scatter(x=g["step"], y=g[col], mode="lines", line=dict(color="lightgrey", width=1),
-                                     showlegend=False, hoverinfo="skip"), 1, c)
+    lines = [g for _, g in islice(df.groupby(keys, sort=True), max_lines)]
+    for col, c in ((value, 1), ("dist_to_final", 2)):
+        # the examples as one trace broken by gaps: a trace per line costs the browser seconds to draw
+        x = [v for g in lines for v in (*g["step"], None)]
+        y = [v for g in lines for v in (*g[col], None)]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(color="lightgrey", width=1), connectgaps=False,
+                                 showlegend=False, hoverinfo="skip"), 1, c)
     med = df.groupby("step", as_index=False)[[value, "dist_to_final"]].median()
     fig.add_trace(go.Scatter(x=med["step"], y=med[value], mode="lines+markers", name="median"), 1, 1)
     fig.add_trace(go.Scatter(x=med["step"], y=med["dist_to_final"], mode="lines+markers", name="median",

@@ -1,7 +1,8 @@
 """Home: the zoo (every shipped model with its card's headline, linked to its page, and the model
 cards), the headline metrics as a figure, and the reasoners' OOD figure: one view at a time
 (``?home_view=``), the zoo first. The zoo view draws no Plotly figure, so the first page a user
-sees does not wait for the browser to load Plotly's code, nor the server to build figures.
+sees does not wait for the browser to load Plotly's code, nor the server to build figures; once it
+is drawn, the browser loads that code in the background for the figure views.
 
 Home reads the zoo's files only (``config.json``, ``metrics.json``, ``card.md``): it imports
 neither torch nor the models (nor ``apps.ui``, which imports torch, unless another page has
@@ -87,6 +88,23 @@ def _ood(stamp: tuple):
 
 
 WARM_UP_DELAY_S = 4.0
+
+
+@st.cache_resource(show_spinner=False)
+def _plotly_preload() -> str | None:
+    """A module script that has the browser load Streamlit's Plotly chart code (a 4.7 MB chunk) once
+    the zoo is drawn, so the first figure view opened from Home does not wait seconds for it; None
+    where this Streamlit has no such chunk. The chunk is imported from the URL Streamlit itself
+    imports it from, so the browser evaluates it once."""
+    import re
+
+    js = Path(st.__file__).parent / "static" / "static" / "js"
+    chunks = sorted(p.name for p in js.glob("PlotlyChart.*.js") if re.fullmatch(r"[\w.-]+", p.name))
+    if len(chunks) != 1:
+        return None
+    return ("<script type=\"module\">const index = document.querySelector('script[type=\"module\"][src*=\"/index.\"]');"
+            f"if (index) (window.requestIdleCallback || setTimeout)(() => import(new URL('./{chunks[0]}', index.src))"
+            ".catch(() => {}));</script>")
 
 
 @st.cache_resource(show_spinner=False)
@@ -180,6 +198,9 @@ if view == "Zoo":
             with guard(f"The card of {name}"):  # an unreadable card is one message
                 card = models.resolve(name) / "card.md"
                 st.markdown(card.read_text() if card.is_file() else "(no card yet: the model is still being trained)")
+    preload = _plotly_preload()
+    if preload:
+        st.html(preload, unsafe_allow_javascript=True)
 
 elif view == "Headline metrics":
     with guard("The headline metrics"):
