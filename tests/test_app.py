@@ -255,6 +255,21 @@ def test_warp_page_edits(tiny):
         assert charts(ok(show(at, "warp_view", view))) == 1
 
 
+def test_warp_page_forecasts_once_per_input_not_per_click(tiny, monkeypatch):
+    from apps.adapters import warp as aw
+
+    calls, forecast_run = [], aw.forecast_run
+    st.cache_data.clear()  # earlier tests may have forecast the same trajectory
+    monkeypatch.setattr(aw, "forecast_run", lambda *a, **k: calls.append(1) or forecast_run(*a, **k))
+    at = ok(open_page("warp", tiny["warp"]))
+    assert len(calls) == 1
+    for view in ("theta_t (PCA)", "Spectrum of A", "Forecast"):  # other views of the same trajectory
+        ok(show(at, "warp_view", view))
+    assert len(calls) == 1
+    ok(at.number_input(key="warp_seed").set_value(5).run())  # a new trajectory is forecast
+    assert len(calls) == 2
+
+
 def test_warp_page_on_a_digit_model(tiny):
     at = ok(open_page("warp", tiny["warp-digits"]))
     assert charts(at) == 1  # the completion

@@ -29,6 +29,14 @@ def _spectrum(key: str, _model):
     return _model.spectrum().numpy()
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _run(key: str, digits: bool, sample: int, context: int, _model) -> aw.ForecastRun:
+    """The model on one test digit or one fresh trajectory: computed once, not on every click."""
+    if digits:
+        return aw.digit_run(_model, sample, context)
+    return aw.forecast_run(_model, aw.sample(_model, sample), context)
+
+
 try:
     task = aw.task_of(model)
 except ValueError as e:
@@ -54,11 +62,7 @@ ui.need(sample, context)
 
 with ui.guard("Forecasting"):
     with st.spinner("Forecasting…"):
-        if digits:
-            run = aw.digit_run(model, int(sample), int(context))
-        else:
-            traj = aw.sample(model, int(sample))
-            run = aw.forecast_run(model, traj, int(context))
+        run = _run(picked.key, digits, int(sample), int(context), model)
     m1, m2, m3 = st.columns(3)
     if digits:
         m1.metric("digit", run.label)
@@ -90,7 +94,8 @@ with ui.guard("Forecasting"):
                                        help="other shipped forecasters of the same system (WARP, WARP-Phys, GRU)")
                 forecasts = {picked.name: run.forecast}
                 for name in extra:
-                    forecasts[name] = aw.forecast_run(ui.load(name)[0], traj, int(context)).forecast
+                    other, other_key = ui.load(name)
+                    forecasts[name] = _run(other_key, False, int(sample), int(context), other).forecast
                 st.plotly_chart(views.forecast_figure(run.times, run.truth, forecasts, int(context), run.state_names),
                                 key="forecast")
 
