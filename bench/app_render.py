@@ -29,21 +29,19 @@ are written as JSON; the table is printed. On a busy machine they are upper boun
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository root: tests/ is importable
+
+from tests.streamlit_server import STATE_JS, WATCH_JS, open_browser, serve  # noqa: E402
 START_TARGET_S = 8.0
 CHANGE_TARGET_S = 1.0
 POLL_S = 0.05
@@ -63,61 +61,6 @@ CHANGES = {
     "dynamics": [("segment", "dynamics_view", None)],
 }
 
-# the page has run and is drawn: script idle, nothing stale, every chart drawn (and a count of its nodes)
-STATE_JS = """
-const app = document.querySelector('[data-testid="stApp"]');
-if (!app) return null;
-const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'));
-const drawn = charts.filter(c => { const p = c.querySelector('.js-plotly-plot');
-                                   return p && p._fullLayout && p.querySelector('.main-svg'); }).length;
-return {state: app.getAttribute('data-test-script-state'),
-        stale: document.querySelectorAll('[data-stale="true"]').length,
-        running: document.querySelectorAll('[data-testid="stStatusWidget"], [data-testid="stSpinner"], '
-                                            + '[data-testid="stSkeleton"]').length,
-        main: document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]').length,
-        charts: charts.length, drawn: drawn,
-        nodes: Array.from(document.querySelectorAll('.js-plotly-plot')).reduce(
-            (n, p) => n + p.getElementsByTagName('*').length, 0),
-        errors: Array.from(document.querySelectorAll('[data-testid="stAlertContentError"], '
-                                                     + '[data-testid="stException"]')).map(e => e.innerText),
-        runs: window.__benchRuns || 0};
-"""
-
-# count the script runs from now on (a click starts one)
-WATCH_JS = """
-window.__benchRuns = 0;
-const app = document.querySelector('[data-testid="stApp"]');
-new MutationObserver(() => { if (app.getAttribute('data-test-script-state') === 'running') window.__benchRuns++; })
-    .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-"""
-
-
-def browser(width: int):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-    driver = shutil.which("chromedriver")
-    if not binary or not driver:
-        sys.exit("no headless browser: install chromium and chromium-driver (and the selenium package)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={width},1200"):
-        options.add_argument(arg)
-    d = webdriver.Chrome(service=Service(executable_path=driver), options=options)
-    d.set_page_load_timeout(600)
-    d.set_script_timeout(600)
-    d.command_executor.client_config.timeout = 600  # a browser busy drawing answers late, not never
-    return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait(condition, timeout_s: float, what: str):
     """Poll ``condition()`` every POLL_S until it returns something true; that value."""
     end = time.perf_counter() + timeout_s
@@ -132,14 +75,15 @@ def wait(condition, timeout_s: float, what: str):
     raise TimeoutError(f"{what}: not within {timeout_s:g} s")
 
 
-def rendered(driver, timeout_s: float, runs: int = 0) -> dict:
-    """Wait until the page is rendered (twice in a row) after at least ``runs`` script runs; its state."""
+def rendered(driver, timeout_s: float, since: dict | None = None) -> dict:
+    """Wait until the page is rendered (twice in a row), and changed since the state ``since`` (a
+    script run ended, or the page's text is another) when given; its state."""
     last = {}
 
     def done():
         s = driver.execute_script(STATE_JS)
-        ok = (s and s["state"] == "notRunning" and not s["stale"] and not s["running"] and s["main"] > 0
-              and s["drawn"] == s["charts"] and s["runs"] >= runs)
+        ok = (s and s["state"] == "notRunning" and not s["stale"] and not s["loading"] and s["main"] > 0
+              and s["drawn"] == s["charts"] and (since is None or s["runs"] >= 1 or s["digest"] != since["digest"]))
         key = ok and (s["charts"], s["drawn"], s["nodes"], s["main"])
         hit = ok and last.get("key") == key
         last["key"] = key
@@ -174,9 +118,10 @@ def click(driver, steps, timeout_s: float, think_s: float = 0.0) -> tuple[float 
             return None, f"NOT FOUND: {key!r} has no option {label or 'but the first'!r}"
         what = f"{key} -> {target[0].text.strip()}"
         driver.execute_script(WATCH_JS)
+        before = driver.execute_script(STATE_JS)
         t0 = time.perf_counter()
         target[0].click()
-        rendered(driver, timeout_s, runs=1)
+        rendered(driver, timeout_s, since=before)
         seconds = time.perf_counter() - t0
     return seconds, what
 
@@ -186,41 +131,11 @@ def click(driver, steps, timeout_s: float, think_s: float = 0.0) -> tuple[float 
 FLOOR_APP = """
 import plotly.graph_objects as go
 import streamlit as st
-st.title("floor")
 view = st.segmented_control("View", ["a", "b"], default="a", required=True, key="floor_view")
+st.title(f"floor: view {view}")
 st.plotly_chart(go.Figure(go.Scatter(y=[1, 3, 2] if view == "a" else [2, 1, 3])))
 """
 FLOOR_CHANGE = [("segment", "floor_view", "b")]
-
-
-@contextlib.contextmanager
-def serve(app: Path, env: dict, log: Path, timeout_s: float):
-    """``streamlit run app`` on a free port; yields (base URL, launch time, seconds to a healthy server)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
-    with open(log, "w") as out:
-        t_launch = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            def healthy():
-                if proc.poll() is not None:
-                    raise SystemExit(f"streamlit exited ({proc.poll()}); see {log}")
-                try:
-                    return urllib.request.urlopen(f"{base}/_stcore/health", timeout=5).read() == b"ok"
-                except OSError:
-                    return False
-
-            wait(healthy, timeout_s, "the server's health check")
-            yield base, t_launch, time.perf_counter() - t_launch
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def floor(driver, env: dict, log: Path, timeout_s: float, think_s: float) -> dict:
@@ -250,7 +165,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.reasoner:
         env["WORKBENCH_MODELS_ROOT"] = str(Path(args.reasoner).resolve().parent)
-    driver = browser(args.width)  # the browser first: its start is not the app's
+    driver = open_browser(args.width, args.timeout)  # the browser first: its start is not the app's
     log = Path(args.out).with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     rows, start = [], {}
@@ -269,7 +184,8 @@ def main() -> None:
                 change = click(driver, CHANGES[page], args.timeout, args.think) if page in CHANGES else (None, "")
                 rows.append({"page": page, "url": url.removeprefix(base), "cold_s": cold, "warm_s": warm,
                              "change_s": change[0], "change": change[1],
-                             "charts": state["charts"], "plot_nodes": state["nodes"], "errors": state["errors"]})
+                             "charts": state["charts"], "plot_nodes": state["nodes"],
+                             "errors": state["errors"] + state["tracebacks"]})
                 if page == "home" and "home" not in args.pages:
                     rows.pop()
     finally:

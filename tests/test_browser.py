@@ -25,21 +25,16 @@ figures drawn, an error box) with limits of minutes, so a busy machine is slow, 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests import app_models
 from tests.app_models import shipped
+from tests.streamlit_server import STATE_JS, find_browser, open_browser, serve
 
 ROOT = Path(__file__).resolve().parents[1]
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 WIDTHS = (1000, 1600)
 PAGE_TIMEOUT_S = 600  # a page settles (its script done, its figures drawn) within this
 START_TIMEOUT_S = 300  # the server answers its health check within this
@@ -51,45 +46,15 @@ ZOO_HEADER_PX, ZOO_ROW_PX = 36, 66
 pytestmark = pytest.mark.slow
 
 
-def _browser() -> tuple[str, str] | None:
-    """(browser binary, chromedriver) if both are installed and selenium imports."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return None
-    binary = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-    driver = shutil.which("chromedriver")
-    return (binary, driver) if binary and driver else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser():
-    found = _browser()
-    if found is None:
+    if find_browser() is None:
         reason = ("no headless browser: install Debian's chromium and chromium-driver (apt-get install chromium "
                   "chromium-driver) and the selenium package (`.ci/run` does both)")
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={WIDTHS[-1]},1200"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
-    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
-    driver.set_script_timeout(PAGE_TIMEOUT_S)
-    # a browser busy drawing a large figure may answer a command late: wait for it, as for a page
-    driver.command_executor.client_config.timeout = PAGE_TIMEOUT_S
+    driver = open_browser(WIDTHS[-1], PAGE_TIMEOUT_S)
     yield driver
     driver.quit()
 
@@ -106,40 +71,16 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The explorer served by ``streamlit run`` on a free port; yields (base URL, tiny checkpoints)."""
-    if _browser() is None:  # the browser fixture reports why; don't start a server for nothing
+    if find_browser() is None:  # the browser fixture reports why; don't start a server for nothing
         yield None, {}
         return
     root = tmp_path_factory.mktemp("browser_models")
     tiny = {k: str(v) for k, v in app_models.all_families(root).items()}
-    port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     # the tiny checkpoints lie outside the zoo: allow their folder, as whoever starts the app would
     env = {**os.environ, "WORKBENCH_THREADS": "1", "PYTHONUNBUFFERED": "1", "WORKBENCH_MODELS_ROOT": str(root)}
-    cmd = [sys.executable, "-m", "streamlit", "run", "apps/explorer.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited ({proc.poll()}):\n{log.read_text()[-3000:]}")
-        try:
-            return urllib.request.urlopen(f"{base}/_stcore/health", timeout=10).read() == b"ok"
-        except OSError:
-            return False
-
-    try:
-        if not _wait_for(up, START_TIMEOUT_S):
-            raise RuntimeError(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    with serve(ROOT / "apps" / "explorer.py", env, log, START_TIMEOUT_S, poll_s=POLL_S) as (base, _, _):
         yield base, tiny
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _wait_for(condition, timeout_s: float) -> bool:
@@ -156,24 +97,6 @@ def _wait_for(condition, timeout_s: float) -> bool:
         return False
 
 
-# where the page stands: the script's state, elements stale or still loading, charts drawn, error boxes
-STATE_JS = """
-const app = document.querySelector('[data-testid="stApp"]');
-if (!app) return null;
-const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'));
-const drawn = charts.filter(c => { const p = c.querySelector('.js-plotly-plot');
-                                   return p && p._fullLayout && p.querySelector('.main-svg'); }).length;
-return {state: app.getAttribute('data-test-script-state'),
-        busy: document.querySelectorAll('[data-stale="true"], [data-testid="stStatusWidget"], '
-                                        + '[data-testid="stSpinner"], [data-testid="stSkeleton"]').length,
-        main: document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]').length,
-        charts: charts.length, drawn: drawn,
-        errors: Array.from(document.querySelectorAll('[data-testid="stAlertContentError"]')).map(e => e.innerText),
-        tracebacks: document.querySelectorAll('[data-testid="stException"]').length,
-        infos: document.querySelectorAll('[data-testid="stAlertContentInfo"]').length};
-"""
-
-
 def _state(driver) -> dict | None:
     return driver.execute_script(STATE_JS)
 
@@ -181,7 +104,8 @@ def _state(driver) -> dict | None:
 def _settled(driver, memory: dict) -> bool:
     """The script is done, nothing stale or loading, every chart drawn, and so twice in a row."""
     s = _state(driver)
-    ok = bool(s) and s["state"] == "notRunning" and not s["busy"] and s["main"] > 0 and s["drawn"] == s["charts"]
+    ok = (bool(s) and s["state"] == "notRunning" and not s["stale"] and not s["loading"] and s["main"] > 0
+          and s["drawn"] == s["charts"])
     key = ok and (s["charts"], s["main"], len(s["errors"]))
     same = ok and memory.get("key") == key
     memory["key"] = key
