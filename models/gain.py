@@ -93,9 +93,10 @@ invertible, this is the only stationary point over stable gains. The optimum exi
 every alpha*m_i + (W 1)_i > 0 and the gains it gives are stable; ``analytic_gains`` raises a
 ``ValueError`` saying which failed. ``energy`` > 0 has no closed form (gradient only).
 
-Solvers: ``analytic_gains`` (closed form where it exists), ``gradient_gains`` (BFGS on log g,
-gradient by autograd through the circuit's steady state), ``optimise_gains`` (both sets, the
-closed form where there is one). A fresh ``GainCircuit(cfg)`` holds the optimum of its
+The objectives are functions of responses in ``models.gain_objectives`` (``decoding_error``,
+``fidelity_loss``, ``homeostatic_loss``). Solvers, in ``models.gain_solvers``: ``analytic_gains``
+(closed form where it exists), ``gradient_gains`` (BFGS on log g, gradient by autograd through
+the circuit's steady state), ``optimise_gains`` (both sets, the closed form where there is one). A fresh ``GainCircuit(cfg)`` holds the optimum of its
 objective for both sets; ``GainCircuit.from_config`` (used to load a checkpoint, whose stored
 gains replace them) does not solve and starts every gain at 0.5 / spectral radius of W.
 
@@ -124,7 +125,6 @@ the objective only: the forward returns the noise-free rates.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
@@ -132,6 +132,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.gain_objectives import decoding_error, fidelity_loss, homeostatic_loss, stimulus_code
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_STEPS, MAX_WIDTH, InputTypeError, check_budget, check_tensor,
                               choice_field, describe, float_field, int_field, type_field)
@@ -267,6 +268,8 @@ class GainCircuit(HookedRecurrentModule):
         for name in ("active", *GAIN_SETS):
             self.set_gains(name, start)
         if solve:  # configs whose optimum is unstable or has no positive gains fail here
+            from models.gain_solvers import optimise_gains  # imported here: that module imports this one
+
             optimise_gains(self)
 
     # --- inputs -------------------------------------------------------------
@@ -445,269 +448,7 @@ class GainCircuit(HookedRecurrentModule):
         return cls(GainConfig(**config), solve=False)
 
 
-# ------------------------------------------------------------- the objectives
-def stimulus_code(orientations: Tensor) -> Tensor:
-    """x(s) = (cos 2s, sin 2s), the stimulus on the circle (orientation is 180-periodic): [K] deg -> [K, 2]."""
-    t = torch.deg2rad(2.0 * orientations)
-    return torch.stack([torch.cos(t), torch.sin(t)], -1)
-
-
-def _weighted_cov(a: Tensor, b: Tensor, p: Tensor) -> Tensor:
-    return (a - p @ a).T @ ((b - p @ b) * p[:, None])
-
-
-def decoding_error(R: Tensor, p: Tensor, x: Tensor, noise_cov: Tensor) -> Tensor:
-    """Mean squared error of the best affine decoder of ``x`` from noisy responses ``R`` + noise.
-
-    R: [K, n] noise-free responses to K stimuli of probabilities ``p`` [K]; x: [K, d] the target;
-    noise_cov: [n, n] covariance of zero-mean response noise, independent of the stimulus.
-    Returns tr[C_xx - C_xr (C_rr + noise_cov)^{-1} C_rx] (a scalar tensor): tr C_xx for a response
-    that does not vary with the stimulus, less the more the responses say about x.
-    """
-    Cxx, Cxr, Crr = _weighted_cov(x, x, p), _weighted_cov(x, R, p), _weighted_cov(R, R, p)
-    return torch.trace(Cxx) - torch.trace(Cxr @ torch.linalg.solve(Crr + noise_cov, Cxr.T))
-
-
-def fidelity_loss(R: Tensor, p: Tensor, x: Tensor, noise_cov: Tensor, alpha: float) -> Tensor:
-    """The fidelity objective of responses ``R`` [K, n]: decoding_error + alpha * E_p[sum_i r_i^2]."""
-    return decoding_error(R, p, x, noise_cov) + alpha * (p @ R.pow(2)).sum()
-
-
-def homeostatic_loss(R: Tensor, p: Tensor, alpha: float, energy: float = 0.0) -> Tensor:
-    """The homeostatic objective of responses ``R`` [K, n]: alpha sum rbar - sum log rbar (+ energy/2 E sum r^2).
-
-    It sees the mean rates rbar = p @ R only; +inf if one is <= 0.
-    """
-    rbar = p @ R
-    if (rbar <= 0).any():
-        return torch.tensor(math.inf, dtype=R.dtype)
-    loss = alpha * rbar.sum() - torch.log(rbar).sum()
-    if energy:
-        loss = loss + 0.5 * energy * (p @ R.pow(2)).sum()
-    return loss
-
-
-# ----------------------------------------------------------------- gain solvers
-def has_closed_form(model: GainCircuit, dist: ori.OrientationDistribution) -> bool:
-    """Whether ``analytic_gains`` can solve ``dist`` for this circuit's objective (see the module docstring)."""
-    c = model.cfg
-    if c.objective == "homeostatic":
-        return not c.energy
-    p = ori.density(dist, ori.grid(c.grid))
-    return c.grid % c.n_neurons == 0 and bool(np.all(p == p[0]))
-
-
-def default_solver(model: GainCircuit, dist: ori.OrientationDistribution) -> str:
-    """'analytic' where there is a closed form for ``dist``, else 'gradient'."""
-    return "analytic" if has_closed_form(model, dist) else "gradient"
-
-
-def analytic_gains(model: GainCircuit, dist: ori.OrientationDistribution, closed_form: bool = False) -> Tensor:
-    """The closed-form optimum of the config's objective for ``dist``: [n].
-
-    homeostatic: g_i = 1 / (alpha m_i + (W 1)_i), m = E_p[f(s)]; with energy > 0 it raises unless
-    ``closed_form=True`` asks for the optimum of the energy-free objective.
-    fidelity: the equal gains minimising the spectral form of L (uniform p(s), grid a multiple of
-    n); any other case raises a ``ValueError`` naming the gradient solver.
-    """
-    if model.cfg.objective == "fidelity":
-        return _fidelity_symmetric_gains(model, dist)
-    if model.cfg.energy and not closed_form:
-        raise ValueError(f"energy={model.cfg.energy}: the objective has no closed form; use the gradient solver "
-                         "(gradient_gains, or --solver gradient)")
-    s, p = model.expectation_grid(dist)
-    m = p @ model.feedforward(s)
-    denom = model.cfg.alpha * m + model.W.sum(1)
-    if (denom <= 0).any():
-        i = int(torch.argmin(denom))
-        raise ValueError(
-            f"no optimum with positive gains: alpha*m_i + (W 1)_i = {float(denom[i]):.4g} <= 0 at neuron {i} "
-            f"(preferred {float(model.preferred[i]):.1f} deg); the inhibition (w_inh) outweighs the mean drive. "
-            "Allowed: alpha * E_p[f_i] + sum_j W_ij > 0 for every neuron; raise alpha or lower w_inh."
-        )
-    g = 1.0 / denom
-    _check_optimum_stable(model, g, dist)
-    return g
-
-
-def _check_optimum_stable(model: GainCircuit, g: Tensor, dist: ori.OrientationDistribution) -> None:
-    rho = float(model.spectral_radius(g).max())
-    if rho >= 1.0:
-        raise UnstableCircuitError(
-            f"the optimal gains for {ori.format_distribution(dist)!r} make the circuit unstable (spectral radius "
-            f"of G W = {rho:.4f} >= 1); allowed: a stable optimum. Raise alpha or lower w_exc."
-        )
-
-
-def _circulant_spectrum(M: Tensor) -> Tensor:
-    """Eigenvalues of a symmetric circulant matrix by Fourier mode k = 0..n-1: sum_j M_0j cos(2 pi j k / n)."""
-    n = M.shape[0]
-    k = torch.arange(n, dtype=DTYPE, device=M.device)
-    return torch.cos(2 * math.pi * k[:, None] * k[None, :] / n) @ M[0]
-
-
-@torch.no_grad()
-def _fidelity_symmetric_gains(model: GainCircuit, dist: ori.OrientationDistribution) -> Tensor:
-    c, n = model.cfg, model.n
-    if not has_closed_form(model, dist):
-        raise ValueError(
-            f"the fidelity objective has a closed form only for a uniform p(s) on a grid that is a multiple of "
-            f"n_neurons (here {ori.format_distribution(dist)!r}, grid={c.grid}, n_neurons={n}); use the gradient "
-            "solver (gradient_gains, solver='gradient' or --solver gradient)")
-    s, p = model.expectation_grid(dist)
-    F, x = model.feedforward(s), stimulus_code(s)
-    w = _circulant_spectrum(model.W)  # W's eigenvalues by Fourier mode
-    lam = _circulant_spectrum(_weighted_cov(F, F, p))  # C_ff's
-    cxf2 = float(_weighted_cov(x, F, p).pow(2).sum())  # ||C_xf||_F^2, all of it in mode 1
-    trxx = float(torch.trace(_weighted_cov(x, x, p)))
-    nu = lam.clone()
-    nu[0] += n * float((p @ F).mean()) ** 2  # E_p sum r*^2 = sum_k a_k^2 nu_k (the mean drive is mode 0)
-    mu1, so2, alpha = float(lam[1]) + c.noise_in ** 2, c.noise_out ** 2, c.alpha
-
-    def loss(g: Tensor) -> Tensor:  # g [m] -> L [m]
-        a = g[:, None] / (1.0 - g[:, None] * w[None, :])
-        a1 = a[:, 1]
-        return trxx - cxf2 * a1 ** 2 / (a1 ** 2 * mu1 + so2) + alpha * (a ** 2 * nu[None, :]).sum(1)
-
-    def slope(g: float) -> float:  # dL/dg
-        d = 1.0 - g * w
-        a, da = g / d, 1.0 / d ** 2
-        a1 = float(a[1])
-        fid = -cxf2 * 2 * a1 * so2 / (a1 ** 2 * mu1 + so2) ** 2 * float(da[1])
-        return fid + alpha * float((2 * a * nu * da).sum())
-
-    if float(w.abs().max()) > 0:
-        g_max = 1.0 / float(w.abs().max())  # the stability limit of equal gains
-    else:  # no recurrence: no limit; search up to where L rises
-        g_max = 1.0
-        for _ in range(60):
-            if slope(g_max) > 0:
-                break
-            g_max *= 2.0
-    grid = torch.linspace(0.0, g_max, 4001, dtype=DTYPE)[1:-1]
-    j = int(torch.argmin(loss(grid)))
-    if j == len(grid) - 1:
-        raise UnstableCircuitError(f"the fidelity optimum for {ori.format_distribution(dist)!r} lies at the stability "
-                                   "limit of the equal gains; allowed: a stable optimum. Raise alpha or lower w_exc.")
-    lo = float(grid[j - 1]) if j > 0 else 0.0
-    hi = float(grid[j + 1])
-    if j == 0 and slope(float(grid[0])) >= 0:
-        raise ValueError(f"the fidelity optimum for {ori.format_distribution(dist)!r} has all gains at 0: the activity "
-                         "cost outweighs what any response can tell about the stimulus; lower alpha or noise_out")
-    for _ in range(200):  # bisection on dL/dg between a falling and a rising point
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
-    g = torch.full((n,), 0.5 * (lo + hi), dtype=DTYPE, device=model.W.device)
-    _check_optimum_stable(model, g, dist)
-    return g
-
-
-@dataclass
-class GradientResult:
-    gains: Tensor  # [n]
-    loss: float
-    grad_norm: float  # max |dL/dlog g| at the end
-    iterations: int
-    converged: bool
-
-
 def start_gains(model: GainCircuit) -> Tensor:
     """Every gain at half the stability limit, 0.5 / spectral radius of W (1 without recurrence): [n]."""
     rho = float(model.spectral_radius(torch.ones(model.n, dtype=DTYPE)).max())
     return torch.full((model.n,), 0.5 / rho if rho > 0 else 1.0, dtype=DTYPE, device=model.W.device)
-
-
-# max |dL/dlog g| at which descent stops, well above the level where float64 rounding of L stalls the line
-# search on the shipped circuit (about 2e-10 for the fidelity objective, L ~ 0.07; 3e-13 for the homeostatic one)
-DEFAULT_TOL = {"fidelity": 1e-8, "homeostatic": 1e-7}
-
-
-def gradient_gains(model: GainCircuit, dist: ori.OrientationDistribution, init: Optional[Tensor] = None,
-                   tol: Optional[float] = None, max_iter: int = 3000) -> GradientResult:
-    """Minimise the config's L(g) by gradient-based descent on log g through the recurrent steady state.
-
-    BFGS (quasi-Newton) on u = log g with a backtracking (Armijo) line search; the gradient is
-    autograd's, through the circuit's forward. A step that raises L, or leaves the stable region
-    (spectral radius of G W >= 1), is halved. Deterministic. Starts from ``init`` (default
-    ``start_gains``: equal gains at half the stability limit, which know nothing of any closed
-    form) and stops when max |dL/dlog g| < ``tol`` (default ``DEFAULT_TOL`` of the objective) or
-    when no step lowers L any more (the float64 floor).
-    """
-    tol = DEFAULT_TOL[model.cfg.objective] if tol is None else tol
-    u = torch.log(model.gain_set(start_gains(model) if init is None else init).detach().clone())
-
-    def value_and_grad(u: Tensor) -> tuple[float, Tensor]:
-        u = u.detach().requires_grad_(True)
-        try:
-            loss = model.objective(torch.exp(u), dist)
-        except UnstableCircuitError:
-            return math.inf, torch.zeros_like(u)
-        if not torch.isfinite(loss):
-            return math.inf, torch.zeros_like(u)
-        (grad,) = torch.autograd.grad(loss, u)
-        return float(loss.detach()), grad
-
-    loss, grad = value_and_grad(u)
-    if not math.isfinite(loss):
-        raise ValueError("gradient_gains: the starting gains are unstable or give a non-positive mean rate")
-    H = torch.eye(model.n, dtype=DTYPE, device=u.device)  # inverse-Hessian estimate
-    it = 0
-    for it in range(1, max_iter + 1):
-        if float(grad.abs().max()) < tol:
-            break
-        d = -H @ grad
-        slope = float(d @ grad)
-        if slope >= 0:  # not a descent direction: restart from steepest descent
-            H = torch.eye(model.n, dtype=DTYPE, device=u.device)
-            d, slope = -grad, -float(grad @ grad)
-        step = 1.0
-        for _ in range(40):
-            new_u = u + step * d
-            new_loss, new_grad = value_and_grad(new_u)
-            if new_loss <= loss + 1e-4 * step * slope:
-                break
-            step *= 0.5
-        else:
-            break  # no step lowers L: at the optimum to float64 precision
-        sv, yv = new_u - u, new_grad - grad
-        sy = float(sv @ yv)
-        if sy > 0:
-            if it == 1:
-                H = H * (sy / float(yv @ yv))  # scale the first estimate to the objective's curvature
-            rho = 1.0 / sy
-            V = torch.eye(model.n, dtype=DTYPE, device=u.device) - rho * torch.outer(sv, yv)
-            H = V @ H @ V.T + rho * torch.outer(sv, sv)
-        u, loss, grad = new_u, new_loss, new_grad
-    g = torch.exp(u).detach()
-    gnorm = float(grad.abs().max())
-    return GradientResult(g, loss, gnorm, it, gnorm < tol)
-
-
-def optimise_gains(model: GainCircuit, solver: str = "auto") -> dict:
-    """Solve both gain sets of the config and store them.
-
-    ``solver``: 'auto' (the closed form where there is one, else gradient descent), 'analytic'
-    (raises where there is no closed form) or 'gradient'. Returns a summary per set: the solver
-    used, the objective value, the spectral radius, and for gradient descent its iterations and
-    final gradient.
-    """
-    if solver not in ("auto", "analytic", "gradient"):
-        raise ValueError(f"solver={solver!r}; allowed: auto, analytic, gradient")
-    out = {}
-    for name in GAIN_SETS:
-        dist = model.cfg.distribution(name)
-        used = default_solver(model, dist) if solver == "auto" else solver
-        if used == "analytic":
-            g, extra = analytic_gains(model, dist), {}
-        else:
-            res = gradient_gains(model, dist)
-            g, extra = res.gains, {"iterations": res.iterations, "grad_norm": res.grad_norm, "converged": res.converged}
-        model.set_gains(name, g)
-        with torch.no_grad():
-            loss = float(model.objective(g, dist))
-        out[name] = {"distribution": ori.format_distribution(dist), "solver": used, "objective": loss,
-                     "spectral_radius": float(model.spectral_radius(g).max()), **extra}
-    model.use_gains("uniform")
-    return out

@@ -44,7 +44,8 @@ import torch
 
 from workbench.tasks import orientation as ori
 
-from .gain import GainCircuit, analytic_gains, default_solver, gradient_gains
+from .gain import GainCircuit
+from .gain_solvers import analytic_gains, default_solver, gradient_gains
 
 NEAR_DEG = 30.0  # "tuned near the adapter": |preferred - adapter| <= NEAR_DEG
 FAR_DEG = 60.0  # "tuned far from the adapter": |preferred - adapter| >= FAR_DEG

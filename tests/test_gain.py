@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import models
-from models.gain import (DEFAULT_ALPHA, GAIN_SETS, GainCircuit, GainConfig, UnstableCircuitError, analytic_gains,
-                         decoding_error, default_solver, fidelity_loss, gradient_gains, has_closed_form,
-                         homeostatic_loss, optimise_gains, start_gains, stimulus_code)
+from models.gain import DEFAULT_ALPHA, GAIN_SETS, GainCircuit, GainConfig, UnstableCircuitError, start_gains
+from models.gain_objectives import decoding_error, fidelity_loss, homeostatic_loss, stimulus_code
+from models.gain_solvers import analytic_gains, default_solver, gradient_gains, has_closed_form, optimise_gains
 from models.gain_experiment import patched_tuning, peak_orientation, run, tuning_curves
 from workbench.hooks import UnknownHookError, stack
 from workbench.tasks import orientation as ori

@@ -25,7 +25,8 @@ from apps.options import (add_dataclass_args, check_writable, command_line, fold
                           positive_float, positive_int, seed, threads, whole)
 from apps.views import gain as views
 from models import recipes
-from models.gain import GainCircuit, GainConfig, default_solver
+from models.gain import GainCircuit, GainConfig
+from models.gain_solvers import default_solver
 from models.gain_experiment import run, sampled_correlations
 from models.recipes import gain as recipe
 from workbench.tasks import orientation as ori

@@ -7,7 +7,7 @@ import streamlit as st
 from apps import ui
 from apps.views import gain as views
 from models import gain_experiment
-from models.gain import default_solver
+from models.gain_solvers import default_solver
 from workbench.tasks import orientation as ori
 
 ui.through_explorer()  # the entry script first, also on a direct link

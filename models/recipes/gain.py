@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.gain import GAIN_SETS, GainCircuit, GainConfig, analytic_gains, gradient_gains, has_closed_form, optimise_gains
+from models.gain import GAIN_SETS, GainCircuit, GainConfig
+from models.gain_solvers import analytic_gains, gradient_gains, has_closed_form, optimise_gains
 from models.gain_experiment import run as run_experiment, sampled_correlations
 from models.recipes import Setup, check_writable, from_args
 from workbench import checkpoints
