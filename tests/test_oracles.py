@@ -250,3 +250,4 @@ def test_the_reference_is_independent_and_the_benchmark_uses_it():
     bench = imports(ROOT / "bench" / "patching.py")
     assert ("tests.test_oracles", "reference_patch") in bench
     assert not any(mod == "workbench.patching" and name.startswith("_") for mod, name in bench)
+    assert not any(mod == "workbench.patch_runner" for mod, _ in mine | bench)  # patch's own machinery
