@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from workbench.hooks import HookedRecurrentModule, HookPoint, hook_list
 from workbench.inputs import MAX_ELEMENTS, MAX_STEPS, bool_field, check_budget, check_int, int_field, type_field
 
-from .warp import MODES, WarpOutput, check_sequence, rollout_plan, sequence_loss
+from .warp import MODES
+from .warp_io import WarpOutput, check_sequence, rollout_plan, sequence_loss
 
 
 @dataclass

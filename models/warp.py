@@ -53,6 +53,9 @@ the **total** effect of theta_t. Patching ``parallel.hook_theta`` changes only t
 decoded from the patched steps, since the trajectory was already computed: the
 **direct** effect.
 
+The root MLP (its hooks, heads and ``RootNetwork``) is in ``models.warp_root``; the output,
+input checks, rollout plan and loss shared with the GRU baseline are in ``models.warp_io``.
+
 >>> model = Warp(WarpConfig(d_in=2, physics="msd", seq_len=128))
 >>> out = model(x)                                   # x: [batch, T, 2]; recurrent mode
 >>> out.mean.shape, out.thetas.shape                 # [batch, T, 2], [batch, T, D]
@@ -69,14 +72,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.hooks import HookedRecurrentModule, HookPoint, LoopState, hook_list
+from models.warp_io import WarpOutput, check_sequence, rollout_plan, sequence_loss
+from models.warp_root import ACTIVATIONS, RootHooks, RootNetwork, StepHooks, head, root_init, tau_features
+from workbench.hooks import HookedRecurrentModule, LoopState, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget, check_int,
-                              check_tensor, choice_field, describe, float_field, int_field, type_field)
+                              choice_field, describe, float_field, int_field, type_field)
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 PHYSICS = ("none", "sine", "msd")
 PHYS_PARAMS = {"none": (), "sine": ("phi",), "msd": ("m", "c", "k")}
 INITS = ("hyper", "learned")
@@ -184,154 +187,6 @@ class WarpConfig:
         return 1 if self.regress else 0
 
 
-# ------------------------------------------------------------- per-step hooks
-class LayerHooks(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
-
-
-class RootHooks(nn.Module):
-    def __init__(self, depth: int):
-        super().__init__()
-        self.hook_in = HookPoint()
-        self.layers = nn.ModuleList(LayerHooks() for _ in range(depth))
-        self.hook_out = HookPoint()
-
-
-class StepHooks(nn.Module):
-    """Hook points of one time step (recurrent mode) or of the whole trajectory (parallel)."""
-
-    def __init__(self, depth: int):
-        super().__init__()
-        self.hook_input, self.hook_dx, self.hook_theta = HookPoint(), HookPoint(), HookPoint()
-        self.root = RootHooks(depth)
-        self.hook_phys, self.hook_output, self.hook_std, self.hook_logits = (HookPoint(), HookPoint(), HookPoint(),
-                                                                            HookPoint())
-
-
-@dataclass
-class WarpOutput:
-    """A run over n steps. Step t read ``inputs[:, t]`` and predicts the input of step t + 1."""
-
-    thetas: Tensor  # [batch, n, D]
-    inputs: Tensor  # [batch, n, d_in] what was fed (truth or own predictions)
-    mean: Optional[Tensor] = None  # [batch, n, d_in]
-    std: Optional[Tensor] = None  # [batch, n, d_in]
-    logits: Optional[Tensor] = None  # [batch, n, n_classes]; only the last step is trained
-    phys: Optional[Tensor] = None  # [batch, n, p] physical parameters (WARP-Phys)
-
-    @property
-    def steps(self) -> int:
-        return self.thetas.shape[1]
-
-
-# ------------------------------------------------------------ shared pieces
-def root_init(cfg: WarpConfig, generator: Optional[torch.Generator] = None) -> Tensor:
-    """A flattened root MLP with nn.Linear's default initialisation: [D]."""
-    parts = []
-    for o, i in cfg.layer_sizes:
-        bound = 1 / math.sqrt(i)
-        parts.append((torch.rand(o * i + o, generator=generator) * 2 - 1) * bound)
-    return torch.cat(parts)
-
-
-def tau_features(cfg: WarpConfig, tau: Tensor) -> Tensor:
-    """tau [...] -> [..., 1 + 2 * tau_freqs]: tau, then sin and cos of 2 pi k tau."""
-    feats = [tau[..., None]]
-    if cfg.tau_freqs:
-        k = torch.arange(1, cfg.tau_freqs + 1, dtype=tau.dtype, device=tau.device)
-        angle = 2 * math.pi * tau[..., None] * k
-        feats += [torch.sin(angle), torch.cos(angle)]
-    return torch.cat(feats, dim=-1)
-
-
-def head(cfg: WarpConfig, raw: Tensor, tau: Tensor, u: Tensor, hooks: Optional[StepHooks] = None) -> dict:
-    """Turn the root's raw output [..., n_out] into mean / std / logits / phys.
-
-    tau [...] is the decoding coordinate and u [..., d_in] the current input (used by the
-    Euler step of physics="msd").
-    """
-    hook = (lambda name, v: getattr(hooks, name)(v)) if hooks is not None else (lambda name, v: v)
-    out: dict = {}
-    d = cfg.d_in
-    if cfg.physics == "none":
-        if cfg.regress:
-            out["mean"] = raw[..., :d]
-            if cfg.gaussian:
-                out["std"] = F.softplus(raw[..., d:2 * d]) + cfg.std_min
-        if cfg.n_classes:
-            out["logits"] = raw[..., raw.shape[-1] - cfg.n_classes:]
-    elif cfg.physics == "sine":
-        phi = hook("hook_phys", raw[..., :1])
-        out["phys"] = phi
-        out["mean"] = torch.sin(2 * math.pi * tau[..., None] + phi)
-        if cfg.gaussian:
-            out["std"] = F.softplus(raw[..., 1:2]) + cfg.std_min
-    else:  # msd: one explicit Euler step of m x'' + c x' + k x = 0 from u = (x, v)
-        scales = torch.tensor(cfg.phys_scales, dtype=raw.dtype, device=raw.device)
-        # bounded to scales * e^(+-phys_bound): a vanishing mass would make the Euler step explode
-        bound = cfg.phys_bound
-        phys = hook("hook_phys", scales * torch.exp(bound * torch.tanh(raw[..., :3] / bound)))  # scales at raw = 0
-        out["phys"] = phys
-        m, c, k = phys.unbind(-1)
-        x, v = u.unbind(-1)
-        out["mean"] = torch.stack([x + cfg.dt * v, v - cfg.dt * (c * v + k * x) / m], dim=-1)
-        if cfg.gaussian:
-            out["std"] = F.softplus(raw[..., 3:5]) + cfg.std_min
-    if "mean" in out:
-        out["mean"] = hook("hook_output", out["mean"])
-    if "std" in out:
-        out["std"] = hook("hook_std", out["std"])
-    if "logits" in out:
-        out["logits"] = hook("hook_logits", out["logits"])
-    return out
-
-
-def check_sequence(x: Tensor, d_in: int, seq_len: int, name: str = "x", dtype: Optional[torch.dtype] = None) -> Tensor:
-    """Refuse a bad sequence batch and return it in ``dtype`` (``workbench.inputs.check_tensor``).
-
-    Allowed: a floating tensor [batch, time, d_in] (any float dtype, cast to ``dtype``: the
-    model's), batch >= 1, 1 <= time <= seq_len, no NaN / inf.
-    """
-    x = check_tensor(x, name, ("batch", "time", (f"d_in={d_in}", d_in)), dtype=dtype)
-    if x.shape[1] > seq_len:
-        raise ValueError(f"{name} has {x.shape[1]} time steps; this model supports at most seq_len={seq_len}")
-    return x
-
-
-def rollout_plan(x: Tensor, context: Optional[int], horizon: Optional[int], feed: Optional[Tensor],
-                 seq_len: int) -> tuple[Tensor, Optional[Tensor]]:
-    """Inputs [batch, n, d] and feed mask [batch, n] (True = feed the truth) of a rollout.
-
-    ``context`` C with ``horizon`` H: the first C inputs are given, H values are
-    generated (n = C + H - 1 steps). ``feed``: an explicit mask over x's steps (step 0 is
-    always fed the truth).
-    """
-    if context is not None and feed is not None:
-        raise ValueError("give either context (with horizon) or feed, not both")
-    if context is None:
-        if horizon is not None:
-            raise ValueError("horizon needs a context")
-        if feed is not None:
-            B, T = x.shape[:2]
-            check_tensor(feed, "feed", (("batch", B), ("time", T)), kind="bool", note=f" = {(B, T)}")
-        return x, feed
-    C = check_int(context, "context", 1, x.shape[1], " (the time steps of x)")
-    H = x.shape[1] - C if horizon is None else check_int(horizon, "horizon", 1, None,
-                                                          " (values to generate after the context)")
-    if H < 1:
-        raise ValueError(f"horizon={H} must be >= 1 (values to generate after the context)")
-    n = C + H - 1
-    if n > seq_len:
-        raise ValueError(f"context={C} + horizon={H} - 1 = {n} steps; this model supports at most seq_len={seq_len}")
-    given = x[:, :C]
-    pad = given.new_zeros(x.shape[0], n - C, x.shape[2])
-    mask = torch.zeros(x.shape[0], n, dtype=torch.bool, device=x.device)
-    mask[:, :C] = True
-    return torch.cat([given, pad], dim=1), mask
-
-
 def causal_conv(K: Tensor, e: Tensor) -> Tensor:
     """sum_{s <= t} K[t - s] @ e[:, s] by FFT: K [n, D, r], e [batch, n, r] -> [batch, n, D].
 
@@ -343,52 +198,6 @@ def causal_conv(K: Tensor, e: Tensor) -> Tensor:
     Xf = torch.fft.rfft(e.transpose(1, 2), n=L)  # [batch, r, F]
     out = torch.fft.irfft(torch.einsum("Ddf,bdf->bDf", Kf, Xf), n=L)[..., :n]  # [batch, D, n]
     return out.transpose(1, 2).contiguous()  # one copy, so the decoder reads contiguous weights
-
-
-# --------------------------------------------------------------- root as a net
-class RootNetwork(nn.Module):
-    """The root MLP at one step, rebuilt from theta_t as ordinary ``nn.Linear`` layers.
-
-    ``f(tau, u=None)`` returns the prediction (regression mean; logits for a pure
-    classifier); ``f.decode(tau, u)`` returns every head. tau: float or [...];
-    u: [..., d_in] (needed when the root reads u or for physics="msd").
-    """
-
-    def __init__(self, cfg: WarpConfig, theta: Tensor):
-        super().__init__()
-        if not isinstance(theta, Tensor) or theta.shape != (cfg.d_theta,):
-            raise ValueError(f"theta must have shape ({cfg.d_theta},); got {describe(theta)}")
-        check_tensor(theta, "theta", ((str(cfg.d_theta), cfg.d_theta),))
-        self.cfg = cfg
-        self.layers = nn.ModuleList()
-        at = 0
-        for o, i in cfg.layer_sizes:
-            layer = nn.Linear(i, o).to(theta.dtype)
-            with torch.no_grad():
-                layer.weight.copy_(theta[at:at + o * i].view(o, i))
-                layer.bias.copy_(theta[at + o * i:at + o * i + o])
-            at += o * i + o
-            self.layers.append(layer)
-        self.requires_grad_(False)
-
-    def decode(self, tau, u: Optional[Tensor] = None) -> dict:
-        cfg = self.cfg
-        tau = torch.as_tensor(tau, dtype=self.layers[0].weight.dtype)
-        if (cfg.root_takes_x or cfg.physics == "msd") and u is None:
-            raise ValueError("this root reads the current input: call f(tau, u) with u [..., d_in]")
-        h = tau_features(cfg, tau)
-        if cfg.root_takes_x:
-            h = torch.cat([h, u], dim=-1)
-        act = ACTIVATIONS[cfg.root_act]
-        for l, layer in enumerate(self.layers):
-            h = layer(h)
-            if l < len(self.layers) - 1:
-                h = act(h)
-        return head(cfg, h, tau, u)
-
-    def forward(self, tau, u: Optional[Tensor] = None) -> Tensor:
-        out = self.decode(tau, u)
-        return out["mean"] if "mean" in out else out["logits"]
 
 
 # ----------------------------------------------------------------------- model
@@ -682,32 +491,3 @@ class Warp(HookedRecurrentModule):
     @classmethod
     def from_config(cls, config: dict) -> "Warp":
         return cls(WarpConfig(**config))
-
-
-def sequence_loss(cfg, out, batch: dict) -> tuple[Tensor, dict]:
-    """Next-step regression on every step and/or cross-entropy on the last step.
-
-    Shared by WARP and the GRU baseline (``cfg`` needs ``regress``, ``n_classes``, and
-    for the NLL ``gaussian``; ``cls_weight`` weighs the classification term).
-    """
-    x = batch["x"]
-    total, stats = 0.0, {}
-    if cfg.regress:
-        target, mean = x[:, 1:], out.mean[:, :-1]
-        mse = ((mean - target) ** 2).mean()
-        stats["mse"] = mse.item()
-        if getattr(cfg, "gaussian", False):
-            std = out.std[:, :-1]
-            nll = (0.5 * ((target - mean) / std) ** 2 + torch.log(std)).mean()
-            stats["nll"] = nll.item()
-            total = total + nll
-        else:
-            total = total + mse
-    if cfg.n_classes:
-        label = batch["label"]
-        logits = out.logits[:, -1]
-        ce = F.cross_entropy(logits, label)
-        stats["ce"] = ce.item()
-        stats["acc"] = float((logits.argmax(-1) == label).float().mean())
-        total = total + getattr(cfg, "cls_weight", 1.0) * ce
-    return total, stats
