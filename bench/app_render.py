@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root: tests/ is importable
 
 from tests.streamlit_server import STATE_JS, WATCH_JS, open_browser, serve  # noqa: E402
+
 START_TARGET_S = 8.0
 CHANGE_TARGET_S = 1.0
 POLL_S = 0.05

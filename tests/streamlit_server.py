@@ -17,8 +17,9 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 # where the page stands: the script's state, elements stale or still loading their code, charts
 # drawn (and the nodes they hold), error and info boxes, script runs counted by WATCH_JS, and a
-# digest of the page's text (a quick run's start and end can reach the page in one update, which
-# then never shows "running": a changed digest says the page changed all the same)
+# digest of the page's text. A quick run's start and end can reach the page in one update, which
+# then never shows "running": a changed digest says the page changed all the same (``textContent``,
+# which forces no layout while the page draws).
 STATE_JS = """
 const app = document.querySelector('[data-testid="stApp"]');
 if (!app) return null;
@@ -37,7 +38,7 @@ return {state: app.getAttribute('data-test-script-state'),
         tracebacks: Array.from(document.querySelectorAll('[data-testid="stException"]')).map(e => e.innerText),
         infos: document.querySelectorAll('[data-testid="stAlertContentInfo"]').length,
         runs: window.__scriptRuns || 0,
-        digest: Array.from((document.querySelector('[data-testid="stMain"]') || app).innerText)
+        digest: Array.from((document.querySelector('[data-testid="stMain"]') || app).textContent)
                      .reduce((h, c) => (Math.imul(h, 31) + c.charCodeAt(0)) | 0, 0)};
 """
 
