@@ -61,6 +61,7 @@ CHANGES = {
     "dynamics": [("segment", "dynamics_view", None)],
 }
 
+
 def wait(condition, timeout_s: float, what: str):
     """Poll ``condition()`` every POLL_S until it returns something true; that value."""
     end = time.perf_counter() + timeout_s

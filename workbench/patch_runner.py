@@ -18,6 +18,7 @@ from workbench.hooks import HookName, LoopState, exclusive, loop_sizes, map_tens
 from workbench.runs import Metric, ablation_source, metric_values
 from workbench.sites import Site
 
+
 class _Stop(Exception):
     """Raised from a hook to end a forward pass once the hooks we need have fired."""
 

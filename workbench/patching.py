@@ -55,8 +55,10 @@ Models without the protocol fall back to full re-runs, still batched.
 The resume protocol (``resume_loop``, ``resume_names(t)``, ``resume_state(cache, t) ->
 LoopState``, ``model(..., start=state)``, optionally ``resume_inner``) is defined in
 ``workbench.hooks`` (``Resumable``, ``LoopState``); ``models.reasoner.Reasoner`` implements it.
-What this module shares with ``workbench.attribution`` (argument checks, base runs, metric
-normalisation, ablation sources, the result table) is in ``workbench.runs``.
+The batched runs themselves (chunks, resuming, settling, refilling, the patch hooks) are in
+``workbench.patch_runner``. What this module shares with ``workbench.attribution`` (argument
+checks, base runs, metric normalisation, ablation sources, the result table) is in
+``workbench.runs``.
 """
 
 from __future__ import annotations
