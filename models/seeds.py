@@ -112,12 +112,44 @@ def compare(shipped: str | Path, runs: Sequence[str | Path], n: int, eval_seed) 
                              f"({', '.join(scores)})")
         rows.append({"seed": _train_seed(folder), **scores, "steps": _train_step(folder),
                      "checkpoint": "this one" if i == 0 else f"{folder} (not shipped)"})
+    return _part(n, list(eval_seed) if isinstance(eval_seed, (list, tuple)) else eval_seed, metric, rows)
+
+
+def _part(n: int, eval_seed, metric: str, rows: list[dict]) -> dict:
+    """The ``seeds`` part of ``rows`` (the shipped checkpoint's first): values and their summary."""
     values = [float(r[metric]) for r in rows]
     spread = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""
     summary = (f"{len(values)} seeds: {metric} {_num(statistics.mean(values))}{spread} (mean ± sample standard "
                f"deviation; range {_num(min(values))}-{_num(max(values))}).")
-    return {"n": n, "eval_seed": list(eval_seed) if isinstance(eval_seed, (list, tuple)) else eval_seed,
-            "metric": metric, "values": values, "rows": rows, "summary": summary}
+    return {"n": n, "eval_seed": eval_seed, "metric": metric, "values": values, "rows": rows, "summary": summary}
+
+
+def _earlier(checkpoint: str) -> str:
+    return checkpoint if checkpoint.endswith(" (scored earlier)") else f"{checkpoint} (scored earlier)"
+
+
+def with_scored(part: dict, recorded: dict | None) -> dict:
+    """``part`` and the rows of ``recorded`` (a comparison stored earlier) for the seeds ``part`` does not
+    score again, so runs whose checkpoints are gone still count. ValueError unless both were scored on
+    the same inputs: the same ``n`` and input seed, and the shipped checkpoint's value agreeing to within
+    two inputs in ``n`` (another machine's arithmetic may flip an input on the edge)."""
+    if not recorded:
+        raise ValueError("there is no stored seed comparison to keep rows from")
+    same = {k: (part[k], recorded.get(k)) for k in ("n", "eval_seed", "metric")}
+    differ = [f"{k} {new} (stored: {old})" for k, (new, old) in same.items() if new != old]
+    if differ:
+        raise ValueError(f"the stored comparison was scored on other inputs: {', '.join(differ)}; "
+                         "score again with its --n and --seed")
+    metric, shipped = part["metric"], part["rows"][0]
+    old_shipped = recorded["rows"][0]
+    if abs(float(shipped[metric]) - float(old_shipped[metric])) > max(1e-6, 2 / part["n"]):
+        raise ValueError(f"the shipped checkpoint scores {metric} {shipped[metric]:.6g} now but "
+                         f"{old_shipped[metric]:.6g} in the stored comparison: the inputs or the checkpoint "
+                         "changed since, so its rows are not comparable")
+    scored = {r["seed"] for r in part["rows"]}
+    kept = [{**r, "checkpoint": _earlier(r["checkpoint"])} for r in recorded["rows"][1:] if r["seed"] not in scored]
+    runs = sorted(part["rows"][1:] + kept, key=lambda r: r["seed"])
+    return _part(part["n"], part["eval_seed"], metric, [shipped, *runs])
 
 
 def zoo_folder(shipped: str | Path) -> Path:

@@ -140,3 +140,29 @@ def test_a_seed_run_is_the_cards_command_with_another_seed_and_folder():
     resumed = seed_runs.seed_command("reasoner-continuous", 1, Path("runs/y"), time_limit_min=90)
     assert "--resume" not in resumed and resumed.count("--time-limit-min") == 1
     assert resumed[resumed.index("--time-limit-min") + 1] == "90" and resumed[resumed.index("--stop-at") + 1] == str(step)
+
+
+def test_seeds_scored_earlier_are_kept_when_their_runs_are_not_given_again(zoo, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    shutil.copytree(zoo / "zoo", tmp_path / "zoo")
+    monkeypatch.setattr(models, "ZOO", tmp_path / "zoo")
+    shipped, s1, s2 = tmp_path / "zoo" / "tiny", str(zoo / "runs" / "tiny-s1"), str(zoo / "runs" / "tiny-s2")
+    assert main(["seeds", str(shipped), "--runs", s1, "--n", "60", "--seed", "4", "--update-zoo"]) == 0
+    assert main(["seeds", str(shipped), "--runs", s2, "--n", "60", "--seed", "4", "--keep-scored",
+                 "--update-zoo"]) == 0
+    stored = json.loads((shipped / "metrics.json").read_text())["seeds"]
+    both = seeds.compare(shipped, [s1, s2], n=60, eval_seed=[4])  # oracle: all three scored in one go
+    assert [r["seed"] for r in stored["rows"]] == [0, 1, 2] and stored["values"] == both["values"]
+    assert stored["summary"] == both["summary"]
+    assert stored["rows"][1]["checkpoint"].endswith("tiny-s1 (not shipped) (scored earlier)")
+    assert stored["rows"][2]["checkpoint"].endswith("tiny-s2 (not shipped)")
+    capsys.readouterr()
+    # other inputs than the stored comparison's: refused, and the card keeps its table
+    assert main(["seeds", str(shipped), "--runs", s2, "--n", "61", "--seed", "4", "--keep-scored",
+                 "--update-zoo"]) == 2
+    assert "n 61 (stored: 60)" in capsys.readouterr().err
+    assert json.loads((shipped / "metrics.json").read_text())["seeds"] == stored
+    tampered = {**stored, "rows": [{**stored["rows"][0], "error": stored["rows"][0]["error"] + 0.5}, *stored["rows"][1:]]}
+    with pytest.raises(ValueError, match="the shipped checkpoint scores error"):
+        seeds.with_scored(seeds.compare(shipped, [s2], n=60, eval_seed=[4]), tampered)
