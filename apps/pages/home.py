@@ -1,19 +1,22 @@
 """Home: the zoo (every shipped model with its card's headline, linked to its page, and the model
 cards), the headline metrics as a figure, and the reasoners' OOD figure: one view at a time
 (``?home_view=``), the zoo first. The zoo view draws no Plotly figure, so the first page a user
-sees does not wait for the browser to load Plotly's code, nor the server to build figures; once it
-is drawn, the browser loads that code in the background for the figure views.
+sees does not wait for the server to build figures; the browser loads Plotly's code while it draws
+the zoo, for the figure views.
 
 Home reads the zoo's files only (``config.json``, ``metrics.json``, ``card.md``): it imports
 neither torch nor the models (nor ``apps.ui``, which imports torch, unless another page has
 loaded it already), so the explorer opens in seconds. The zoo's table and figures are cached
-until a file of the zoo changes. Once Home is drawn, a background thread imports what the model
-pages need (torch, TransformerLens, scikit-learn), so the first model page opened afterwards
-does not wait for them.
+until a file of the zoo changes. Once Home has run, a background thread builds Home's figures
+(the first click on a figure view finds them cached), then imports what the model pages need
+(torch, TransformerLens, scikit-learn), so the first model page opened afterwards does not wait
+for them; each of its steps waits for a pause in which no script runs.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
 import threading
 import time
@@ -23,7 +26,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 import models
-from apps import zoo
+from apps import background, zoo
 from apps.picker import view_picker
 from models import registry
 
@@ -87,15 +90,13 @@ def _ood(stamp: tuple):
     return bool(reasoners), None if ood.empty else ood_figure(ood, train_n=zoo.training_size(reasoners))
 
 
-WARM_UP_DELAY_S = 4.0
-
-
 @st.cache_resource(show_spinner=False)
 def _plotly_preload() -> str | None:
-    """A module script that has the browser load Streamlit's Plotly chart code (a 4.7 MB chunk) once
-    the zoo is drawn, so the first figure view opened from Home does not wait seconds for it; None
-    where this Streamlit has no such chunk. The chunk is imported from the URL Streamlit itself
-    imports it from, so the browser evaluates it once."""
+    """A module script that has the browser load Streamlit's Plotly chart code (a 4.7 MB chunk) as
+    it draws the zoo, so the first figure view opened from Home does not wait a second for it; None
+    where this Streamlit has no such chunk. Not deferred to an idle moment: a click right after the
+    page appears would come first and wait for the chunk again. It is imported from the URL
+    Streamlit itself imports it from, so the browser evaluates it once."""
     import re
 
     js = Path(st.__file__).parent / "static" / "static" / "js"
@@ -103,26 +104,21 @@ def _plotly_preload() -> str | None:
     if len(chunks) != 1:
         return None
     return ("<script type=\"module\">const index = document.querySelector('script[type=\"module\"][src*=\"/index.\"]');"
-            f"if (index) (window.requestIdleCallback || setTimeout)(() => import(new URL('./{chunks[0]}', index.src))"
-            ".catch(() => {}));</script>")
+            f"if (index) import(new URL('./{chunks[0]}', index.src)).catch(() => {{}});</script>")
+
+
+WARM_UP_DELAY_S = 4.0  # after Home's figures, before the heavy imports: the browser draws Home first
+QUIET_S = 1.5  # no script for this long before each heavy import starts
+HEAVY = ("torch", "sklearn.decomposition", "transformer_lens")  # what the model pages import
 
 
 @st.cache_resource(show_spinner=False)
 def _warm_up() -> threading.Thread:
-    """Once per server: import the model pages' heavy packages in the background."""
-    def work():
-        time.sleep(WARM_UP_DELAY_S)  # let the browser draw Home first: on two cores the imports would slow it
-        try:
-            import plotly.subplots  # noqa: F401 - Home's own figure views first
-            import torch  # noqa: F401
-            import sklearn.decomposition  # noqa: F401
-            import transformer_lens  # noqa: F401
-        except Exception:  # noqa: BLE001 - a page that needs them says what is missing
-            pass
-
-    thread = threading.Thread(target=work, name="explorer-warm-up", daemon=True)
-    thread.start()
-    return thread
+    """Once per server, in the background and only between scripts: Home's own figures built (the
+    first click on a figure view finds them cached), then the model pages' heavy packages imported."""
+    steps = [(0.2, lambda: (_headline(_stamp()), _ood(_stamp()))), (0.0, lambda: time.sleep(WARM_UP_DELAY_S))]
+    steps += [(QUIET_S, functools.partial(importlib.import_module, module)) for module in HEAVY]
+    return background.run_between_scripts(steps, name="explorer-warm-up")
 
 
 class _Guard:
