@@ -47,18 +47,18 @@ CHANGE_TARGET_S = 1.0
 POLL_S = 0.05
 PAGES = ("home", "reasoner", "act", "warp", "gain", "patching", "probing", "codebook", "dynamics")
 REASONER_PAGES = ("reasoner", "patching", "probing", "codebook", "dynamics")
-# page -> the clicks done in a warm session, the last one timed: (kind, widget key, the option's label,
+# page -> the clicks done in a warm session, the last one timed: (view selector's widget key, the option's label,
 # None for the second option)
 CHANGES = {
-    "home": [("segment", "home_view", "Headline metrics")],
-    "reasoner": [("segment", "reasoner_view", "Attention")],
-    "act": [("segment", "act_view", "Ponder time vs difficulty")],
-    "warp": [("segment", "warp_view", "theta_t (PCA)")],
-    "gain": [("segment", "gain_view", None)],
-    "patching": [("segment", "patch_view", "Step x layer")],
-    "probing": [("segment", "probe_view", None)],
-    "codebook": [("segment", "codebook_view", None)],
-    "dynamics": [("segment", "dynamics_view", None)],
+    "home": [("home_view", "Headline metrics")],
+    "reasoner": [("reasoner_view", "Attention")],
+    "act": [("act_view", "Ponder time vs difficulty")],
+    "warp": [("warp_view", "theta_t (PCA)")],
+    "gain": [("gain_view", None)],
+    "patching": [("patch_view", "Step x layer")],
+    "probing": [("probe_view", None)],
+    "codebook": [("codebook_view", None)],
+    "dynamics": [("dynamics_view", None)],
 }
 
 
@@ -106,11 +106,11 @@ def click(driver, steps, timeout_s: float) -> tuple[float | None, str]:
     from selenium.webdriver.common.by import By
 
     seconds = None
-    for kind, key, label in steps:
+    for key, label in steps:
         scope = driver.find_elements(By.CSS_SELECTOR, f".st-key-{key}")
         if not scope:
             return None, f"NOT FOUND: no control with key {key!r}"
-        options = scope[0].find_elements(By.CSS_SELECTOR, "button" if kind == "segment" else "label")
+        options = scope[0].find_elements(By.CSS_SELECTOR, "button")  # a segmented control's options
         options = [o for o in options if o.is_displayed()]
         target = [o for o in options if o.text.strip() == label] if label is not None else options[1:2]
         if not target:
@@ -134,7 +134,7 @@ view = st.segmented_control("View", ["a", "b"], default="a", required=True, key=
 st.title(f"floor: view {view}")
 st.plotly_chart(go.Figure(go.Scatter(y=[1, 3, 2] if view == "a" else [2, 1, 3])))
 """
-FLOOR_CHANGE = [("segment", "floor_view", "b")]
+FLOOR_CHANGE = [("floor_view", "b")]
 
 
 def floor(driver, env: dict, log: Path, timeout_s: float) -> dict:
