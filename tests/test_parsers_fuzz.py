@@ -25,6 +25,7 @@ from workbench.tasks import addition as add
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
 from workbench.tasks import graph_arith as ga
+from workbench.tasks import graph_arith_parse as gap
 from workbench.tasks import orientation as ori
 from workbench.tasks import parity as par
 
@@ -317,11 +318,11 @@ def test_graph_arith_whole_equation_match_reads_like_the_token_machine(data):
     case = BY_NAME["graph_arith"]
     text = data.draw(st.one_of(mutated(case), GRAMMAR))
     fast = _verdict(case, text)
-    saved, ga._EQUATION = ga._EQUATION, re.compile(r"(?!)")  # never matches: tokens only
+    saved, gap._EQUATION = gap._EQUATION, re.compile(r"(?!)")  # never matches: tokens only
     try:
         assert _verdict(case, text) == fast
     finally:
-        ga._EQUATION = saved
+        gap._EQUATION = saved
 
 
 @pytest.mark.parametrize("name, text", [
