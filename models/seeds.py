@@ -14,7 +14,8 @@ of the shipped model's metrics.json, which its card (``workbench.cards.seeds_sec
     ...                      n=10000, eval_seed=[2027, 1])
     >>> seeds.store("act-addition", part)          # metrics.json and card.md of the zoo model
 
-``workbench seeds <model> --runs a,b`` is the same from the command line.
+``workbench seeds <model> --runs a,b`` is the same from the command line. ``with_scored(part,
+stored)`` adds the rows of a comparison stored earlier for seeds not scored again (``--keep-scored``).
 """
 
 from __future__ import annotations
