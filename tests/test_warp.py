@@ -371,13 +371,11 @@ def test_shipped_msd_models_keep_the_papers_order():
 
 def test_shipped_digits_model_classifies_and_completes():
     import models
-    from models.warp_eval import digits_eval
-
-    torch.set_num_threads(1)
     from models.warp_data import digits_split
-    from models.warp_eval import forecast, model_task
+    from models.warp_eval import digits_eval, forecast, model_task
     from workbench.tasks import digits as dg
 
+    torch.set_num_threads(1)
     model = models.load("warp-digits")
     ev = digits_eval(model)
     # the held-out split is fixed, so the measurement is deterministic: the 0.90 target itself

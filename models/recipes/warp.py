@@ -207,7 +207,7 @@ def card(folder: Path, stored: dict, metrics: dict, what: str | None) -> dict:
                  "(validation accuracy: "
                  + ", ".join(f"{b['model']} {b['val_accuracy']:.3f}" for b in test["baselines"])
                  + f"; {m['kind']} {test['val_accuracy']:.3f}). Intervals: 95% Wilson score intervals.")
-    if metrics.get("selection"):  # the runs this checkpoint was chosen from, by validation accuracy
+    if metrics.get("selection"):  # the runs this checkpoint was chosen from, on the validation split
         notes += ("\n\nChosen among these runs on the validation split (the test split was not read for any of "
                   "them):\n\n" + cards.markdown_table(metrics["selection"]))
     size = (f"D = {m['D']} (A has {m['A_entries']:,} entries), {m['parameters']:,} parameters" if "D" in m
