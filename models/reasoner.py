@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -257,13 +257,23 @@ class Reasoner(HookedRecurrentModule):
 
         Outside it every run, plain or hooked, takes the same path, so ``model(x)`` and
         ``run_with_hooks(x, ...)`` agree bit for bit. Training, evaluation and probing collection
-        use it; patching, which compares runs exactly, does not."""
+        use it; patching uses it for its patched copies only (``patching_kernels``)."""
         with self.exclusive():  # a mode of a possibly shared model: other threads wait it out
             before, self._fused = self._fused, True
             try:
                 yield
             finally:
                 self._fused = before
+
+    def patching_kernels(self):
+        """The kernels ``workbench.patching.patch`` runs its patched copies with: fused attention
+        when the latent is discrete, else the default path.
+
+        A copy settles when its carry equals the base run's bit for bit, and the base runs take
+        the default path. The discrete carry (codes and their embedding) is equal across the two
+        kernels whenever the codes are; a continuous carry would never be, so its copies would
+        stop settling."""
+        return self.fused_attention() if self.cfg.latent == "discrete" else nullcontext()
 
     def step(self, x: Tensor, t: int, layout: Layout, first_block: int = 0) -> tuple[Tensor, list[Tensor]]:
         """One application of the shared block stack: returns (final residual, factor logits).

@@ -63,10 +63,12 @@ def test_patching_a_site_with_its_own_clean_value_gives_one_and_corrupted_gives_
 def test_reasoner_whole_input_patch_is_one_and_batched_equals_per_site_loop():
     model, s = reasoner_case()
     kw = s.forward_kwargs
-    whole = patch(model, s.clean, s.corrupted, s.metric, "steps.0.hook_input", forward_kwargs=kw)
-    assert abs(whole.df.score.item() - 1) < 1e-6
-    back = patch(model, s.clean, s.corrupted, s.metric, "steps.0.hook_input", ablation="resample", forward_kwargs=kw)
-    assert abs(back.df.score.item()) < 1e-6
+    for fused, tol in ((False, 1e-6), (True, 1e-4)):  # fused: the copies' attention kernel differs in the last bits
+        whole = patch(model, s.clean, s.corrupted, s.metric, "steps.0.hook_input", forward_kwargs=kw, fused=fused)
+        assert abs(whole.df.score.item() - 1) < tol
+        back = patch(model, s.clean, s.corrupted, s.metric, "steps.0.hook_input", ablation="resample",
+                     forward_kwargs=kw, fused=fused)
+        assert abs(back.df.score.item()) < tol
     L = s.clean.shape[1]
     grid = [Sites("steps.*.blocks.*.hook_resid_pre", positions=range(0, L, 4)),
             Sites("steps.*.bottleneck.hook_codes", positions=range(1, L, 5)),
@@ -433,3 +435,24 @@ def test_copies_of_a_problem_share_one_attention_layout_and_resuming_embeds_no_t
         handle.remove()
     assert len(calls) == kw["steps"] - 2  # only each new step's codes; the input comes from the carry
     assert torch.equal(resumed.value_logits, out.value_logits)
+
+
+@pytest.mark.parametrize("latent", ["discrete", "continuous"])
+def test_patched_copies_take_the_fused_kernel_only_where_the_carry_stays_comparable(latent, monkeypatch):
+    """Discrete reasoner: the copies run fused attention, the base runs do not (no-ops decided alike);
+    continuous latent: nothing runs fused (its carry would never equal the base run's again)."""
+    model, s = reasoner_case(n=1, latent=latent)
+    kw = s.forward_kwargs
+    sites = Sites("steps.*.blocks.*.hook_resid_pre", positions="each")
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    default = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw, fused=False)
+    assert not calls
+    fused = patch(model, s.clean, s.corrupted, s.metric, sites, forward_kwargs=kw)
+    assert bool(calls) == (latent == "discrete")
+    assert list(fused.df.status) == list(default.df.status) and (default.df.status == "no-op").any()
+    np.testing.assert_allclose(fused.df.metric, default.df.metric, atol=1e-5, rtol=0)
+    if latent == "discrete":
+        assert fused.meta["copies_settled"] == default.meta["copies_settled"] > 0

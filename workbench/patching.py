@@ -49,6 +49,9 @@ How it is fast while staying exact:
    record so far and the base run's record after, without running those steps.
 4. **No-op patches are not run.** A site whose source activation equals the base
    activation bit for bit cannot change anything: its metric is the base metric.
+5. **Faster kernels for the copies.** A model may offer kernels for the patched copies
+   (``patching_kernels()``: the discrete reasoner's fused attention, equal to the default path
+   to ~1e-6); the base runs keep the default path. ``fused=False`` turns this off.
 
 Models without the protocol fall back to full re-runs, still batched.
 
@@ -64,6 +67,7 @@ checks, base runs, metric normalisation, ablation sources, the result table) is 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -96,6 +100,7 @@ def patch(
     reuse_prefix: bool = True,
     refill: bool = True,
     memory_mb: float = 512,
+    fused: bool = True,
     progress: bool = False,
 ) -> Result:
     """Exact activation patching, one site at a time, many sites per forward.
@@ -114,6 +119,11 @@ def patch(
             steps, refilling the batch with the next step's sites as copies settle (False:
             one group of copies per resume point, each run until its copies settle).
         memory_mb: budget for one chunk's activations of one loop step.
+        fused: the patched copies take the faster kernels the model offers for them
+            (``model.patching_kernels()``; the discrete reasoner's fused attention, ~1.3x faster
+            on long problems, equal to the default path to ~1e-6); the base runs never do, so
+            no-op sites stay decided bit for bit. False: every forward takes the default path,
+            as a plain ``run_with_hooks`` does.
         progress: show a progress bar.
 
     Returns:
@@ -185,7 +195,8 @@ def patch(
         chunks = [(key, idx[i: i + copies])
                   for key, idx in sorted(todo.items(), key=lambda kv: (kv[0] is None, kv[0] or ()))
                   if not (sweep and key is not None) for i in range(0, len(idx), copies)]
-    with torch.no_grad():  # the patched runs, like the base runs, build no autograd graph
+    kernels = getattr(model, "patching_kernels", None) if fused else None
+    with torch.no_grad(), (kernels() if kernels else nullcontext()):  # the patched runs build no autograd graph
         if sweep and any(key is not None for key in todo):
             looped = {key: idx for key, idx in todo.items() if key is not None}
             for i, (v, u) in runner.sweep(looped, site_list, copies, progress).items():
