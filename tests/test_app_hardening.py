@@ -12,7 +12,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import models
-from apps import ui, zoo
+from apps import model_pick, ui, zoo
 from apps.adapters import act as aa
 from apps.adapters import reasoner as ar
 from tests import app_models
@@ -113,7 +113,7 @@ def test_folders_outside_the_root_are_refused(root, tmp_path, monkeypatch):
     act = str(root / "act")
     monkeypatch.delenv(ui.ROOT_ENV, raising=False)
     with pytest.raises(ValueError, match=f"not a zoo model.*{ui.ROOT_ENV}"):
-        ui.checked_folder(act)
+        model_pick.checked_folder(act)
     text = errors(open_page("act", model=act))
     assert "Cannot open the model" in text and ui.ROOT_ENV in text
 
@@ -123,13 +123,13 @@ def test_folders_outside_the_root_are_refused(root, tmp_path, monkeypatch):
     monkeypatch.setenv(ui.ROOT_ENV, str(elsewhere))
     for spelling in (act, str(elsewhere / ".." / ".." / root.name / "act"), str(elsewhere / "escape")):
         with pytest.raises(ValueError, match="outside the allowed root"):
-            ui.checked_folder(spelling)
+            model_pick.checked_folder(spelling)
     text = errors(open_page("act", model=act))
     assert "outside the allowed root" in text and str(elsewhere.resolve()) in text
 
     monkeypatch.setenv(ui.ROOT_ENV, os.pathsep.join([str(elsewhere), str(root)]))
-    assert ui.checked_folder(act) == (root / "act").resolve()
-    assert ui.checked_folder("reasoner" if "reasoner" in models.zoo_names() else act)  # zoo names need no root
+    assert model_pick.checked_folder(act) == (root / "act").resolve()
+    assert model_pick.checked_folder("reasoner" if "reasoner" in models.zoo_names() else act)  # zoo names need no root
     at = open_page("act", model=act)
     assert not errors(at) and charts(at) == 2  # the halting view
 

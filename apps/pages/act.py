@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui
+from apps import model_pick, ui
 from apps.adapters import act as aa
 from apps.views import act as views
 
@@ -16,7 +16,7 @@ st.caption("At every input step the RNN updates its state a variable number of t
            "halting logit.")
 
 ui.query_names("seed", "problems", "step", "act_view")
-picked = ui.pick_model(("act",), key="act_model")
+picked = model_pick.pick_model(("act",), key="act_model")
 if picked is None:
     st.stop()
 model, cfg = picked.model, picked.model.cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui, zoo
+from apps import model_pick, ui, zoo
 from apps.adapters import analysis as an
 from workbench.figures import CODEBOOK_VIEWS, codebook_figure
 
@@ -15,7 +15,7 @@ st.caption("Per loop step: codes used, perplexity, dead codes, accuracy of the d
            "algorithm, the embeddings' geometry and the distance of the latents from the codebook. ACT and WARP "
            "have no discrete bottleneck: they get a k-means codebook of their states.")
 
-picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="codebook_model")
+picked = model_pick.pick_model(zoo.ANALYSIS_FAMILIES, key="codebook_model")
 if picked is None:
     st.stop()
 model, family = picked.model, picked.family

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui
+from apps import model_pick, ui
 from models import dynamics_adapters as da
 from models import registry
 
@@ -34,7 +34,7 @@ st.caption("Step t is the t-th application of the loop, counted from 0; the stat
 
 families = tuple(name for name, fam in registry.families().items() if fam.dynamics)
 prefer = [registry.get(f).dynamics_example for f in families]
-picked = ui.pick_model(families, key="dynamics_model", prefer=[p for p in prefer if p])
+picked = model_pick.pick_model(families, key="dynamics_model", prefer=[p for p in prefer if p])
 if picked is None:
     st.stop()
 model, family = picked.model, picked.family

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui
+from apps import model_pick, ui
 from apps.views import gain as views
 from models import gain_experiment
 from models.gain_solvers import default_solver
@@ -19,7 +19,7 @@ st.caption("36 orientation-tuned neurons with fixed recurrent weights adapt only
            "adaptation effects.")
 
 ui.query_names("gain_view")
-picked = ui.pick_model(("gain",), key="gain_model")
+picked = model_pick.pick_model(("gain",), key="gain_model")
 if picked is None:
     st.stop()
 model = picked.model

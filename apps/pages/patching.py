@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui, zoo
+from apps import model_pick, ui, zoo
 from apps.adapters import analysis as an
 from apps.views.analysis import AGGREGATES, inputs_table, loop_grid_figure, site_link, top_sites, top_sites_figure
 from models import registry
@@ -17,7 +17,7 @@ st.caption("Run a corrupted input, write the clean activation into one site, and
            "behaviour comes back: score 0 = as corrupted, 1 = as clean. Attribution patching estimates the same "
            "from one backward pass.")
 
-picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="patching_model")
+picked = model_pick.pick_model(zoo.ANALYSIS_FAMILIES, key="patching_model")
 if picked is None:
     st.stop()
 model, family = picked.model, picked.family

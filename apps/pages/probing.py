@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui, zoo
+from apps import model_pick, ui, zoo
 from apps.adapters import analysis as an
 from apps.views.analysis import loop_grid_figure
 from workbench.figures import probe_map
@@ -15,7 +15,7 @@ st.title("Linear probes")
 st.caption("Cache activations at every loop step, fit one linear probe per site on a held-out split, and compare "
            "with a control task of random labels: high selectivity means the feature is readable there.")
 
-picked = ui.pick_model(zoo.ANALYSIS_FAMILIES, key="probing_model")
+picked = model_pick.pick_model(zoo.ANALYSIS_FAMILIES, key="probing_model")
 if picked is None:
     st.stop()
 model, family = picked.model, picked.family

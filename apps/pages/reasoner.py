@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from apps import ui
+from apps import model_pick, ui
 from apps.adapters import reasoner as ar
 from apps.views import reasoner as views
 
@@ -17,7 +17,7 @@ st.caption("One shared transformer block applied step after step; after every st
            "the variables fill in.")
 
 ui.query_names("nodes", "seed", "steps", "step", "compare", "reasoner_view")
-picked = ui.pick_model(("reasoner",), key="reasoner_model")
+picked = model_pick.pick_model(("reasoner",), key="reasoner_model")
 if picked is None:
     st.stop()
 model, cfg = picked.model, picked.model.cfg
@@ -210,7 +210,7 @@ with ui.guard("Running the model"):
         with ui.guard("Compare"):
             st.write("The same problem, run by a second model of the family for its own number of steps "
                      "(or the Steps field's): its state table beside this one's.")
-            other = ui.pick_other(picked, key="reasoner_compare")
+            other = model_pick.pick_other(picked, key="reasoner_compare")
             if other is not None:
                 try:
                     other_problem = ar.parse_problem(other.model, text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import ui, zoo
+from apps import model_pick, ui, zoo
 from apps.adapters import warp as aw
 from apps.views import warp as views
 from workbench.tasks import dynamics as dy
@@ -18,7 +18,7 @@ st.caption("The hidden state theta_t is the weight vector of a small root networ
            "context, and look at theta_t and the root network it encodes.")
 
 ui.query_names("digit", "seed", "context", "step", "warp_view")
-picked = ui.pick_model(("warp",), key="warp_model")
+picked = model_pick.pick_model(("warp",), key="warp_model")
 if picked is None:
     st.stop()
 model = picked.model
@@ -94,7 +94,7 @@ with ui.guard("Forecasting"):
                                        help="other shipped forecasters of the same system (WARP, WARP-Phys, GRU)")
                 forecasts = {picked.name: run.forecast}
                 for name in extra:
-                    other, other_key = ui.load(name)
+                    other, other_key = model_pick.load(name)
                     forecasts[name] = _run(other_key, False, int(sample), int(context), other).forecast
                 st.plotly_chart(views.forecast_figure(run.times, run.truth, forecasts, int(context), run.state_names),
                                 key="forecast")
