@@ -146,18 +146,23 @@ def hardware() -> str:
     return f"{platform.machine()} {cpu}{gpu}, torch {torch.__version__}"
 
 
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def train(spec: TrainSpec, cfg: TrainConfig) -> dict:
     """Train ``spec.model`` in place; returns the final metrics (also in ``metrics.json``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world = _dist_info()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    joined = world > 1 and not dist.is_initialized()
+    if joined:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        return _train(spec, cfg, dist.get_rank() if world > 1 else 0, world)
+    finally:
+        if joined:
+            # a group left to interpreter shutdown can abort the process (gloo's threads outlive Python)
+            dist.destroy_process_group()
+
+
+def _train(spec: TrainSpec, cfg: TrainConfig, rank: int, world: int) -> dict:
     out = Path(cfg.out)
     _check_out(out, cfg)
     model = spec.model.to(cfg.device)
