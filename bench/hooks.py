@@ -3,7 +3,7 @@
 1. forward with no hooks attached vs the same computation with the HookPoints removed
    (each replaced by a plain Python identity function): target <= 1.05x;
 2. ``run_with_cache`` of every hook vs a plain forward: target <= 1.3x. Also printed: the minor
-   page faults per call. The cache keeps every activation (~2 GB at the defaults), and how much of
+   page faults per call. The three are timed interleaved, round by round. The cache keeps every activation (~2 GB at the defaults), and how much of
    that memory the C allocator hands back fresh from the kernel (zeroed page by page) varies from
    run to run; that, not the hooks, is what moves this ratio.
 
@@ -46,16 +46,25 @@ def page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(median seconds, mean minor page faults) per call."""
-    fn()  # warm-up
-    times = []
-    faults = page_faults()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), (page_faults() - faults) / repeats
+def timed(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (median seconds, mean minor page faults) per call}.
+
+    The calls are interleaved (each round runs every function once, in a rotated order), so a
+    machine that speeds up or slows down during the run moves all of them alike.
+    """
+    names = list(fns)
+    for name in names:
+        fns[name]()  # warm-up
+    times = {name: [] for name in names}
+    faults = dict.fromkeys(names, 0)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            before = page_faults()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+            faults[name] += page_faults() - before
+    return {name: (statistics.median(times[name]), faults[name] / repeats) for name in names}
 
 
 def main() -> None:
@@ -86,9 +95,9 @@ def main() -> None:
     n_hooks = len(model.hook_dict)
 
     with torch.no_grad():
-        t_bare, _ = timed(lambda: bare(x, steps=steps), args.repeats)
-        t_hooked, f_hooked = timed(lambda: model(x, steps=steps), args.repeats)
-        t_cache, f_cache = timed(lambda: model.run_with_cache(x, steps=steps), args.repeats)
+        runs = timed({"bare": lambda: bare(x, steps=steps), "hooked": lambda: model(x, steps=steps),
+                      "cache": lambda: model.run_with_cache(x, steps=steps)}, args.repeats)
+        (t_bare, _), (t_hooked, f_hooked), (t_cache, f_cache) = runs["bare"], runs["hooked"], runs["cache"]
         kept = sum(v.numel() * v.element_size() for v in model.run_with_cache(x, steps=steps)[1].values())
         assert torch.equal(bare(x, steps=steps).codes, model(x, steps=steps).codes)
 

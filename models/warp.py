@@ -69,6 +69,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -198,6 +199,42 @@ def causal_conv(K: Tensor, e: Tensor) -> Tensor:
     Xf = torch.fft.rfft(e.transpose(1, 2), n=L)  # [batch, r, F]
     out = torch.fft.irfft(torch.einsum("Ddf,bdf->bDf", Kf, Xf), n=L)[..., :n]  # [batch, D, n]
     return out.transpose(1, 2).contiguous()  # one copy, so the decoder reads contiguous weights
+
+
+def _joining(join: Callable, t: int, batch: int) -> Optional[Tensor]:
+    """``join(t)`` checked: None, or a [k] integer index of rows of the batch (k >= 1)."""
+    rows = join(t)
+    if rows is None:
+        return None
+    if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
+        raise InputTypeError(f"join({t}) must return None or a 1-d integer tensor of rows; got "
+                             f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {list(getattr(rows, 'shape', []))}")
+    if len(rows) and not (0 <= int((lo_hi := torch.aminmax(rows))[0]) and int(lo_hi[1]) < batch):
+        raise ValueError(f"join({t}) returned rows {rows.tolist()}; allowed 0..{batch - 1} (the batch at step {t})")
+    return rows.long() if len(rows) else None
+
+
+def _stacked(steps: list[dict], joins: list[tuple[int, int, Tensor]]) -> dict[str, Tensor]:
+    """The steps' records stacked along time [rows, T, ...], for every row of the final batch: a
+    row that joined at step t (a copy of row i then) has, at steps < t, the record of row i.
+    ``joins``: (t, rows before, rows copied), in the order they happened."""
+    if not joins:
+        return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
+    sizes = [len(s["thetas"]) for s in steps]
+    final, T = sizes[-1], len(steps)
+    offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)  # where each step's rows start in the flat record
+    index = torch.empty(final, T, dtype=torch.long)
+    where = torch.arange(final)  # each final row's row in the batch as it was at step s
+    pending = list(joins)
+    for s in range(T - 1, -1, -1):
+        while pending and pending[-1][0] > s:  # undo the joins after step s, latest first
+            _, before, rows = pending.pop()
+            where = torch.where(where >= before, rows[(where - before).clamp(0, len(rows) - 1)], where)
+        index[:, s] = where + offsets[s]
+    # one gather per output: every (row, step) reads its own or its source row's record
+    flat = index.view(-1)
+    return {k: (v := torch.cat([s[k] for s in steps])).index_select(0, flat).view(final, T, *v.shape[1:])
+            for k in steps[0]}
 
 
 # ----------------------------------------------------------------------- model
@@ -337,20 +374,33 @@ class Warp(HookedRecurrentModule):
         tau = self.tau(torch.arange(n)).to(x.device).expand(batch, n)
         return {"thetas": theta, "inputs": u, **self._decode(theta, tau, u, hooks)}
 
-    def _recurrent(self, x: Tensor, feed: Optional[Tensor], start: Optional[LoopState] = None) -> dict:
-        batch, n, _ = x.shape
+    def _recurrent(self, x: Tensor, feed: Optional[Tensor], start: Optional[LoopState] = None,
+                   join: Optional[Callable[[int], Optional[Tensor]]] = None) -> dict:
+        n = x.shape[1]
         At, Bt = self.A.T, self.B.T
         steps: list[dict] = []
-        theta = u_prev = None
+        theta = u_prev = fed_back = None
         t0 = 0
         if start is not None and start.t > 0:  # continue a recorded run: steps < t0 come from its record
             t0, theta, u_prev = start.t, start.carry["theta"], start.carry["u"]
             steps = [{k: v[s] for k, v in start.record.items()} for s in range(t0)]
+            fed_back = steps[-1].get("mean")
+        joins: list[tuple[int, int, Tensor]] = []  # (step, rows before, the rows copied) of each join
+        batch, rows_in = len(x), None  # rows_in: once rows joined, the input row each batch row reads
         for t in range(t0, n):
+            rows = _joining(join, t, batch) if join is not None else None
+            if rows is not None:
+                joins.append((t, batch, rows))
+                rows_in = torch.cat([torch.arange(batch), rows]) if rows_in is None else \
+                    torch.cat([rows_in, rows_in[rows]])
+                theta, u_prev, fed_back = (None if v is None else torch.cat([v, v[rows]])
+                                           for v in (theta, u_prev, fed_back))
+                batch += len(rows)
             hooks = self.time[t]
-            u = x[:, t]
+            u = x[:, t] if rows_in is None else x[rows_in, t]
             if feed is not None and t > 0:
-                u = torch.where(feed[:, t, None], u, steps[-1]["mean"])
+                fed = feed[:, t] if rows_in is None else feed[rows_in, t]
+                u = torch.where(fed[:, None], u, fed_back)
             u = hooks.hook_input(u)
             if t == 0:
                 dx = hooks.hook_dx(torch.zeros_like(u))
@@ -361,12 +411,13 @@ class Warp(HookedRecurrentModule):
             theta = hooks.hook_theta(theta)
             dec = self._decode(theta, self.tau(t).to(x.device).expand(batch), u, hooks)
             steps.append({"thetas": theta, "inputs": u, **dec})
-            u_prev = u
-        return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
+            u_prev, fed_back = u, dec.get("mean")
+        return _stacked(steps, joins)
 
     def forward(self, x: Tensor, mode: str = "recurrent", context: Optional[int] = None,
                 horizon: Optional[int] = None, feed: Optional[Tensor] = None,
-                start: Optional[LoopState] = None) -> WarpOutput:
+                start: Optional[LoopState] = None,
+                join: Optional[Callable[[int], Optional[Tensor]]] = None) -> WarpOutput:
         """Run WARP over a sequence.
 
         Args:
@@ -384,6 +435,11 @@ class Warp(HookedRecurrentModule):
                 (scheduled teacher forcing; recurrent mode).
             start: continue a recorded recurrent run of the same arguments from
                 ``resume_state(cache, t)`` (theta_{t-1} and the record of steps < t).
+            join: ``join(t) -> rows`` (recurrent mode), called at the start of every time step
+                t: the batch grows by copies of those rows (a [k] index into the batch as it
+                is at t, or None), which run on from step t with the rows' state; in the
+                output a copy's steps < t are those of the row it copied. Patching runs each
+                patched copy from its own step this way, all in one forward.
         """
         if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
@@ -398,6 +454,8 @@ class Warp(HookedRecurrentModule):
                 raise ValueError("mode='parallel' is teacher-forced; generation (context / feed) needs mode='recurrent'")
             if start is not None:
                 raise ValueError("start= resumes a recurrent run; mode='parallel' has no loop to resume")
+            if join is not None:
+                raise ValueError("join= grows a recurrent run; mode='parallel' has no loop to join")
             return WarpOutput(**self._parallel(x))
         if start is not None:
             if not isinstance(start, LoopState):
@@ -405,11 +463,17 @@ class Warp(HookedRecurrentModule):
                                      f"got {type(start).__name__}")
             if not 0 <= start.t <= x.shape[1]:
                 raise ValueError(f"start.t={start.t} is out of range; allowed 0..{x.shape[1]} (time steps)")
-        return WarpOutput(**self._recurrent(x, feed, start))
+        if join is not None and not callable(join):
+            raise InputTypeError(f"join must be a function of the time step; got {type(join).__name__}")
+        return WarpOutput(**self._recurrent(x, feed, start, join))
 
     # --- resuming a recorded run (recurrent mode) -------------------------------
     resume_loop = "time"
     resume_settles = False  # theta is continuous: a patched copy does not return to the recorded run
+
+    def joins(self, forward_kwargs: dict) -> bool:
+        """Whether a forward with these keyword arguments takes ``join=`` (a recurrent run)."""
+        return forward_kwargs.get("mode", "recurrent") == "recurrent" and "start" not in forward_kwargs
 
     def _record_hooks(self) -> dict[str, str]:
         """What a recurrent run returns per step -> the hook that records it."""

@@ -202,13 +202,7 @@ def act_case():
     return model, clean, corrupted, (lambda out: out.outputs[:, -1, 0])
 
 
-def test_act_ponder_steps_and_warp_time_steps_batched_equal_loop():
-    model, clean, corrupted, metric = act_case()
-    for sites in (Sites("time.0.ponder.*.hook_state"), Sites("time.0.ponder.*.hook_halt_logit")):
-        fast = patch(model, clean, corrupted, metric, sites)
-        loop = patch_loop(model, clean, corrupted, metric, sites)
-        np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
-        assert "ponder" in fast.df and fast.meta["resume"]  # copies start at their ponder step
+def warp_case():
     from models.warp import Warp, WarpConfig
 
     torch.manual_seed(0)
@@ -217,15 +211,67 @@ def test_act_ponder_steps_and_warp_time_steps_batched_equal_loop():
         warp.B.normal_(0, 0.3)
     x = torch.randn(2, 12, 2).cumsum(1) * 0.2
     xc = x.clone()
-    xc[:, :3] += 0.5
+    xc[:, :3] += 0.5  # the inputs differ at steps 0..2 only
     target = x[:, 1:]
-    err = lambda out: -((out.mean[:, :-1] - target) ** 2).mean((1, 2))  # noqa: E731
+    return warp, x, xc, (lambda out: -((out.mean[:, :-1] - target) ** 2).mean((1, 2)))
+
+
+def test_act_ponder_steps_and_warp_time_steps_batched_equal_loop():
+    model, clean, corrupted, metric = act_case()
+    for sites in (Sites("time.0.ponder.*.hook_state"), Sites("time.0.ponder.*.hook_halt_logit")):
+        fast = patch(model, clean, corrupted, metric, sites)
+        loop = patch_loop(model, clean, corrupted, metric, sites)
+        np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
+        assert "ponder" in fast.df and fast.meta["resume"]  # copies start at their ponder step
+    warp, x, xc, err = warp_case()
     sites = Sites("time.*.hook_theta", time=[0, 3, 6, 9])
     fast, loop = patch(warp, x, xc, err, sites), patch_loop(warp, x, xc, err, sites)
     np.testing.assert_allclose(fast.df.metric, loop.df.metric, atol=1e-5, rtol=0)
     assert list(fast.df.time) == [0, 3, 6, 9] and len(fast.figure().data) == 1 and fast.meta["resume"]
     plain = patch(warp, x, xc, err, sites, reuse_prefix=False)
     np.testing.assert_allclose(fast.df.metric, plain.df.metric, atol=1e-5, rtol=0)
+
+
+def test_warp_patches_every_time_step_in_one_forward_where_copies_join_at_their_step():
+    warp, x, xc, err = warp_case()
+    sites = Sites(["time.*.hook_theta", "time.*.hook_input"])
+    rows = {}
+
+    def count(module, args, act) -> None:
+        rows.setdefault(module.name, len(act))
+
+    handles = [warp.time[t].hook_theta.register_forward_hook(count) for t in range(12)]
+    try:
+        one = patch(warp, x, xc, err, sites)
+    finally:
+        for h in handles:
+            h.remove()
+    # clean + corrupted (2 x 2 rows), and 2 copies of 2 rows for each site at or before the step
+    assert rows == {f"time.{t}.hook_theta": 4 + 4 * (t + 1) for t in range(12)}
+    assert one.meta["joined"] and one.meta["forwards"] == 1 and one.meta["copies_run"] == 24
+    chunks = patch(warp, x, xc, err, sites, memory_mb=1e-5)  # no room for the grown batch: chunks instead
+    assert not chunks.meta["joined"] and chunks.meta["forwards"] > 1
+    loop = patch_loop(warp, x, xc, err, sites)
+    for other in (chunks, loop):
+        np.testing.assert_allclose(one.df.metric, other.df.metric, atol=1e-5, rtol=0)
+    assert list(one.df.hook) == list(chunks.df.hook) and list(one.df.status) == list(chunks.df.status)
+    inputs = one.df[one.df.hook.str.endswith("hook_input")]
+    assert list(inputs.status) == ["ok"] * 3 + ["no-op"] * 9  # equal inputs from step 3 on change nothing
+    assert one.meta["metric_clean"] == pytest.approx(chunks.meta["metric_clean"], abs=1e-6)
+    assert one.meta["last_step"] == chunks.meta["last_step"]
+    # named sites and a given source take the same single pass
+    named = [Site("time.7.hook_theta"), Site("time.2.hook_theta")]
+    zeros = {"time.7.hook_theta": torch.zeros(2, warp.cfg.d_theta)}
+    for kw in ({}, {"sources": zeros}):
+        fast, plain = patch(warp, x, xc, err, named, **kw), patch(warp, x, xc, err, named, reuse_prefix=False, **kw)
+        assert fast.meta["joined"] and not plain.meta["joined"]
+        np.testing.assert_allclose(fast.df.metric, plain.df.metric, atol=1e-5, rtol=0)
+    assert fast.df.metric[0] != pytest.approx(one.df.set_index("hook").metric["time.7.hook_theta"], abs=1e-3)
+    # sites outside the loop, or an ablation, keep the usual path
+    assert not patch(warp, x, xc, err, "parallel.hook_theta", forward_kwargs={"mode": "parallel"}).meta["joined"]
+    assert not patch(warp, x, xc, err, sites, ablation="zero").meta["joined"]
+    with pytest.raises(ValueError, match="did not fire"):
+        patch(warp, x[:, :6], xc[:, :6], lambda out: out.mean[:, -1, 0], "time.9.hook_theta")
 
 
 def test_command_line_on_an_act_checkpoint(tmp_path):

@@ -117,6 +117,12 @@ class Resumable(Protocol):
         model.resume_settles = False               # optional (default True): the carry is continuous, so
                                                    # a patched run never rejoins the recorded one and
                                                    # patching runs it to the end in one forward
+        model.joins(forward_kwargs) -> bool        # optional: model(*inputs, join=fn, **forward_kwargs)
+                                                   # calls fn(t) at the start of each loop step t and
+                                                   # appends copies of the rows it returns ([k] index or
+                                                   # None), which run on from t; a copy's output before
+                                                   # t is its row's. Patching then runs the base runs
+                                                   # and every copy in one forward (models.warp.Warp)
 
     ``isinstance(model, Resumable)`` (or ``resumable(model)``) says whether a model has it.
     """

@@ -49,19 +49,26 @@ How it is fast while staying exact:
    record so far and the base run's record after, without running those steps.
 4. **No-op patches are not run.** A site whose source activation equals the base
    activation bit for bit cannot change anything: its metric is the base metric.
-5. **Faster kernels for the copies.** A model may offer kernels for the patched copies
+5. **Copies join the base runs mid-loop.** Where the model can grow its batch at the start
+   of a loop step (``model.joins(forward_kwargs)``, ``join=``: WARP's time steps), the clean
+   run, the corrupted run and every copy share one forward: at step t one copy of the
+   corrupted rows joins per site of step t, and its site takes the clean rows' activation of
+   that same pass. One pass pays each step's fixed cost once; resuming from a recorded run
+   would pay it twice. Used without ablation, for whole-activation sites inside the loop,
+   while the grown batch fits ``memory_mb`` (``res.meta["joined"]``).
+6. **Faster kernels for the copies.** A model may offer kernels for the patched copies
    (``patching_kernels()``: the discrete reasoner's fused attention, equal to the default path
    to ~1e-6); the base runs keep the default path. ``fused=False`` turns this off.
 
 Models without the protocol fall back to full re-runs, still batched.
 
 The resume protocol (``resume_loop``, ``resume_names(t)``, ``resume_state(cache, t) ->
-LoopState``, ``model(..., start=state)``, optionally ``resume_inner``) is defined in
-``workbench.hooks`` (``Resumable``, ``LoopState``); ``models.reasoner.Reasoner`` implements it.
+LoopState``, ``model(..., start=state)``, optionally ``resume_inner`` and ``joins``) is defined
+in ``workbench.hooks`` (``Resumable``, ``LoopState``); the reasoner, ACT and WARP implement it.
 The batched runs themselves (chunks, resuming, settling, refilling, the patch hooks) are in
-``workbench.patch_runner``. What this module shares with ``workbench.attribution`` (argument
-checks, base runs, metric normalisation, ablation sources, the result table) is in
-``workbench.runs``.
+``workbench.patch_runner``, the single joined pass in ``workbench.patch_joined``. What this
+module shares with ``workbench.attribution`` (argument checks, base runs, metric
+normalisation, ablation sources, the result table) is in ``workbench.runs``.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.hooks import HookName, LoopState, loop_sizes, repeat_batch, resumable
+from workbench.patch_joined import join_plan, run_joined
 from workbench.patch_runner import (Runner, Sources, all_resume_names, bands, hooked, metric_per_copy, patch_hook,
                                     resume_point, slice_rows)
 from workbench.results import OK, Result, effect
@@ -135,14 +143,24 @@ def patch(
     run = setup(model, clean, corrupted, sites, ablation, forward_kwargs)
     fk, B = run.forward_kwargs, run.batch
     use_resume = reuse_prefix and resumable(model)
+    stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
+    plan = join_plan(model, run, sources) if use_resume else None
+    if plan:
+        with torch.no_grad():
+            one = run_joined(model, run, metric, plan, sources, memory_mb, stats)
+        if one is not None:
+            baselines = Baselines(float(one.clean.mean()), float(one.corrupted.mean()))
+            values = torch.where(torch.tensor(one.noop)[:, None], one.corrupted, one.values)
+            meta = {"copies_per_forward": len(one.sites), "resume": True, "refill": False, "joined": True,
+                    "last_step": [-1 if skip else one.steps - 1 for skip in one.noop]}
+            return _result(run, one.sites, values, one.noop, baselines, {**meta, **stats})
     resume_names = all_resume_names(model) if use_resume else set()
 
     with torch.no_grad():
         keep = lambda n: run.want(n) or n in resume_names  # noqa: E731
         clean_run = base_run(model, run.clean, fk, keep)  # sizes of every hook: the chunk size
     site_list = resolve(run.sites, clean_run.shapes, model)
-    copies = max(1, int(memory_mb * 2**20 // max(1, clean_run.step_bytes)))
-    stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
+    copies = max(1, int(memory_mb * 2**20 // max(1, clean_run.step_bytes * B)))  # a copy is B rows
     joint = None
     with torch.no_grad():
         if _one_forward(model, site_list, clean_run.shapes, ablation, use_resume, copies):
@@ -180,7 +198,6 @@ def patch(
         key = resume_point(model, s.name) if use_resume else None
         todo.setdefault(key, []).append(i)
 
-    n_rows = (len(site_list) - sum(noop)) * B
     runner = Runner(model, run.base, base_cache, fk, metric, B, sources, resume_names, stats)
     # the last loop step each site's copy ran (it settled, or the run ended); -1: not run (a no-op)
     last_step = [-1] * len(site_list)
@@ -210,16 +227,22 @@ def patch(
                 for i, u in zip(chunk, ends):
                     last_step[i] = u
 
+    meta = {"copies_per_forward": copies, "resume": use_resume, "refill": sweep, "joined": False,
+            "last_step": last_step, **stats}
+    return _result(run, site_list, values, noop, baselines, meta)
+
+
+def _result(run, sites: Sequence[Site], values: Tensor, noop: list[bool], baselines: Baselines, meta: dict) -> Result:
+    """The result table from each site's patched metrics [sites, batch]."""
     rows = []
-    for s, m, skip in zip(site_list, values.mean(1).tolist(), noop):
+    for s, m, skip in zip(sites, values.mean(1).tolist(), noop):
         score = baselines.score(m)
-        rows.append({**s.row(), "metric": m, "score": score, "effect": effect(score, ablation),
+        rows.append({**s.row(), "metric": m, "score": score, "effect": effect(score, run.ablation),
                      "status": "no-op" if skip else OK})
     meta = {
-        **baselines.meta(ablation, B),
-        "sites": len(site_list), "sites_noop": sum(noop),
-        "copies_per_forward": copies, "rows": n_rows, "resume": use_resume, "refill": sweep, **stats,
-        "last_step": last_step, "seconds": run.seconds(),
+        **baselines.meta(run.ablation, run.batch),
+        "sites": len(sites), "sites_noop": sum(noop), "rows": (len(sites) - sum(noop)) * run.batch,
+        **meta, "seconds": run.seconds(),
     }
     return Result("patch", frame(rows), "score", meta)
 

@@ -1,0 +1,139 @@
+"""Exact patching in one forward, for models whose batch can grow mid-loop (``model.joins``).
+
+The clean and the corrupted input run side by side. At the start of each loop step t, one copy
+of the corrupted rows joins the batch per site of step t, and the site's hook writes the clean
+rows' activation into its copy. The model gives each copy the corrupted run's record before t,
+so a patched run costs only its own steps from t on, and the base runs and every copy share
+one pass: each block fires once per loop step for all of them. Two passes (the base runs, then
+the copies resumed from their record) pay the fixed cost of every block firing twice, which
+dominates small batches (WARP's time steps).
+
+Used by ``workbench.patching.patch`` when the model offers it, nothing is ablated, every site
+is a whole activation inside the loop (no position or head: those need the activation's shape
+before the run), and the batch stays within ``memory_mb``; otherwise ``patch`` runs chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from workbench.hooks import HookName
+from workbench.patch_runner import hooked, slice_rows
+from workbench.runs import Metric, Setup, metric_values
+from workbench.sites import Site, Sites, natural_key, resolve
+
+
+class _TooLarge(Exception):
+    """The growing batch would pass the memory budget: patch falls back to chunks."""
+
+
+@dataclass
+class Joined:
+    """What the single pass measured: the sites that fired, their metrics, the base metrics."""
+
+    sites: list[Site]
+    values: Tensor  # [sites, batch]: the metric of each site's patched copy
+    noop: list[bool]  # the clean activation equals the corrupted one bit for bit
+    clean: Tensor  # [batch]: the metric of the clean run
+    corrupted: Tensor  # [batch]
+    steps: int  # loop steps the run took
+
+
+def join_plan(model, run: Setup, given: Optional[Mapping[str, Tensor]]) -> Optional[dict[int, list[str]]]:
+    """The hooks each loop step's copies are patched at, when ``patch`` can run this call in one
+    joined forward (see the module docstring); else None."""
+    joins = getattr(model, "joins", None)
+    if run.ablation is not None or joins is None or not joins(run.forward_kwargs):
+        return None
+    if any(torch.is_tensor(v) for v in run.forward_kwargs.values()):  # batch-first keywords would not grow
+        return None
+    sel = run.sites
+    if isinstance(sel, Sites):
+        if sel.positions is not None or sel.heads is not None:
+            return None
+        names = [n for n in model.hook_dict if sel.matches(n)]
+    elif any(s.pos is not None or s.head is not None for s in sel):
+        return None
+    else:
+        names = list(dict.fromkeys(s.name for s in sel))
+    at_step: dict[int, list[str]] = {}
+    for name in sorted(names, key=natural_key):
+        t = HookName.parse(name).loop(model.resume_loop)
+        if t is None:  # outside the loop: nothing to join at
+            return None
+        at_step.setdefault(t, []).append(name)
+    if not at_step or any(n not in names for n in (given or {})):
+        return None
+    return at_step
+
+
+def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
+               given: Optional[Mapping[str, Tensor]], memory_mb: float, stats: dict) -> Optional[Joined]:
+    """The single pass over ``join_plan``'s sites; None when it would outgrow ``memory_mb`` or its
+    sites need the usual resolution's error message (a pattern that fired nowhere): then ``patch``
+    runs chunks."""
+    B = run.batch
+    copies: list[str] = []  # the site of each copy, in the order they joined
+    first_row: dict[str, int] = {}  # each site's copy: its first batch row
+    corrupted_rows = torch.arange(B, 2 * B)
+    row_bytes = [0.0]  # activations of loop step 0 per batch row (measured as it runs)
+    reached = [-1]  # the last loop step that started
+
+    def join(t: int) -> Optional[Tensor]:
+        reached[0] = t
+        names = at_step.get(t)
+        if not names:
+            return None
+        rows = (2 + len(copies)) * B
+        if row_bytes[0] and (rows + len(names) * B) * row_bytes[0] > memory_mb * 2**20:
+            raise _TooLarge
+        for name in names:
+            first_row[name] = (2 + len(copies)) * B
+            copies.append(name)
+        return corrupted_rows.repeat(len(names))
+
+    seen: dict[str, tuple[Tensor, Tensor]] = {}  # (source, corrupted activation) at each site that fired
+
+    def write(act: Tensor, hook) -> Tensor:
+        src = act[:B] if not given or hook.name not in given else given[hook.name].to(act.dtype)
+        if src.shape != act[B:2 * B].shape:
+            raise ValueError(f"{hook.name}: clean and corrupted activations have different shapes "
+                             f"{list(src.shape)} vs {list(act[B:2 * B].shape)}")
+        seen[hook.name] = (src.clone(), act[B:2 * B].clone())
+        act = act.clone()
+        r = first_row[hook.name]
+        act[r:r + B] = src
+        return act
+
+    def measure(act: Tensor, hook) -> None:
+        if torch.is_tensor(act) and act.ndim:
+            row_bytes[0] += act.numel() * act.element_size() / act.shape[0]
+
+    args = tuple(torch.cat([c, r]) if torch.is_tensor(c) else c for c, r in zip(run.clean, run.corrupted))
+    first = [n for n in model.hook_dict if HookName.parse(n).loop(model.resume_loop) == 0]
+    hooks = [(n, write) for names in at_step.values() for n in names] + [(n, measure) for n in first]
+    try:
+        with hooked(model, hooks):
+            out = model(*args, join=join, **run.forward_kwargs)
+    except _TooLarge:
+        return None
+    stats["forwards"] += 1
+    try:
+        sites = resolve(run.sites, {n: tuple(v[0].shape) for n, v in seen.items()}, model)
+    except ValueError:
+        return None
+    n = (2 + len(copies)) * B
+
+    def rows(first: int):
+        return slice_rows(out, first, first + B, n)
+
+    clean, corrupted = metric_values(metric, rows(0), B, "clean"), metric_values(metric, rows(B), B, "corrupted")
+    values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])
+    stats["copies_run"] += len(copies)
+    return Joined(sites, values, [torch.equal(*seen[s.name]) for s in sites], clean, corrupted, reached[0] + 1)
+
