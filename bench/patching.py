@@ -219,7 +219,7 @@ def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int
         "max_abs_diff_vs_loop": diff, "speedup_vs_loop": t_loop / t_exact, "ratio_to_lower_bound": t_exact / t_bound
         if t_bound > 0 else float("inf"),
         "exact_meta": {k: m.get(k) for k in ("copies_per_forward", "forwards", "copies_run", "copies_settled", "resume",
-                                             "refill")},
+                                             "refill", "joined")},
     }
     if case.reasoner:
         t0 = time.perf_counter()
