@@ -7,7 +7,7 @@
    that memory the C allocator hands back fresh from the kernel (zeroed page by page) varies from
    run to run; that, not the hooks, is what moves this ratio.
 
-    python bench/hooks.py [--model reasoner] [--batch 64] [--nodes N] [--repeats 7]
+    python bench/hooks.py [--model reasoner] [--batch 64] [--nodes N] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--nodes", type=int, default=None, help="graph size (default: the training size)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the steadiest ratios on a busy machine)")
     parser.add_argument("--out", default="out/bench/hooks.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     try:
         model = models.load(args.model)
