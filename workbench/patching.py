@@ -150,7 +150,7 @@ def patch(
             one = run_joined(model, run, metric, plan, sources, memory_mb, stats)
         if one is not None:
             baselines = Baselines(float(one.clean.mean()), float(one.corrupted.mean()))
-            values = torch.where(torch.tensor(one.noop)[:, None], one.corrupted, one.values)
+            values = torch.where(torch.tensor(one.noop, dtype=torch.bool)[:, None], one.corrupted, one.values)
             meta = {"copies_per_forward": len(one.sites), "resume": True, "refill": False, "joined": True,
                     "last_step": [-1 if skip else one.steps - 1 for skip in one.noop]}
             return _result(run, one.sites, values, one.noop, baselines, {**meta, **stats})
