@@ -76,6 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from models.warp_io import WarpOutput, check_sequence, rollout_plan, sequence_loss
+from models.warp_join import joining_rows, stacked_steps
 from models.warp_root import ACTIVATIONS, RootHooks, RootNetwork, StepHooks, head, root_init, tau_features
 from workbench.hooks import HookedRecurrentModule, LoopState, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget, check_int,
@@ -199,42 +200,6 @@ def causal_conv(K: Tensor, e: Tensor) -> Tensor:
     Xf = torch.fft.rfft(e.transpose(1, 2), n=L)  # [batch, r, F]
     out = torch.fft.irfft(torch.einsum("Ddf,bdf->bDf", Kf, Xf), n=L)[..., :n]  # [batch, D, n]
     return out.transpose(1, 2).contiguous()  # one copy, so the decoder reads contiguous weights
-
-
-def _joining(join: Callable, t: int, batch: int) -> Optional[Tensor]:
-    """``join(t)`` checked: None, or a [k] integer index of rows of the batch (k >= 1)."""
-    rows = join(t)
-    if rows is None:
-        return None
-    if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
-        raise InputTypeError(f"join({t}) must return None or a 1-d integer tensor of rows; got "
-                             f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {list(getattr(rows, 'shape', []))}")
-    if len(rows) and not (0 <= int((lo_hi := torch.aminmax(rows))[0]) and int(lo_hi[1]) < batch):
-        raise ValueError(f"join({t}) returned rows {rows.tolist()}; allowed 0..{batch - 1} (the batch at step {t})")
-    return rows.long() if len(rows) else None
-
-
-def _stacked(steps: list[dict], joins: list[tuple[int, int, Tensor]]) -> dict[str, Tensor]:
-    """The steps' records stacked along time [rows, T, ...], for every row of the final batch: a
-    row that joined at step t (a copy of row i then) has, at steps < t, the record of row i.
-    ``joins``: (t, rows before, rows copied), in the order they happened."""
-    if not joins:
-        return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
-    sizes = [len(s["thetas"]) for s in steps]
-    final, T = sizes[-1], len(steps)
-    offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)  # where each step's rows start in the flat record
-    index = torch.empty(final, T, dtype=torch.long)
-    where = torch.arange(final)  # each final row's row in the batch as it was at step s
-    pending = list(joins)
-    for s in range(T - 1, -1, -1):
-        while pending and pending[-1][0] > s:  # undo the joins after step s, latest first
-            _, before, rows = pending.pop()
-            where = torch.where(where >= before, rows[(where - before).clamp(0, len(rows) - 1)], where)
-        index[:, s] = where + offsets[s]
-    # one gather per output: every (row, step) reads its own or its source row's record
-    flat = index.view(-1)
-    return {k: (v := torch.cat([s[k] for s in steps])).index_select(0, flat).view(final, T, *v.shape[1:])
-            for k in steps[0]}
 
 
 # ----------------------------------------------------------------------- model
@@ -388,7 +353,7 @@ class Warp(HookedRecurrentModule):
         joins: list[tuple[int, int, Tensor]] = []  # (step, rows before, the rows copied) of each join
         batch, rows_in = len(x), None  # rows_in: once rows joined, the input row each batch row reads
         for t in range(t0, n):
-            rows = _joining(join, t, batch) if join is not None else None
+            rows = joining_rows(join, t, batch) if join is not None else None
             if rows is not None:
                 joins.append((t, batch, rows))
                 rows_in = torch.cat([torch.arange(batch), rows]) if rows_in is None else \
@@ -412,7 +377,7 @@ class Warp(HookedRecurrentModule):
             dec = self._decode(theta, self.tau(t).to(x.device).expand(batch), u, hooks)
             steps.append({"thetas": theta, "inputs": u, **dec})
             u_prev, fed_back = u, dec.get("mean")
-        return _stacked(steps, joins)
+        return stacked_steps(steps, joins)
 
     def forward(self, x: Tensor, mode: str = "recurrent", context: Optional[int] = None,
                 horizon: Optional[int] = None, feed: Optional[Tensor] = None,
