@@ -79,7 +79,7 @@ def test_bad_inputs_give_clear_errors():
 
 
 def test_act_attribution_through_ponder_steps():
-    from tests.test_patching import act_case
+    from tests.test_patching_act_warp import act_case
 
     model, clean, corrupted, metric = act_case()
     res = attribute(model, clean, corrupted, metric, Sites("time.0.ponder.*.hook_state"))
