@@ -76,7 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from models.warp_io import WarpOutput, check_sequence, rollout_plan, sequence_loss
-from models.warp_join import joining_rows, stacked_steps
+from models.warp_join import JoinedOutput, joining_rows
 from models.warp_root import ACTIVATIONS, RootHooks, RootNetwork, StepHooks, head, root_init, tau_features
 from workbench.hooks import HookedRecurrentModule, LoopState, hook_list
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget, check_int,
@@ -268,11 +268,12 @@ class Warp(HookedRecurrentModule):
         last = len(self.layout) - 1
         # one split (not a slice per tensor): its backward writes one gradient, not one per piece
         pieces = theta.split(self.split_sizes, dim=-1)
+        layer_hooks = [None] * last if hooks is None else list(hooks.layers)
         for l, (_, o, i) in enumerate(self.layout):
             W, b = pieces[2 * l].unflatten(-1, (o, i)), pieces[2 * l + 1]
             h = (W @ h.unsqueeze(-1)).squeeze(-1) + b
             if l < last:
-                h = act(h) if hooks is None else hooks.layers[l].hook_post(act(hooks.layers[l].hook_pre(h)))
+                h = act(h) if hooks is None else layer_hooks[l].hook_post(act(layer_hooks[l].hook_pre(h)))
         return hooks.hook_out(h) if hooks is not None else h
 
     def _decode(self, theta: Tensor, tau: Tensor, u: Tensor, hooks: StepHooks) -> dict:
@@ -340,7 +341,7 @@ class Warp(HookedRecurrentModule):
         return {"thetas": theta, "inputs": u, **self._decode(theta, tau, u, hooks)}
 
     def _recurrent(self, x: Tensor, feed: Optional[Tensor], start: Optional[LoopState] = None,
-                   join: Optional[Callable[[int], Optional[Tensor]]] = None) -> dict:
+                   join: Optional[Callable[[int], Optional[Tensor]]] = None) -> WarpOutput | JoinedOutput:
         n = x.shape[1]
         At, Bt = self.A.T, self.B.T
         steps: list[dict] = []
@@ -350,6 +351,7 @@ class Warp(HookedRecurrentModule):
             t0, theta, u_prev = start.t, start.carry["theta"], start.carry["u"]
             steps = [{k: v[s] for k, v in start.record.items()} for s in range(t0)]
             fed_back = steps[-1].get("mean")
+        step_hooks, taus = list(self.time), self.tau(torch.arange(n)).to(x.device)  # once, not per step
         joins: list[tuple[int, int, Tensor]] = []  # (step, rows before, the rows copied) of each join
         batch, rows_in = len(x), None  # rows_in: once rows joined, the input row each batch row reads
         for t in range(t0, n):
@@ -361,7 +363,7 @@ class Warp(HookedRecurrentModule):
                 theta, u_prev, fed_back = (None if v is None else torch.cat([v, v[rows]])
                                            for v in (theta, u_prev, fed_back))
                 batch += len(rows)
-            hooks = self.time[t]
+            hooks = step_hooks[t]
             u = x[:, t] if rows_in is None else x[rows_in, t]
             if feed is not None and t > 0:
                 fed = feed[:, t] if rows_in is None else feed[rows_in, t]
@@ -374,15 +376,17 @@ class Warp(HookedRecurrentModule):
                 dx = hooks.hook_dx(u - u_prev)
                 theta = theta @ At + dx @ Bt
             theta = hooks.hook_theta(theta)
-            dec = self._decode(theta, self.tau(t).to(x.device).expand(batch), u, hooks)
+            dec = self._decode(theta, taus[t].expand(batch), u, hooks)
             steps.append({"thetas": theta, "inputs": u, **dec})
             u_prev, fed_back = u, dec.get("mean")
-        return stacked_steps(steps, joins)
+        if join is not None:
+            return JoinedOutput(steps, joins, WarpOutput)
+        return WarpOutput(**{k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]})
 
     def forward(self, x: Tensor, mode: str = "recurrent", context: Optional[int] = None,
                 horizon: Optional[int] = None, feed: Optional[Tensor] = None,
                 start: Optional[LoopState] = None,
-                join: Optional[Callable[[int], Optional[Tensor]]] = None) -> WarpOutput:
+                join: Optional[Callable[[int], Optional[Tensor]]] = None) -> WarpOutput | JoinedOutput:
         """Run WARP over a sequence.
 
         Args:
@@ -404,7 +408,10 @@ class Warp(HookedRecurrentModule):
                 t: the batch grows by copies of those rows (a [k] index into the batch as it
                 is at t, or None), which run on from step t with the rows' state; in the
                 output a copy's steps < t are those of the row it copied. Patching runs each
-                patched copy from its own step this way, all in one forward.
+                patched copy from its own step this way, all in one forward. The output is
+                then a ``JoinedOutput``: its fields (``out.mean``) are those of a
+                ``WarpOutput`` of the final batch, and ``out.output_rows(a, b)`` is the
+                ``WarpOutput`` of rows a..b-1 alone.
         """
         if not isinstance(mode, str) or mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
@@ -430,7 +437,7 @@ class Warp(HookedRecurrentModule):
                 raise ValueError(f"start.t={start.t} is out of range; allowed 0..{x.shape[1]} (time steps)")
         if join is not None and not callable(join):
             raise InputTypeError(f"join must be a function of the time step; got {type(join).__name__}")
-        return WarpOutput(**self._recurrent(x, feed, start, join))
+        return self._recurrent(x, feed, start, join)
 
     # --- resuming a recorded run (recurrent mode) -------------------------------
     resume_loop = "time"

@@ -1,11 +1,12 @@
 """Rows that join a recurrent WARP run mid-loop (``Warp.forward(..., join=fn)``): the check of
-what ``join(t)`` returns, and the run's record stacked for every row of the grown batch."""
+what ``join(t)`` returns, and the output of the grown batch, assembled on demand."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,29 +21,60 @@ def joining_rows(join: Callable, t: int, batch: int) -> Optional[Tensor]:
     if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
         raise InputTypeError(f"join({t}) must return None or a 1-d integer tensor of rows; got "
                              f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {list(getattr(rows, 'shape', []))}")
-    if len(rows) and not (0 <= int((lo_hi := torch.aminmax(rows))[0]) and int(lo_hi[1]) < batch):
-        raise ValueError(f"join({t}) returned rows {rows.tolist()}; allowed 0..{batch - 1} (the batch at step {t})")
-    return rows.long() if len(rows) else None
+    listed = rows.tolist()
+    if listed and not (0 <= min(listed) and max(listed) < batch):
+        raise ValueError(f"join({t}) returned rows {listed}; allowed 0..{batch - 1} (the batch at step {t})")
+    return rows.long() if listed else None
 
 
-def stacked_steps(steps: list[dict], joins: list[tuple[int, int, Tensor]]) -> dict[str, Tensor]:
-    """The steps' records stacked along time [rows, T, ...], for every row of the final batch: a
-    row that joined at step t (a copy of row i then) has, at steps < t, the record of row i.
-    ``joins``: (t, rows before, rows copied), in the order they happened."""
-    if not joins:
-        return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
-    sizes = [len(s["thetas"]) for s in steps]
-    final, T = sizes[-1], len(steps)
-    offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)  # where each step's rows start in the flat record
-    index = torch.empty(final, T, dtype=torch.long)
-    where = torch.arange(final)  # each final row's row in the batch as it was at step s
-    pending = list(joins)
-    for s in range(T - 1, -1, -1):
-        while pending and pending[-1][0] > s:  # undo the joins after step s, latest first
-            _, before, rows = pending.pop()
-            where = torch.where(where >= before, rows[(where - before).clamp(0, len(rows) - 1)], where)
-        index[:, s] = where + offsets[s]
-    # one gather per output: every (row, step) reads its own or its source row's record
-    flat = index.view(-1)
-    return {k: (v := torch.cat([s[k] for s in steps])).index_select(0, flat).view(final, T, *v.shape[1:])
-            for k in steps[0]}
+class JoinedOutput:
+    """The output of a run whose batch grew, for every row of the final batch: a row that joined
+    at step t (a copy of row i then) has, at steps < t, the record of row i.
+
+    ``out.output_rows(a, b)`` is the model's output for final rows a..b-1 only. Reading a field
+    (``out.mean``, ``out.thetas``) assembles the whole output once. Patching reads one copy's
+    rows at a time: most of the whole output would be copies of the rows' shared prefixes, and a
+    copy's rows are small enough for the allocator to reuse their memory from copy to copy.
+    """
+
+    def __init__(self, steps: list[dict], joins: list[tuple[int, int, Tensor]], make: Callable[..., Any]):
+        """``joins``: (t, rows before, rows copied), in the order they happened; ``make(**fields)``
+        builds the model's output from {field: [rows, T, ...]}."""
+        self._steps, self._make, self._flat, self._whole = steps, make, {}, None
+        sizes = [len(next(iter(s.values()))) for s in steps]
+        T = len(steps)
+        offsets = np.cumsum([0] + sizes[:-1])  # where each step's rows start in the flat record
+        # rows only ever join at the end, so a row keeps its place from the step it joined on;
+        # before that it reads the record of the row it copied (numpy: many small steps)
+        index = np.empty((sizes[-1], T), dtype=np.int64)
+        index[: sizes[0]] = np.arange(sizes[0])[:, None] + offsets
+        for t, before, rows in joins:
+            k = len(rows)
+            index[before:before + k, :t] = index[rows.numpy(), :t]
+            index[before:before + k, t:] = np.arange(before, before + k)[:, None] + offsets[t:]
+        self._index = torch.from_numpy(index)  # [final, T]: each (row, step)'s row in the flat record
+
+    def __len__(self) -> int:
+        return self._index.shape[0]
+
+    def output_rows(self, a: int, b: int):
+        """The output of final batch rows a..b-1 (0 <= a < b <= len(self)): one gather per field."""
+        if not 0 <= a < b <= len(self):
+            raise ValueError(f"rows {a}..{b - 1} are out of range; allowed 0..{len(self) - 1}")
+        flat_index = self._index[a:b].reshape(-1)
+        T = self._index.shape[1]
+        return self._make(**{k: (v := self._flat_field(k)).index_select(0, flat_index).view(b - a, T, *v.shape[1:])
+                             for k in self._steps[0]})
+
+    def _flat_field(self, key: str) -> Tensor:
+        """Every step's rows of one field, one after another: [sum of the steps' rows, ...]."""
+        if key not in self._flat:
+            self._flat[key] = torch.cat([s[key] for s in self._steps])
+        return self._flat[key]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._whole is None:
+            self._whole = self.output_rows(0, len(self))
+        return getattr(self._whole, name)

@@ -7,6 +7,7 @@ import torch
 from models.gru import GRU, GRUConfig, hidden_for_params
 from models.warp import Warp, WarpConfig
 from models.warp_data import Forcing, digits_batch, dynamics_batch
+from models.warp_io import WarpOutput
 from workbench.hooks import UnknownHookError, stack
 from workbench.tasks import digits as dg
 from workbench.tasks import dynamics as dy
@@ -477,6 +478,12 @@ def test_rows_that_join_mid_run_continue_from_the_row_they_copy(name, kwargs):
         for r, (run, i) in enumerate(zip(expected, rows)):
             torch.testing.assert_close(value[r], getattr(run, field)[i], atol=1e-9, rtol=0, msg=f"{field} row {r}")
     assert not torch.allclose(got.mean[2], plain.mean[0])  # the change did reach the output
+    part = got.output_rows(2, 4)  # rows 2 and 3 alone, as patching reads them
+    assert isinstance(part, WarpOutput) and len(got) == 5
+    for field in ("thetas", "inputs", "mean"):
+        torch.testing.assert_close(getattr(part, field), getattr(got, field)[2:4], atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"rows 4..5 are out of range; allowed 0..4"):
+        got.output_rows(4, 6)
 
 
 def test_join_rejects_what_is_not_rows_of_the_batch():

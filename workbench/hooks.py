@@ -122,7 +122,9 @@ class Resumable(Protocol):
                                                    # appends copies of the rows it returns ([k] index or
                                                    # None), which run on from t; a copy's output before
                                                    # t is its row's. Patching then runs the base runs
-                                                   # and every copy in one forward (models.warp.Warp)
+                                                   # and every copy in one forward (models.warp.Warp).
+                                                   # Its output may offer output_rows(a, b) (rows a..b-1
+                                                   # alone), and its hooks may write rows in place
 
     ``isinstance(model, Resumable)`` (or ``resumable(model)``) says whether a model has it.
     """

@@ -95,7 +95,7 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
         for name in names:
             first_row[name] = (2 + len(copies)) * B
             copies.append(name)
-        return corrupted_rows.repeat(len(names))
+        return corrupted_rows if len(names) == 1 else corrupted_rows.repeat(len(names))
 
     seen: dict[str, tuple[Tensor, Tensor]] = {}  # (source, corrupted activation) at each site that fired
 
@@ -105,9 +105,8 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
             raise ValueError(f"{hook.name}: clean and corrupted activations have different shapes "
                              f"{list(src.shape)} vs {list(act[B:2 * B].shape)}")
         seen[hook.name] = (src.clone(), act[B:2 * B].clone())
-        act = act.clone()
         r = first_row[hook.name]
-        act[r:r + B] = src
+        act[r:r + B] = src  # in place: the joins protocol hands hooks tensors nothing else reads
         return act
 
     def measure(act: Tensor, hook) -> None:
@@ -115,7 +114,8 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
             row_bytes[0] += act.numel() * act.element_size() / act.shape[0]
 
     args = tuple(torch.cat([c, r]) if torch.is_tensor(c) else c for c, r in zip(run.clean, run.corrupted))
-    first = [n for n in model.hook_dict if HookName.parse(n).loop(model.resume_loop) == 0]
+    step0 = f"{model.resume_loop}.0."  # a cheap filter before parsing every hook name
+    first = [n for n in model.hook_dict if step0 in n and HookName.parse(n).loop(model.resume_loop) == 0]
     hooks = [(n, write) for names in at_step.values() for n in names] + [(n, measure) for n in first]
     try:
         with hooked(model, hooks):
@@ -129,8 +129,9 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
         return None
     n = (2 + len(copies)) * B
 
-    def rows(first: int):
-        return slice_rows(out, first, first + B, n)
+    def rows(first: int):  # one problem set's rows of the output (a grown output may assemble only those)
+        part = getattr(out, "output_rows", None)
+        return part(first, first + B) if callable(part) else slice_rows(out, first, first + B, n)
 
     clean, corrupted = metric_values(metric, rows(0), B, "clean"), metric_values(metric, rows(B), B, "corrupted")
     values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])

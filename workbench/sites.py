@@ -148,6 +148,9 @@ class Sites:
             if not names or not all(isinstance(n, str) for n in names):
                 raise TypeError("names must be a hook name, a glob pattern, a list of them, or a callable filter")
             self._filter, self._patterns = None, names
+            # one regular expression for all of them: matching every hook of a model stays cheap
+            self._regex = re.compile("|".join(fnmatch.translate(p) if _is_glob(p) else re.escape(p) + r"\Z"
+                                              for p in names))
         self.positions = _check_axis(positions, "positions")
         self.heads = _check_axis(heads, "heads")
         self.loops = {k: set(int(i) for i in v) for k, v in loops.items()}
@@ -165,7 +168,7 @@ class Sites:
                 return False
         if self._filter is not None:
             return bool(self._filter(name))
-        return any(name == p or (_is_glob(p) and fnmatch.fnmatchcase(name, p)) for p in self._patterns)
+        return self._regex.match(name) is not None
 
     def check_names(self, model) -> None:
         """Raise ``UnknownHookError`` (closest valid names) for exact names the model lacks."""
