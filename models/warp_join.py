@@ -50,7 +50,7 @@ class JoinedOutput:
         index[: sizes[0]] = np.arange(sizes[0])[:, None] + offsets
         for t, before, rows in joins:
             k = len(rows)
-            index[before:before + k, :t] = index[rows.numpy(), :t]
+            index[before:before + k, :t] = index[rows.cpu().numpy(), :t]
             index[before:before + k, t:] = np.arange(before, before + k)[:, None] + offsets[t:]
         self._index = torch.from_numpy(index)  # [final, T]: each (row, step)'s row in the flat record
 
@@ -63,8 +63,8 @@ class JoinedOutput:
             raise ValueError(f"rows {a}..{b - 1} are out of range; allowed 0..{len(self) - 1}")
         flat_index = self._index[a:b].reshape(-1)
         T = self._index.shape[1]
-        return self._make(**{k: (v := self._flat_field(k)).index_select(0, flat_index).view(b - a, T, *v.shape[1:])
-                             for k in self._steps[0]})
+        return self._make(**{k: (v := self._flat_field(k)).index_select(0, flat_index.to(v.device))
+                             .view(b - a, T, *v.shape[1:]) for k in self._steps[0]})
 
     def _flat_field(self, key: str) -> Tensor:
         """Every step's rows of one field, one after another: [sum of the steps' rows, ...]."""
