@@ -268,7 +268,7 @@ class Warp(HookedRecurrentModule):
         last = len(self.layout) - 1
         # one split (not a slice per tensor): its backward writes one gradient, not one per piece
         pieces = theta.split(self.split_sizes, dim=-1)
-        layer_hooks = [None] * last if hooks is None else list(hooks.layers)
+        layer_hooks = list(hooks.layers) if hooks is not None else []
         for l, (_, o, i) in enumerate(self.layout):
             W, b = pieces[2 * l].unflatten(-1, (o, i)), pieces[2 * l + 1]
             h = (W @ h.unsqueeze(-1)).squeeze(-1) + b
