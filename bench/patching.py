@@ -148,7 +148,7 @@ def lower_bound(case: Case, hooks: list[str], res, rows: int) -> dict:
     needed = to_end = 0
     last = res.meta.get("last_step", [-1] * len(res.df))
     for r, u in zip(res.df.itertuples(), last):
-        if r.status == "ok":
+        if r.status == "ok" and r.hook in first:  # a hook the corrupted run never fires: nothing to recompute
             i = first[r.hook]
             to_end += int(after[i + 1])
             needed += int(after[i + 1]) - (beyond.get(u, 0) if u >= 0 else 0)

@@ -59,13 +59,13 @@ when that sample halts, and so how long it ponders.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.hooks import HookedRecurrentModule, HookPoint, LoopState, hook_list
+from workbench.hooks import HookedRecurrentModule, HookName, HookPoint, LoopState, hook_list, joining_rows
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget,
                               check_tensor, choice_field, float_field, int_field, type_field)
 
@@ -238,7 +238,8 @@ class ACT(HookedRecurrentModule):
         return s[:, : self.cfg.hidden]
 
     # --- one input step ----------------------------------------------------------
-    def ponder(self, x: Tensor, s: Tensor, t: int, running: Tensor, first: int = 0, past: Optional[dict] = None):
+    def ponder(self, x: Tensor, s: Tensor, t: int, running: Tensor, first: int = 0, past: Optional[dict] = None,
+               join: Optional[Callable[[int, int], Optional[Tensor]]] = None):
         """Ponder on input x_t [B, input_size] from state s_{t-1} [B, state_size].
 
         running: [B] bool, samples with a real input at this step. Returns the
@@ -246,6 +247,8 @@ class ACT(HookedRecurrentModule):
         ``first`` > 0 resumes at ponder step ``first``: the earlier ponder steps are not run but
         replayed from ``past`` (their recorded ``states``, ``outputs`` and ``halts``), which
         gives the same halting arithmetic, weights and sums as the recorded run.
+        ``join(t, n)``: rows of the batch to append as copies at the start of ponder step n
+        (``forward``'s ``join``, after it grew its own record).
         """
         cfg, hooks = self.cfg, self.time[t]
         B = x.shape[0]
@@ -274,6 +277,12 @@ class ACT(HookedRecurrentModule):
                 N = torch.where(halts, n + 1, N)
                 running = running & ~halts
                 continue
+            rows = join(t, n) if join is not None else None
+            if rows is not None:  # copies of these rows run on from here
+                grown = torch.cat([torch.arange(B, device=rows.device), rows])
+                x, s, start, cum, N, R, s_mean, y_mean, running = (
+                    v[grown] for v in (x, s, start, cum, N, R, s_mean, y_mean, running))
+                B = x.shape[0]
             ph = hooks.ponder[n]
             flag = x.new_full((B, 1), 1.0 if n == 0 else 0.0)
             x_n = ph.hook_input(torch.cat([x, flag], dim=1))
@@ -308,7 +317,8 @@ class ACT(HookedRecurrentModule):
         return s_mean, y_mean, N, R
 
     # --- the loop ----------------------------------------------------------------
-    def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, start: Optional[LoopState] = None) -> ACTOutput:
+    def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, start: Optional[LoopState] = None,
+                join: Optional[Callable[[int, int], Optional[Tensor]]] = None) -> ACTOutput:
         """Run over a batch of input sequences.
 
         Args:
@@ -317,6 +327,10 @@ class ACT(HookedRecurrentModule):
             mask: [batch, T] bool, True at real steps (default: all). A sequence's real
                 steps must come first; masked steps are skipped (no pondering).
             start: continue a recorded run of the same inputs from ``resume_state(cache, t, n)``.
+            join: ``join(t, n) -> rows``, called at the start of every ponder step n of input step
+                t that runs: None, or a [k] long index of rows of the batch as it stands, whose
+                copies are appended and run on from there (their record before is the row's).
+                Patching runs its base runs and every patched copy in one forward with it.
 
         Bad inputs raise a ``ValueError`` naming the argument and what is allowed (a wrong type
         or dtype: ``workbench.inputs.InputTypeError``, also a ``TypeError``).
@@ -328,13 +342,29 @@ class ACT(HookedRecurrentModule):
         s = inputs.new_zeros(B, self.cfg.state_size)
         outputs, Ns, Rs = [], [], []
         t0, first, past = 0, 0, None
+        if join is not None:
+            if not callable(join):
+                raise InputTypeError(f"join must be a function of (input step, ponder step); got {type(join).__name__}")
+            if start is not None:
+                raise ValueError("join= grows a run from its input; it does not combine with start=")
+
+        def joined(t: int, n: int) -> Optional[Tensor]:  # copies join: the record so far grows with them
+            nonlocal inputs, mask
+            rows = joining_rows(join, inputs.shape[0], t, n)
+            if rows is not None:
+                grown = torch.cat([torch.arange(inputs.shape[0], device=rows.device), rows])
+                inputs, mask = inputs[grown], mask[grown]
+                for record in (outputs, Ns, Rs):
+                    record[:] = [v[grown] for v in record]
+            return rows
+
         if start is not None:
             t0, first, past = self._resume(start, T)
             if t0 > 0:
                 s = start.carry["s"]
                 outputs, Ns, Rs = (list(start.record[k]) for k in ("outputs", "n_steps", "remainder"))
         for t in range(t0, T):
-            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t], first, past)
+            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t], first, past, joined if join else None)
             first, past = 0, None
             outputs.append(y)
             Ns.append(N)
@@ -344,6 +374,21 @@ class ACT(HookedRecurrentModule):
     # --- resuming a recorded run ---------------------------------------------------
     resume_loop, resume_inner = "time", "ponder"
     resume_settles = False  # a continuous state: a patched copy does not return to the recorded run
+
+    def joins(self, forward_kwargs: dict) -> bool:
+        """Whether a forward with these keyword arguments takes ``join=`` (not a resumed one)."""
+        return "start" not in forward_kwargs
+
+    def hook_rows(self, out: ACTOutput, name: str) -> Tensor:
+        """[batch] bool: the rows of ``out`` whose run reaches hook ``name``. A run of any set of
+        these rows fires the hook exactly when one of them reaches it: ponder step n of input
+        step t while N(t) > n; the hooks of input step t itself always."""
+        idx = HookName.parse(name).indices
+        t, n = idx.get("time"), idx.get("ponder")
+        steps = out.n_steps
+        if t is None or t >= steps.shape[1]:
+            return torch.zeros(steps.shape[0], dtype=torch.bool, device=steps.device)
+        return steps[:, t] > n if n is not None else torch.ones(steps.shape[0], dtype=torch.bool, device=steps.device)
 
     def resume_names(self, t: int, inner: int = 0) -> list[str]:
         """The hooks that ``resume_state(cache, t, inner)`` reads (input steps < t; ponder steps

@@ -76,9 +76,9 @@ import torch
 from torch import Tensor, nn
 
 from models.warp_io import WarpOutput, check_sequence, rollout_plan, sequence_loss
-from models.warp_join import JoinedOutput, joining_rows
+from models.warp_join import JoinedOutput
 from models.warp_root import ACTIVATIONS, RootHooks, RootNetwork, StepHooks, head, root_init, tau_features
-from workbench.hooks import HookedRecurrentModule, LoopState, hook_list
+from workbench.hooks import HookedRecurrentModule, LoopState, hook_list, joining_rows
 from workbench.inputs import (MAX_ELEMENTS, MAX_HOOKS, MAX_STEPS, InputTypeError, bool_field, check_budget, check_int,
                               choice_field, describe, float_field, int_field, type_field)
 
@@ -355,7 +355,7 @@ class Warp(HookedRecurrentModule):
         joins: list[tuple[int, int, Tensor]] = []  # (step, rows before, the rows copied) of each join
         batch, rows_in = len(x), None  # rows_in: once rows joined, the input row each batch row reads
         for t in range(t0, n):
-            rows = joining_rows(join, t, batch) if join is not None else None
+            rows = joining_rows(join, batch, t) if join is not None else None
             if rows is not None:
                 joins.append((t, batch, rows))
                 rows_in = torch.cat([torch.arange(batch), rows]) if rows_in is None else \

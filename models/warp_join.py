@@ -1,30 +1,14 @@
-"""Rows that join a recurrent WARP run mid-loop (``Warp.forward(..., join=fn)``): the check of
-what ``join(t)`` returns, and the output of the grown batch, assembled on demand."""
+"""The output of a recurrent WARP run whose batch grew mid-loop (``Warp.forward(..., join=fn)``),
+assembled on demand."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-
-from workbench.inputs import InputTypeError
-
-
-def joining_rows(join: Callable, t: int, batch: int) -> Optional[Tensor]:
-    """``join(t)`` checked: None, or a [k] integer index of rows of the batch (k >= 1)."""
-    rows = join(t)
-    if rows is None:
-        return None
-    if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
-        raise InputTypeError(f"join({t}) must return None or a 1-d integer tensor of rows; got "
-                             f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {list(getattr(rows, 'shape', []))}")
-    listed = rows.tolist()
-    if listed and not (0 <= min(listed) and max(listed) < batch):
-        raise ValueError(f"join({t}) returned rows {listed}; allowed 0..{batch - 1} (the batch at step {t})")
-    return rows.long() if listed else None
 
 
 class JoinedOutput:

@@ -118,13 +118,17 @@ class Resumable(Protocol):
                                                    # a patched run never rejoins the recorded one and
                                                    # patching runs it to the end in one forward
         model.joins(forward_kwargs) -> bool        # optional: model(*inputs, join=fn, **forward_kwargs)
-                                                   # calls fn(t) at the start of each loop step t and
+                                                   # calls fn(t) at the start of each loop step t (a model
+                                                   # with resume_inner: fn(t, i) at each inner step i) and
                                                    # appends copies of the rows it returns ([k] index or
-                                                   # None), which run on from t; a copy's output before
-                                                   # t is its row's. Patching then runs the base runs
-                                                   # and every copy in one forward (models.warp.Warp).
-                                                   # Its output may offer output_rows(a, b) (rows a..b-1
-                                                   # alone), and its hooks may write rows in place
+                                                   # None), which run on from there; a copy's output before
+                                                   # is its row's. Patching then runs the base runs and
+                                                   # every copy in one forward (Warp's time steps, ACT's
+                                                   # ponder steps). Its output may offer output_rows(a, b)
+                                                   # (rows a..b-1 alone), and its hooks may write rows in place
+        model.hook_rows(output, name) -> [batch] bool  # optional, for hooks that fire only while some row
+                                                   # needs them (ACT): the rows whose run reaches the hook;
+                                                   # a run of any set of rows fires it iff one of them does
 
     ``isinstance(model, Resumable)`` (or ``resumable(model)``) says whether a model has it.
     """
@@ -141,6 +145,22 @@ class Resumable(Protocol):
 def resumable(model: Any) -> bool:
     """Does the model implement the resume protocol (``Resumable``)?"""
     return isinstance(model, Resumable)
+
+
+def joining_rows(join: Callable, batch: int, *at: int) -> Optional[torch.Tensor]:
+    """``join(*at)`` checked (``at``: the loop step, and the inner step for a model that joins
+    there): None, or a [k] integer index of rows of the batch (k >= 1)."""
+    rows = join(*at)
+    call = f"join({', '.join(map(str, at))})"
+    if rows is None:
+        return None
+    if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
+        raise InputTypeError(f"{call} must return None or a 1-d integer tensor of rows; got "
+                             f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {list(getattr(rows, 'shape', []))}")
+    listed = rows.tolist()
+    if listed and not (0 <= min(listed) and max(listed) < batch):
+        raise ValueError(f"{call} returned rows {listed}; allowed 0..{batch - 1} (the batch at that step)")
+    return rows.long() if listed else None
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:

@@ -1,12 +1,18 @@
 """Exact patching in one forward, for models whose batch can grow mid-loop (``model.joins``).
 
-The clean and the corrupted input run side by side. At the start of each loop step t, one copy
-of the corrupted rows joins the batch per site of step t, and the site's hook writes the clean
-rows' activation into its copy. The model gives each copy the corrupted run's record before t,
-so a patched run costs only its own steps from t on, and the base runs and every copy share
-one pass: each block fires once per loop step for all of them. Two passes (the base runs, then
-the copies resumed from their record) pay the fixed cost of every block firing twice, which
-dominates small batches (WARP's time steps).
+The clean and the corrupted input run side by side. At the start of each loop step t (each
+inner step, for a model that joins there: ACT's ponder steps), one copy of the corrupted rows
+joins the batch per site of that step, and the site's hook writes the clean rows' activation
+into its copy. The model gives each copy the corrupted run's record so far, so a patched run
+costs only its own steps from there on, and the base runs and every copy share one pass: each
+block fires once per step for all of them. Two passes (the base runs, then the copies resumed
+from their record) pay the fixed cost of every block firing twice, which dominates small
+batches (WARP's time steps, ACT's ponder steps).
+
+Where a model's hooks fire only while some row needs them (ACT ponders until every row
+halted), the grown batch can fire hooks the clean run alone would not; such a model says
+which rows reach a hook (``model.hook_rows(output, name)``), and only the hooks the clean rows
+reach are sites, as in a run of the clean input alone.
 
 Used by ``workbench.patching.patch`` when the model offers it, nothing is ablated, every site
 is a whole activation inside the loop (no position or head: those need the activation's shape
@@ -23,7 +29,7 @@ import torch
 from torch import Tensor
 
 from workbench.hooks import HookName
-from workbench.patch_runner import hooked, slice_rows
+from workbench.patch_runner import hooked, slice_rows, unreached
 from workbench.runs import Metric, Setup, metric_values
 from workbench.sites import Site, Sites, natural_key, resolve
 
@@ -38,15 +44,16 @@ class Joined:
 
     sites: list[Site]
     values: Tensor  # [sites, batch]: the metric of each site's patched copy
-    noop: list[bool]  # the clean activation equals the corrupted one bit for bit
+    noop: list[bool]  # the clean activation equals the corrupted one bit for bit, or the corrupted run never fires it
     clean: Tensor  # [batch]: the metric of the clean run
     corrupted: Tensor  # [batch]
     steps: int  # loop steps the run took
 
 
-def join_plan(model, run: Setup, given: Optional[Mapping[str, Tensor]]) -> Optional[dict[int, list[str]]]:
-    """The hooks each loop step's copies are patched at, when ``patch`` can run this call in one
-    joined forward (see the module docstring); else None."""
+def join_plan(model, run: Setup, given: Optional[Mapping[str, Tensor]]) -> Optional[dict[tuple, list[str]]]:
+    """The hooks each step's copies are patched at, keyed by the arguments the model calls
+    ``join`` with there ((t,), or (t, i) for a model with ``resume_inner``), when ``patch`` can
+    run this call in one joined forward (see the module docstring); else None."""
     joins = getattr(model, "joins", None)
     if run.ablation is not None or joins is None or not joins(run.forward_kwargs):
         return None
@@ -61,18 +68,20 @@ def join_plan(model, run: Setup, given: Optional[Mapping[str, Tensor]]) -> Optio
         return None
     else:
         names = list(dict.fromkeys(s.name for s in sel))
-    at_step: dict[int, list[str]] = {}
+    inner = getattr(model, "resume_inner", None)
+    at_step: dict[tuple, list[str]] = {}
     for name in sorted(names, key=natural_key):
-        t = HookName.parse(name).loop(model.resume_loop)
-        if t is None:  # outside the loop: nothing to join at
+        parsed = HookName.parse(name)
+        at = (parsed.loop(model.resume_loop),) + ((parsed.loop(inner),) if inner else ())
+        if None in at:  # outside the loop (or between inner steps): nothing to join at
             return None
-        at_step.setdefault(t, []).append(name)
+        at_step.setdefault(at, []).append(name)
     if not at_step or any(n not in names for n in (given or {})):
         return None
     return at_step
 
 
-def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
+def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]],
                given: Optional[Mapping[str, Tensor]], memory_mb: float, stats: dict) -> Optional[Joined]:
     """The single pass over ``join_plan``'s sites; None when it would outgrow ``memory_mb`` or its
     sites need the usual resolution's error message (a pattern that fired nowhere): then ``patch``
@@ -81,12 +90,12 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
     copies: list[str] = []  # the site of each copy, in the order they joined
     first_row: dict[str, int] = {}  # each site's copy: its first batch row
     corrupted_rows = torch.arange(B, 2 * B)
-    row_bytes = [0.0]  # activations of loop step 0 per batch row (measured as it runs)
+    row_bytes = [0.0]  # activations of the first step per batch row (measured as it runs)
     reached = [-1]  # the last loop step that started
 
-    def join(t: int) -> Optional[Tensor]:
+    def join(t: int, *inner: int) -> Optional[Tensor]:
         reached[0] = t
-        names = at_step.get(t)
+        names = at_step.get((t, *inner))
         if not names:
             return None
         rows = (2 + len(copies)) * B
@@ -115,7 +124,7 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
 
     args = tuple(torch.cat([c, r]) if torch.is_tensor(c) else c for c, r in zip(run.clean, run.corrupted))
     step0 = f"{model.resume_loop}.0."  # a cheap filter before parsing every hook name
-    first = [n for n in model.hook_dict if step0 in n and HookName.parse(n).loop(model.resume_loop) == 0]
+    first = [n for n in model.hook_dict if step0 in n and _first_step(HookName.parse(n), model)]
     hooks = [(n, write) for names in at_step.values() for n in names] + [(n, measure) for n in first]
     try:
         with hooked(model, hooks):
@@ -123,18 +132,31 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[int, list[str]],
     except _TooLarge:
         return None
     stats["forwards"] += 1
-    try:
-        sites = resolve(run.sites, {n: tuple(v[0].shape) for n, v in seen.items()}, model)
-    except ValueError:
-        return None
     n = (2 + len(copies)) * B
 
     def rows(first: int):  # one problem set's rows of the output (a grown output may assemble only those)
         part = getattr(out, "output_rows", None)
         return part(first, first + B) if callable(part) else slice_rows(out, first, first + B, n)
 
-    clean, corrupted = metric_values(metric, rows(0), B, "clean"), metric_values(metric, rows(B), B, "corrupted")
+    clean_out = rows(0)
+    reach = getattr(model, "hook_rows", None)
+    fired = {name: v for name, v in seen.items() if reach is None or bool(reach(clean_out, name).any())}
+    try:
+        sites = resolve(run.sites, {name: tuple(v[0].shape) for name, v in fired.items()}, model)
+    except ValueError:
+        return None
+    corrupted_out = rows(B)
+    clean, corrupted = metric_values(metric, clean_out, B, "clean"), metric_values(metric, corrupted_out, B, "corrupted")
     values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])
     stats["copies_run"] += len(copies)
-    return Joined(sites, values, [torch.equal(*seen[s.name]) for s in sites], clean, corrupted, reached[0] + 1)
+    never = unreached(model, corrupted_out, sites)  # the corrupted run alone never gets there
+    noop = [s.name in never or torch.equal(*seen[s.name]) for s in sites]
+    return Joined(sites, values, noop, clean, corrupted, reached[0] + 1)
 
+
+
+def _first_step(name: HookName, model) -> bool:
+    """Whether a hook fires in the first step copies join at: loop step 0 (and, for a model that
+    joins at inner steps, inner step 0 or outside the inner loop)."""
+    inner = getattr(model, "resume_inner", None)
+    return name.loop(model.resume_loop) == 0 and (not inner or name.loop(inner) in (0, None))

@@ -351,6 +351,16 @@ def resume_point(model, name: str) -> tuple[int, int] | None:
     return t, (idx.get(inner, 0) if inner else 0)
 
 
+def unreached(model, output, sites: Sequence[Site]) -> set[str]:
+    """The sites' hooks that a run of ``output``'s rows alone never fires, for a model whose hooks
+    fire only while some row needs them (``model.hook_rows``: ACT's ponder steps); a patch there
+    cannot change anything."""
+    reach = getattr(model, "hook_rows", None)
+    if reach is None:
+        return set()
+    return {name for name in dict.fromkeys(s.name for s in sites) if not bool(reach(output, name).any())}
+
+
 def metric_per_copy(metric: Metric, out, k: int, B: int) -> Tensor:
     values = torch.empty(k, B)
     for j in range(k):

@@ -28,7 +28,8 @@ site by site, normalised so that 0 = the corrupted run and 1 = the clean run::
   ranks on ``|effect|``, so a zero ablation lists the sites that matter, not the unaffected
   ones (whose score is ~1).
 * ``status``: ``"ok"``, or ``"no-op"`` where the written activation equals the one already
-  there bit for bit (the patch cannot change anything: its metric is the base metric).
+  there bit for bit, or where the corrupted run alone never fires the site (ACT ponders fewer
+  steps there): the patch cannot change anything, its metric is the base metric.
 * Patching ``steps.{t}.bottleneck.hook_codes`` of the reasoner sets a variable's value at
   step t (the codes are integers; the clean code is written in, or any code given in
   ``sources``).
@@ -50,12 +51,12 @@ How it is fast while staying exact:
 4. **No-op patches are not run.** A site whose source activation equals the base
    activation bit for bit cannot change anything: its metric is the base metric.
 5. **Copies join the base runs mid-loop.** Where the model can grow its batch at the start
-   of a loop step (``model.joins(forward_kwargs)``, ``join=``: WARP's time steps), the clean
-   run, the corrupted run and every copy share one forward: at step t one copy of the
-   corrupted rows joins per site of step t, and its site takes the clean rows' activation of
-   that same pass. One pass pays each step's fixed cost once; resuming from a recorded run
-   would pay it twice. Used without ablation, for whole-activation sites inside the loop,
-   while the grown batch fits ``memory_mb`` (``res.meta["joined"]``).
+   of a loop step (``model.joins(forward_kwargs)``, ``join=``: WARP's time steps, ACT's ponder
+   steps), the clean run, the corrupted run and every copy share one forward: at step t one
+   copy of the corrupted rows joins per site of step t, and its site takes the clean rows'
+   activation of that same pass. One pass pays each step's fixed cost once; resuming from a
+   recorded run would pay it twice. Used without ablation, for whole-activation sites inside
+   the loop, while the grown batch fits ``memory_mb`` (``res.meta["joined"]``).
 6. **Faster kernels for the copies.** A model may offer kernels for the patched copies
    (``patching_kernels()``: the discrete reasoner's fused attention, equal to the default path
    to ~1e-6); the base runs keep the default path. ``fused=False`` turns this off.
@@ -84,7 +85,7 @@ from tqdm.auto import tqdm
 from workbench.hooks import HookName, LoopState, loop_sizes, repeat_batch, resumable
 from workbench.patch_joined import join_plan, run_joined
 from workbench.patch_runner import (Runner, Sources, all_resume_names, bands, hooked, metric_per_copy, patch_hook,
-                                    resume_point, slice_rows)
+                                    resume_point, slice_rows, unreached)
 from workbench.results import OK, Result, effect
 from workbench.runs import ABLATIONS, BaseRun, Baselines, Metric, base_run, frame, metric_values, setup
 from workbench.sites import Site, SiteSelection, resolve
@@ -172,8 +173,9 @@ def patch(
     m_corr = metric_values(metric, corr_run.output, B, "corrupted")
     baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
 
+    never = unreached(model, corr_run.output, site_list) if ablation is None else set()
     for s in site_list:
-        if s.name not in corr_run.shapes:
+        if s.name not in corr_run.shapes and s.name not in never:
             raise ValueError(f"hook {s.name!r} fired in the clean run but not in the corrupted one; "
                              "fix the number of steps with forward_kwargs")
     base_cache, base_metric = (corr_run.cache, m_corr) if ablation is None else (clean_run.cache, m_clean)
@@ -183,6 +185,9 @@ def patch(
     noop = [False] * len(site_list)
     todo: dict[Any, list[int]] = {}
     for i, s in enumerate(site_list):
+        if s.name in never:  # the patched run never gets there: it is the corrupted run
+            values[i], noop[i] = base_metric, True
+            continue
         src, base = sources[s.name], base_cache[s.name]
         if src.shape != base.shape:
             raise ValueError(f"{s.name}: clean and corrupted activations have different shapes "
