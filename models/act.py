@@ -279,7 +279,7 @@ class ACT(HookedRecurrentModule):
                 continue
             rows = join(t, n) if join is not None else None
             if rows is not None:  # copies of these rows run on from here
-                grown = torch.cat([torch.arange(B, device=rows.device), rows])
+                grown = torch.cat([torch.arange(B, device=x.device), rows.to(x.device)])
                 x, s, start, cum, N, R, s_mean, y_mean, running = (
                     v[grown] for v in (x, s, start, cum, N, R, s_mean, y_mean, running))
                 B = x.shape[0]
@@ -352,7 +352,7 @@ class ACT(HookedRecurrentModule):
             nonlocal inputs, mask
             rows = joining_rows(join, inputs.shape[0], t, n)
             if rows is not None:
-                grown = torch.cat([torch.arange(inputs.shape[0], device=rows.device), rows])
+                grown = torch.cat([torch.arange(inputs.shape[0], device=inputs.device), rows.to(inputs.device)])
                 inputs, mask = inputs[grown], mask[grown]
                 for record in (outputs, Ns, Rs):
                     record[:] = [v[grown] for v in record]
@@ -364,7 +364,7 @@ class ACT(HookedRecurrentModule):
                 s = start.carry["s"]
                 outputs, Ns, Rs = (list(start.record[k]) for k in ("outputs", "n_steps", "remainder"))
         for t in range(t0, T):
-            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t], first, past, joined if join else None)
+            s, y, N, R = self.ponder(inputs[:, t], s, t, mask[:, t], first, past, joined if join is not None else None)
             first, past = 0, None
             outputs.append(y)
             Ns.append(N)

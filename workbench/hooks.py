@@ -155,8 +155,8 @@ def joining_rows(join: Callable, batch: int, *at: int) -> Optional[torch.Tensor]
     if rows is None:
         return None
     if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
-        raise InputTypeError(f"{call} must return None or a 1-d integer tensor of rows; got "
-                             f"{getattr(rows, 'dtype', type(rows).__name__)} of shape {list(getattr(rows, 'shape', []))}")
+        kind, shape = getattr(rows, "dtype", type(rows).__name__), list(getattr(rows, "shape", []))
+        raise InputTypeError(f"{call} must return None or a 1-d integer tensor of rows; got {kind} of shape {shape}")
     listed = rows.tolist()
     if listed and not (0 <= min(listed) and max(listed) < batch):
         raise ValueError(f"{call} returned rows {listed}; allowed 0..{batch - 1} (the batch at that step)")

@@ -146,13 +146,13 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
     except ValueError:
         return None
     corrupted_out = rows(B)
-    clean, corrupted = metric_values(metric, clean_out, B, "clean"), metric_values(metric, corrupted_out, B, "corrupted")
+    clean = metric_values(metric, clean_out, B, "clean")
+    corrupted = metric_values(metric, corrupted_out, B, "corrupted")
     values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])
     stats["copies_run"] += len(copies)
     never = unreached(model, corrupted_out, sites)  # the corrupted run alone never gets there
     noop = [s.name in never or torch.equal(*seen[s.name]) for s in sites]
     return Joined(sites, values, noop, clean, corrupted, reached[0] + 1)
-
 
 
 def _first_step(name: HookName, model) -> bool:
