@@ -106,14 +106,15 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
             copies.append(name)
         return corrupted_rows if len(names) == 1 else corrupted_rows.repeat(len(names))
 
-    seen: dict[str, tuple[Tensor, Tensor]] = {}  # (source, corrupted activation) at each site that fired
+    seen: dict[str, tuple[tuple, bool]] = {}  # each site that fired: (its shape, source == corrupted bit for bit)
 
     def write(act: Tensor, hook) -> Tensor:
         src = act[:B] if not given or hook.name not in given else given[hook.name].to(act.dtype)
-        if src.shape != act[B:2 * B].shape:
+        corrupted = act[B:2 * B]
+        if src.shape != corrupted.shape:
             raise ValueError(f"{hook.name}: clean and corrupted activations have different shapes "
-                             f"{list(src.shape)} vs {list(act[B:2 * B].shape)}")
-        seen[hook.name] = (src.clone(), act[B:2 * B].clone())
+                             f"{list(src.shape)} vs {list(corrupted.shape)}")
+        seen[hook.name] = (tuple(src.shape), torch.equal(src, corrupted))
         r = first_row[hook.name]
         act[r:r + B] = src  # in place: the joins protocol hands hooks tensors nothing else reads
         return act
@@ -142,7 +143,7 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
     reach = getattr(model, "hook_rows", None)
     fired = {name: v for name, v in seen.items() if reach is None or bool(reach(clean_out, name).any())}
     try:
-        sites = resolve(run.sites, {name: tuple(v[0].shape) for name, v in fired.items()}, model)
+        sites = resolve(run.sites, {name: shape for name, (shape, _) in fired.items()}, model)
     except ValueError:
         return None
     corrupted_out = rows(B)
@@ -151,7 +152,7 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
     values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])
     stats["copies_run"] += len(copies)
     never = unreached(model, corrupted_out, sites)  # the corrupted run alone never gets there
-    noop = [s.name in never or torch.equal(*seen[s.name]) for s in sites]
+    noop = [s.name in never or seen[s.name][1] for s in sites]
     return Joined(sites, values, noop, clean, corrupted, reached[0] + 1)
 
 
