@@ -151,9 +151,9 @@ def joining_rows(join: Callable, batch: int, *at: int) -> Optional[torch.Tensor]
     """``join(*at)`` checked (``at``: the loop step, and the inner step for a model that joins
     there): None, or a [k] integer index of rows of the batch (k >= 1)."""
     rows = join(*at)
-    call = f"join({', '.join(map(str, at))})"
     if rows is None:
         return None
+    call = f"join({', '.join(map(str, at))})"
     if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
         kind, shape = getattr(rows, "dtype", type(rows).__name__), list(getattr(rows, "shape", []))
         raise InputTypeError(f"{call} must return None or a 1-d integer tensor of rows; got {kind} of shape {shape}")
