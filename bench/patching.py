@@ -1,7 +1,7 @@
 """Exact patching against the per-site reference and against its own lower bound, per family and size.
 
 Measured in one run, one row per case (the reasoner at N=16 over several problem seeds and at
-N=32, ACT's ponder steps, WARP's time steps):
+N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
 
 1. ``workbench.patching.patch`` over the case's grid of sites (the best of three calls; the
    first, which pays one-time costs such as the model's resume names, is in the JSON);
@@ -56,7 +56,7 @@ from workbench.patching import patch  # noqa: E402
 from workbench.sites import Site, Sites  # noqa: E402
 from workbench.tasks import graph_arith as ga  # noqa: E402
 
-DEFAULT_CASES = "reasoner-16-s0,reasoner-16-s1,reasoner-16-s2,reasoner-32-s0,act,warp"
+DEFAULT_CASES = "reasoner-16-s0,reasoner-16-s1,reasoner-16-s2,reasoner-32-s0,act,act-addition,warp"
 
 
 @dataclass
@@ -98,6 +98,11 @@ def make_case(spec: str, model_name: str) -> Case:
         s = patching_setup(model, n=8, seed=0)
         return Case(spec, model, s.clean, s.corrupted, s.metric, dict(s.forward_kwargs),
                     Sites("time.*.ponder.*.hook_state"), "time.*.ponder.*.hook_state")
+    if spec == "act-addition":
+        model = models.load("act-addition")
+        clean, corrupted, metric = addition_pairs(model, n=8, seed=0)
+        return Case(spec, model, clean, corrupted, metric, {}, Sites("time.*.ponder.*.hook_state"),
+                    "time.*.ponder.*.hook_state")
     if spec == "warp":
         from probes.warp import patching_setup
 
@@ -106,6 +111,31 @@ def make_case(spec: str, model_name: str) -> Case:
         return Case(spec, model, s.clean, s.corrupted, s.metric, dict(s.forward_kwargs),
                     Sites("time.*.hook_theta"), "time.*.hook_output")
     raise ValueError(f"unknown case {spec!r}; known: {DEFAULT_CASES}")
+
+
+def addition_pairs(model, n: int, seed: int):
+    """ACT's addition at its longest: n sequences of 5 three-digit numbers, each corrupted by a
+    different last digit of its first number (so every running sum's last digit changes); the
+    metric is the final sum's last-digit logit of the clean answer minus the corrupted one's."""
+    from workbench.tasks import addition as add
+
+    config = add.AdditionConfig(**model.cfg.task)
+    rng = np.random.default_rng(seed)
+    clean, corrupted = [], []
+    for _ in range(n):
+        numbers = [int(v) for v in rng.integers(100, 1000, config.max_numbers)]
+        other = [numbers[0] - numbers[0] % 10 + (numbers[0] + int(rng.integers(1, 10))) % 10] + numbers[1:]
+        clean.append(add.make_problem(numbers, config))
+        corrupted.append(add.make_problem(other, config))
+    digit = lambda ps: torch.tensor([add.digits_of(p.sums[-1], config.out_digits)[0] for p in ps])  # noqa: E731
+    right, wrong = digit(clean), digit(corrupted)
+
+    def metric(out):
+        logits = out.outputs[:, -1].reshape(len(out.outputs), config.out_digits, add.N_CLASSES)[:, 0]
+        return logits.gather(1, right[:, None])[:, 0] - logits.gather(1, wrong[:, None])[:, 0]
+
+    inputs = lambda ps: torch.from_numpy(add.encode(ps, config)["inputs"])  # noqa: E731
+    return inputs(clean), inputs(corrupted), metric
 
 
 def _args(x) -> tuple:
@@ -238,7 +268,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reasoner", help="the reasoner to use (zoo name or folder)")
     parser.add_argument("--cases", default=DEFAULT_CASES,
-                        help="comma-separated: reasoner-<nodes>-s<seed>, act, warp")
+                        help="comma-separated: reasoner-<nodes>-s<seed>, act, act-addition, warp")
     parser.add_argument("--loop-sites", type=int, default=32, help="sites timed in the loop per case (0 = all)")
     parser.add_argument("--memory-mb", type=float, default=512)
     parser.add_argument("--rows", type=int, default=256, help="batch rows of the throughput forwards")
