@@ -247,8 +247,8 @@ class ACT(HookedRecurrentModule):
         ``first`` > 0 resumes at ponder step ``first``: the earlier ponder steps are not run but
         replayed from ``past`` (their recorded ``states``, ``outputs`` and ``halts``), which
         gives the same halting arithmetic, weights and sums as the recorded run.
-        ``join(t, n)``: rows of the batch to append as copies at the start of ponder step n
-        (``forward``'s ``join``, after it grew its own record).
+        ``join(t, n, running)``: rows of the batch to append as copies at the start of ponder
+        step n (``forward``'s ``join``, after it grew its own record).
         """
         cfg, hooks = self.cfg, self.time[t]
         B = x.shape[0]
@@ -277,7 +277,7 @@ class ACT(HookedRecurrentModule):
                 N = torch.where(halts, n + 1, N)
                 running = running & ~halts
                 continue
-            rows = join(t, n) if join is not None else None
+            rows = join(t, n, running) if join is not None else None
             if rows is not None:  # copies of these rows run on from here
                 grown = torch.cat([torch.arange(B, device=x.device), rows.to(x.device)])
                 x, s, start, cum, N, R, s_mean, y_mean, running = (
@@ -327,10 +327,11 @@ class ACT(HookedRecurrentModule):
             mask: [batch, T] bool, True at real steps (default: all). A sequence's real
                 steps must come first; masked steps are skipped (no pondering).
             start: continue a recorded run of the same inputs from ``resume_state(cache, t, n)``.
-            join: ``join(t, n) -> rows``, called at the start of every ponder step n of input step
-                t that runs: None, or a [k] long index of rows of the batch as it stands, whose
-                copies are appended and run on from there (their record before is the row's).
-                Patching runs its base runs and every patched copy in one forward with it.
+            join: ``join(t, n, running=mask) -> rows``, called at the start of every ponder step n
+                of input step t that runs (``mask``: [batch] bool, the rows that take it): None, or
+                a [k] long index of rows of the batch as it stands, whose copies are appended and
+                run on from there (their record before is the row's). Patching runs its base runs
+                and every patched copy in one forward with it.
 
         Bad inputs raise a ``ValueError`` naming the argument and what is allowed (a wrong type
         or dtype: ``workbench.inputs.InputTypeError``, also a ``TypeError``).
@@ -348,9 +349,9 @@ class ACT(HookedRecurrentModule):
             if start is not None:
                 raise ValueError("join= grows a run from its input; it does not combine with start=")
 
-        def joined(t: int, n: int) -> Optional[Tensor]:  # copies join: the record so far grows with them
+        def joined(t: int, n: int, running: Tensor) -> Optional[Tensor]:  # the record so far grows with the copies
             nonlocal inputs, mask
-            rows = joining_rows(join, inputs.shape[0], t, n)
+            rows = joining_rows(join, inputs.shape[0], t, n, running=running)
             if rows is not None:
                 grown = torch.cat([torch.arange(inputs.shape[0], device=inputs.device), rows.to(inputs.device)])
                 inputs, mask = inputs[grown], mask[grown]

@@ -42,10 +42,13 @@ def test_rows_that_join_at_a_ponder_step_continue_from_the_row_they_copy(additio
         plain = model(x, mask)
     n = int(plain.n_steps[0, 1]) - 1  # the last ponder step of sequence 0 at input step 1
     grows = {(1, n): torch.tensor([0]), (2, 0): torch.tensor([1, 2])}  # row 2 copies 0; rows 3, 4 copy 1, 2
-    calls = []
+    calls, size = [], [2]
 
-    def join(t, i):
+    def join(t, i, running):  # running: the rows of the batch as it stands that take this step
+        assert running.dtype == torch.bool and running.shape == (size[0],)
+        assert running[:2].tolist() == (plain.n_steps[:, t] > i).tolist()
         calls.append((t, i))
+        size[0] += len(grows.get((t, i), []))
         return grows.get((t, i))
 
     def bump(act, hook):  # the copy that joined at (1, n): rows 0..2 then
@@ -74,16 +77,16 @@ def test_join_rejects_what_is_not_rows_of_the_batch(addition):
 
     model, x, mask = addition
     with pytest.raises(InputTypeError, match=r"join\(0, 0\) must return None or a 1-d integer tensor"):
-        model(x, mask, join=lambda t, n: [0])
+        model(x, mask, join=lambda t, n, running: [0])
     with pytest.raises(ValueError, match=r"join\(1, 0\) returned rows \[2\]; allowed 0..1"):
-        model(x, mask, join=lambda t, n: torch.tensor([2]) if (t, n) == (1, 0) else None)
+        model(x, mask, join=lambda t, n, running: torch.tensor([2]) if (t, n) == (1, 0) else None)
     with pytest.raises(ValueError, match=r"join\(1, 0\) returned rows \[3\]; allowed 0..2"):  # grown at (0, 0)
-        model(x, mask, join=lambda t, n: {(0, 0): torch.tensor([0]), (1, 0): torch.tensor([3])}.get((t, n)))
+        model(x, mask, join=lambda t, n, running: {(0, 0): torch.tensor([0]), (1, 0): torch.tensor([3])}.get((t, n)))
     with pytest.raises(InputTypeError, match="join must be a function"):
         model(x, mask, join=3)
     _, cache = model.run_with_cache(x, mask)
     with pytest.raises(ValueError, match="does not combine with start="):
-        model(x, mask, start=model.resume_state(cache, 1), join=lambda t, n: None)
+        model(x, mask, start=model.resume_state(cache, 1), join=lambda t, n, running: None)
     assert model.joins({}) and not model.joins({"start": None})
 
 
@@ -128,6 +131,7 @@ def test_patching_ponder_steps_in_one_joined_pass_equals_the_loop(seed):
         clean_steps = int(model(s.clean).n_steps.max())
         corrupted_steps = int(model(s.corrupted).n_steps.max())
     assert list(one.df.ponder) == list(range(clean_steps))  # the clean run's ponder steps, no more
+    assert one.meta["copies_run"] == len(one.df)  # and no copy joins at a step the clean rows do not take
     never = one.df.ponder >= corrupted_steps
     assert (one.df.status[never] == "no-op").all() and (one.df.metric[never] == one.meta["metric_corrupted"]).all()
     loop = reference_scores(*reference_patch(model, s.clean, s.corrupted, s.metric, triples(one.df)))

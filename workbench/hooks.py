@@ -119,10 +119,12 @@ class Resumable(Protocol):
                                                    # patching runs it to the end in one forward
         model.joins(forward_kwargs) -> bool        # optional: model(*inputs, join=fn, **forward_kwargs)
                                                    # calls fn(t) at the start of each loop step t (a model
-                                                   # with resume_inner: fn(t, i) at each inner step i) and
-                                                   # appends copies of the rows it returns ([k] index or
-                                                   # None), which run on from there; a copy's output before
-                                                   # is its row's. Patching then runs the base runs and
+                                                   # with resume_inner: fn(t, i) at each inner step i; one
+                                                   # with hook_rows adds running=[rows] bool, the rows that
+                                                   # take the step) and appends copies of the rows it
+                                                   # returns ([k] index or None), which run on from
+                                                   # there; a copy's output before is its row's.
+                                                   # Patching then runs the base runs and
                                                    # every copy in one forward (Warp's time steps, ACT's
                                                    # ponder steps). Its output may offer output_rows(a, b)
                                                    # (rows a..b-1 alone), and its hooks may write rows in place
@@ -147,10 +149,11 @@ def resumable(model: Any) -> bool:
     return isinstance(model, Resumable)
 
 
-def joining_rows(join: Callable, batch: int, *at: int) -> Optional[torch.Tensor]:
-    """``join(*at)`` checked (``at``: the loop step, and the inner step for a model that joins
-    there): None, or a [k] integer index of rows of the batch (k >= 1)."""
-    rows = join(*at)
+def joining_rows(join: Callable, batch: int, *at: int, **context: Any) -> Optional[torch.Tensor]:
+    """``join(*at, **context)`` checked (``at``: the loop step, and the inner step for a model that
+    joins there; ``context``: what else the model tells it, ACT's ``running`` rows): None, or a
+    [k] integer index of rows of the batch (k >= 1)."""
+    rows = join(*at, **context)
     if rows is None:
         return None
     call = f"join({', '.join(map(str, at))})"

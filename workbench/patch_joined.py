@@ -93,11 +93,11 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
     row_bytes = [0.0]  # activations of the first step per batch row (measured as it runs)
     reached = [-1]  # the last loop step that started
 
-    def join(t: int, *inner: int) -> Optional[Tensor]:
+    def join(t: int, *inner: int, running: Optional[Tensor] = None) -> Optional[Tensor]:
         reached[0] = t
         names = at_step.get((t, *inner))
-        if not names:
-            return None
+        if not names or (running is not None and not bool(running[:B].any())):
+            return None  # no sites here (the clean rows do not take this step: a run of them never fires it)
         rows = (2 + len(copies)) * B
         if row_bytes[0] and (rows + len(names) * B) * row_bytes[0] > memory_mb * 2**20:
             raise _TooLarge
@@ -115,7 +115,9 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
             raise ValueError(f"{hook.name}: clean and corrupted activations have different shapes "
                              f"{list(src.shape)} vs {list(corrupted.shape)}")
         seen[hook.name] = (tuple(src.shape), torch.equal(src, corrupted))
-        r = first_row[hook.name]
+        r = first_row.get(hook.name)
+        if r is None:  # no copy joined: the clean rows do not take this step
+            return act
         act[r:r + B] = src  # in place: the joins protocol hands hooks tensors nothing else reads
         return act
 
