@@ -239,7 +239,7 @@ class ACT(HookedRecurrentModule):
 
     # --- one input step ----------------------------------------------------------
     def ponder(self, x: Tensor, s: Tensor, t: int, running: Tensor, first: int = 0, past: Optional[dict] = None,
-               join: Optional[Callable[[int, int], Optional[Tensor]]] = None):
+               join: Optional[Callable[[int, int, Tensor], Optional[Tensor]]] = None):
         """Ponder on input x_t [B, input_size] from state s_{t-1} [B, state_size].
 
         running: [B] bool, samples with a real input at this step. Returns the
@@ -318,7 +318,7 @@ class ACT(HookedRecurrentModule):
 
     # --- the loop ----------------------------------------------------------------
     def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, start: Optional[LoopState] = None,
-                join: Optional[Callable[[int, int], Optional[Tensor]]] = None) -> ACTOutput:
+                join: Optional[Callable[..., Optional[Tensor]]] = None) -> ACTOutput:
         """Run over a batch of input sequences.
 
         Args:
@@ -345,7 +345,8 @@ class ACT(HookedRecurrentModule):
         t0, first, past = 0, 0, None
         if join is not None:
             if not callable(join):
-                raise InputTypeError(f"join must be a function of (input step, ponder step); got {type(join).__name__}")
+                raise InputTypeError(f"join must be a function of (input step, ponder step, running=rows); "
+                                     f"got {type(join).__name__}")
             if start is not None:
                 raise ValueError("join= grows a run from its input; it does not combine with start=")
 

@@ -10,9 +10,10 @@ from their record) pay the fixed cost of every block firing twice, which dominat
 batches (WARP's time steps, ACT's ponder steps).
 
 Where a model's hooks fire only while some row needs them (ACT ponders until every row
-halted), the grown batch can fire hooks the clean run alone would not; such a model says
-which rows reach a hook (``model.hook_rows(output, name)``), and only the hooks the clean rows
-reach are sites, as in a run of the clean input alone.
+halted), the grown batch can fire hooks the clean run alone would not. Such a model tells
+``join`` which rows take each step (``running=``), so no copy joins where the clean rows do
+not, and says which rows reach a hook (``model.hook_rows(output, name)``): only the hooks the
+clean rows reach are sites, as in a run of the clean input alone.
 
 Used by ``workbench.patching.patch`` when the model offers it, nothing is ablated, every site
 is a whole activation inside the loop (no position or head: those need the activation's shape
