@@ -34,7 +34,7 @@ def fired(model, *args) -> set[str]:
 
 
 def test_rows_that_join_at_a_ponder_step_continue_from_the_row_they_copy(addition):
-    """join(t, n) appends copies of rows at ponder step n of input step t; a hook then moves one
+    """join(t, n, running) appends copies of rows at ponder step n of input step t; a hook then moves one
     copy's state, and every final row must equal a separate plain run of its own sequence with
     the same change (or none)."""
     model, x, mask = addition
