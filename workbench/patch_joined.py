@@ -143,8 +143,8 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
         return part(first, first + B) if callable(part) else slice_rows(out, first, first + B, n)
 
     clean_out = rows(0)
-    reach = getattr(model, "hook_rows", None)
-    fired = {name: v for name, v in seen.items() if reach is None or bool(reach(clean_out, name).any())}
+    beyond = unreached(model, clean_out, seen)  # fired only for the corrupted rows or the copies
+    fired = {name: v for name, v in seen.items() if name not in beyond}
     try:
         sites = resolve(run.sites, {name: shape for name, (shape, _) in fired.items()}, model)
     except ValueError:
@@ -154,7 +154,7 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
     corrupted = metric_values(metric, corrupted_out, B, "corrupted")
     values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])
     stats["copies_run"] += len(copies)
-    never = unreached(model, corrupted_out, sites)  # the corrupted run alone never gets there
+    never = unreached(model, corrupted_out, (s.name for s in sites))  # the corrupted run alone never gets there
     noop = [s.name in never or seen[s.name][1] for s in sites]
     return Joined(sites, values, noop, clean, corrupted, reached[0] + 1)
 

@@ -173,7 +173,7 @@ def patch(
     m_corr = metric_values(metric, corr_run.output, B, "corrupted")
     baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
 
-    never = unreached(model, corr_run.output, site_list) if ablation is None else set()
+    never = unreached(model, corr_run.output, (s.name for s in site_list)) if ablation is None else set()
     for s in site_list:
         if s.name not in corr_run.shapes and s.name not in never:
             raise ValueError(f"hook {s.name!r} fired in the clean run but not in the corrupted one; "
