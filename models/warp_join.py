@@ -3,8 +3,9 @@ assembled on demand."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,15 +16,15 @@ class JoinedOutput:
     """The output of a run whose batch grew, for every row of the final batch: a row that joined
     at step t (a copy of row i then) has, at steps < t, the record of row i.
 
-    ``out.output_rows(a, b)`` is the model's output for final rows a..b-1 only. Reading a field
-    (``out.mean``, ``out.thetas``) assembles the whole output once. Patching reads one copy's
-    rows at a time: most of the whole output would be copies of the rows' shared prefixes, and a
-    copy's rows are small enough for the allocator to reuse their memory from copy to copy.
+    ``out.output_rows(a, b)`` is the model's output for final rows a..b-1 only, each field
+    gathered when first read. Reading a field of ``out`` itself (``out.mean``, ``out.thetas``)
+    assembles the whole output once. Patching reads one copy's rows at a time: most of the whole
+    output would be copies of the rows' shared prefixes, and a metric reads few of its fields.
     """
 
-    def __init__(self, steps: list[dict], joins: list[tuple[int, int, Tensor]], make: Callable[..., Any]):
-        """``joins``: (t, rows before, rows copied), in the order they happened; ``make(**fields)``
-        builds the model's output from {field: [rows, T, ...]}."""
+    def __init__(self, steps: list[dict], joins: list[tuple[int, int, Tensor]], make: type):
+        """``joins``: (t, rows before, rows copied), in the order they happened; ``make``: the
+        model's output dataclass, built from {field: [rows, T, ...]}."""
         self._steps, self._make, self._flat, self._whole = steps, make, {}, None
         sizes = [len(next(iter(s.values()))) for s in steps]
         T = len(steps)
@@ -42,13 +43,18 @@ class JoinedOutput:
         return self._index.shape[0]
 
     def output_rows(self, a: int, b: int):
-        """The output of final batch rows a..b-1 (0 <= a < b <= len(self)): one gather per field."""
+        """The output of final batch rows a..b-1 (0 <= a < b <= len(self)): an instance of the
+        model's output class whose fields are gathered (one ``index_select`` each) when first read."""
         if not 0 <= a < b <= len(self):
             raise ValueError(f"rows {a}..{b - 1} are out of range; allowed 0..{len(self) - 1}")
         flat_index = self._index[a:b].reshape(-1)
         T = self._index.shape[1]
-        return self._make(**{k: (v := self._flat_field(k)).index_select(0, flat_index.to(v.device))
-                             .view(b - a, T, *v.shape[1:]) for k in self._steps[0]})
+
+        def gather(key: str) -> Tensor:
+            v = self._flat_field(key)
+            return v.index_select(0, flat_index.to(v.device)).view(b - a, T, *v.shape[1:])
+
+        return _lazy_class(self._make).of(gather, set(self._steps[0]))
 
     def _flat_field(self, key: str) -> Tensor:
         """Every step's rows of one field, one after another: [sum of the steps' rows, ...]."""
@@ -60,5 +66,35 @@ class JoinedOutput:
         if name.startswith("_"):
             raise AttributeError(name)
         if self._whole is None:
-            self._whole = self.output_rows(0, len(self))
+            whole = self.output_rows(0, len(self))
+            self._whole = self._make(**{f.name: getattr(whole, f.name) for f in dataclasses.fields(self._make)})
         return getattr(self._whole, name)
+
+
+@functools.cache
+def _lazy_class(cls: type) -> type:
+    """A subclass of the output dataclass ``cls`` whose recorded fields are computed when first
+    read (``Lazy.of(gather, recorded)``); the others keep their defaults. Assigning a field
+    replaces it, as on ``cls``."""
+
+    def field(f: dataclasses.Field) -> property:
+        def read(self):
+            values = self.__dict__.setdefault("_values", {})
+            if f.name not in values:  # (an instance built by cls's own __init__ has every field)
+                values[f.name] = self._gather(f.name) if f.name in self._recorded else f.default
+            return values[f.name]
+
+        def write(self, value):
+            self.__dict__.setdefault("_values", {})[f.name] = value
+
+        return property(read, write)
+
+    def of(gather: Callable[[str], Tensor], recorded: set[str]):
+        out = object.__new__(lazy)  # (no __init__: nothing is gathered yet)
+        out.__dict__.update(_gather=gather, _recorded=recorded, _values={})
+        return out
+
+    lazy = type(cls.__name__, (cls,), {f.name: field(f) for f in dataclasses.fields(cls)})
+    lazy.of = staticmethod(of)
+    lazy.__doc__ = cls.__doc__
+    return lazy

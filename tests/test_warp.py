@@ -226,6 +226,33 @@ def test_stable_A_keeps_its_largest_singular_value_at_most_one():
     assert model.eval()(x, mode="parallel").thetas.abs().max() < 1e3
 
 
+def test_A_follows_every_change_of_A_raw():
+    """A is kept between gradient-free calls; every way A_raw changes must show in it."""
+    model = small(**VARIANTS["plain"])
+    D = model.cfg.d_theta
+
+    def expected() -> torch.Tensor:  # the formula, written out: M / max(1, ||M||_2)
+        M = torch.eye(D, dtype=torch.float64) + model.cfg.a_scale * model.A_raw.detach()
+        return M / max(1.0, float(torch.linalg.matrix_norm(M, 2)))
+
+    with torch.no_grad():
+        first = model.A
+        assert model.A is first  # kept, not recomputed
+        model.A_raw.mul_(1.5)  # in place, as an optimiser step
+        assert torch.allclose(model.A, expected(), atol=1e-10)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["A_raw"] = torch.randn(D, D, dtype=torch.float64) * 3 / math.sqrt(D) / model.cfg.a_scale
+        model.load_state_dict(state)
+        assert torch.allclose(model.A, expected(), atol=1e-10)
+        assert torch.linalg.matrix_norm(model.A, 2) <= 1 + 1e-9  # the rescaled branch
+    model.float()  # new storage, new dtype
+    with torch.no_grad():
+        assert model.A.dtype == torch.float32
+        assert torch.allclose(model.A.double(), expected(), atol=1e-5)
+    model.A.sum().backward()  # with gradients: computed afresh, differentiable
+    assert model.A_raw.grad is not None and model.A_raw.grad.abs().sum() > 0
+
+
 def test_config_round_trip_and_spectrum():
     model = small(**VARIANTS["phys-msd"])
     again = Warp.from_config(model.config_dict())

@@ -1,6 +1,8 @@
 """Rows that join a recurrent WARP run mid-loop (``Warp.forward(..., join=fn)``, ``models/warp_join.py``):
 each copy continues from the row it copied, and its output can be read alone."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -42,6 +44,12 @@ def test_rows_that_join_mid_run_continue_from_the_row_they_copy(name, kwargs):
     assert isinstance(part, WarpOutput) and len(got) == 5
     for field in ("thetas", "inputs", "mean"):
         torch.testing.assert_close(getattr(part, field), getattr(got, field)[2:4], atol=0, rtol=0)
+    assert part.logits is None and part.steps == plain.steps  # fields the run did not record keep their defaults
+    as_dict = dataclasses.asdict(got.output_rows(2, 4))  # read field by field, each gathered when first read
+    torch.testing.assert_close(as_dict["thetas"], got.thetas[2:4], atol=0, rtol=0)
+    moved_part = dataclasses.replace(part, mean=part.mean + 1)
+    torch.testing.assert_close(moved_part.mean, got.mean[2:4] + 1, atol=0, rtol=0)
+    torch.testing.assert_close(moved_part.inputs, got.inputs[2:4], atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"rows 4..5 are out of range; allowed 0..4"):
         got.output_rows(4, 6)
 
