@@ -140,3 +140,55 @@ def test_patching_ponder_steps_in_one_joined_pass_equals_the_loop(seed):
         np.testing.assert_allclose(other.df.score, one.df.score, atol=1e-5, rtol=0)
     np.testing.assert_allclose(loop, one.df.score, atol=1e-5, rtol=0)
     assert one.meta["metric_clean"] == pytest.approx(chunks.meta["metric_clean"], abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [1, 11])
+def test_attribution_takes_the_sites_patch_takes_when_the_runs_ponder_differently(seed):
+    """attribute on parity pairs whose runs ponder for different numbers of steps (seed 1: the
+    corrupted run longer, 11: the clean run longer) has patch's sites, 0 where the corrupted run
+    never gets, and elsewhere (clean - corrupted) . dM/da computed here by hand."""
+    from probes.act import patching_setup
+    from workbench.attribution import attribute
+
+    model = models.load("act-parity")
+    s = patching_setup(model, n=2, seed=seed)
+    sites = Sites("time.*.ponder.*.hook_state")
+    exact = patch(model, s.clean, s.corrupted, s.metric, sites)
+    approx = attribute(model, s.clean, s.corrupted, s.metric, sites)
+    assert list(approx.df.hook) == list(exact.df.hook)
+    assert (approx.df.status == "ok").all()
+
+    names = list(approx.df.hook)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(s.clean, names_filter=names)
+    acts = {}
+
+    def keep(act, hook):  # a node of the graph (computed from the parameters), not a new leaf
+        assert act.requires_grad
+        acts[hook.name] = act
+
+    with torch.enable_grad():
+        out = model.run_with_hooks(s.corrupted, fwd_hooks=[(lambda n: n in names, keep)])
+        reached = [n for n in names if n in acts]
+        grads = dict(zip(reached, torch.autograd.grad(s.metric(out).mean(), [acts[n] for n in reached])))
+    assert len(reached) < len(names) if seed == 11 else len(reached) == len(names)
+    for name, estimate in zip(names, approx.df.estimate):
+        expected = float(((clean_cache[name] - acts[name].detach()) * grads[name]).sum()) if name in grads else 0.0
+        assert estimate == pytest.approx(expected, abs=1e-4), name
+
+
+def test_a_keyword_tensor_with_a_row_per_input_is_refused_with_the_way_to_pass_it(addition):
+    """Patching copies the positional inputs only: a per-row keyword tensor (ACT's mask) is refused
+    before any forward, and passed with the inputs it gives the reference's scores."""
+    model, x, mask = addition
+    corrupted = x.clone()
+    corrupted[:, 0] = x[:, 0].roll(1, dims=-1)  # another first token
+    metric = lambda out: out.outputs[:, -1].sum(-1)  # noqa: E731
+    sites = Sites("time.1.ponder.*.hook_state")
+    with pytest.raises(ValueError, match=r"forward_kwargs\['mask'\] is a tensor with a row per input \(\[2, 4\], "
+                                         r"batch 2\).*clean=\(x, mask\)"):
+        patch(model, x, corrupted, metric, sites, forward_kwargs={"mask": mask})
+    res = patch(model, (x, mask), (corrupted, mask), metric, sites)
+    assert res.meta["joined"]
+    loop = reference_scores(*reference_patch(model, (x, mask), (corrupted, mask), metric, triples(res.df)))
+    np.testing.assert_allclose(res.df.score, loop, atol=1e-5, rtol=0)

@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 
 from workbench.results import OK, Result, effect
-from workbench.runs import Baselines, Metric, ablation_source, base_run, check_metric, frame, metric_values, setup
+from workbench.runs import (Baselines, Metric, ablation_source, base_run, check_metric, frame, metric_values, setup,
+                           unreached)
 from workbench.sites import SiteSelection, resolve
 
 __all__ = ["attribute"]
@@ -89,8 +90,16 @@ def attribute(model, clean, corrupted, metric: Metric, sites: SiteSelection, *, 
                                         **run.forward_kwargs)
         m_base_t = check_metric(metric(out_base), B, "base")
         m_base = m_base_t.detach().float().cpu()
-        site_list = resolve(run.sites, shapes, model)
+        # the sites are the hooks the clean run reaches, as in patch (the same rows side by side)
+        site_list = resolve(run.sites, other.shapes if ablation is None else shapes, model)
         names = sorted({s.name for s in site_list})
+        # a hook the base run alone never reaches (ACT's ponder steps): patching it changes nothing
+        never = unreached(model, out_base, (n for n in names if n not in acts))
+        for n in names:
+            if n not in acts and n not in never:
+                raise ValueError(f"hook {n!r} fired in the clean run but not in the corrupted one; "
+                                 "fix the number of steps with forward_kwargs")
+        names = [n for n in names if n not in never]
         diff_names = [n for n in names if acts[n].is_floating_point() and acts[n].requires_grad]
         if not m_base_t.requires_grad:  # e.g. a metric on integer codes: nothing to differentiate
             diff_names = []
@@ -102,13 +111,16 @@ def attribute(model, clean, corrupted, metric: Metric, sites: SiteSelection, *, 
     baselines = Baselines(float(m_clean.mean()), float(m_corr.mean()))
     M_base = baselines.base(ablation)
 
-    products: dict[str, Tensor | str] = {}
+    products: dict[str, Tensor | str] = {}  # per reached site: the products, or why there is no estimate
     for n in names:
         a = acts[n].detach()
         if not a.is_floating_point():
             products[n] = "integer activation"
         elif grad.get(n) is None or not bool(grad[n].any()):  # unused, or only zeros from e.g. a stack
             products[n] = "no gradient path"
+        elif ablation in ("mean", "resample") and n not in other.cache:
+            raise ValueError(f"hook {n!r} fired in the clean run but not in the corrupted one, the source of a "
+                             f"{ablation} ablation; fix the number of steps with forward_kwargs")
         else:
             src = ablation_source(ablation, n, other.cache, other.cache, a)  # the other run is the source
             if src.shape != a.shape:
@@ -118,8 +130,10 @@ def attribute(model, clean, corrupted, metric: Metric, sites: SiteSelection, *, 
 
     rows = []
     for s in site_list:
-        p = products[s.name]
-        if isinstance(p, str):
+        p = products.get(s.name, 0.0)  # 0.0: never reached by the base run, so exactly no change
+        if isinstance(p, float):
+            est, note = p, ""
+        elif isinstance(p, str):
             est, note = float("nan"), p
         else:
             est, note = float(p[s.index(p.shape)].sum()), ""

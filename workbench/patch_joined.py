@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from workbench.hooks import HookName
-from workbench.patch_runner import hooked, slice_rows, unreached
-from workbench.runs import Metric, Setup, metric_values
+from workbench.patch_runner import hooked, slice_rows
+from workbench.runs import Metric, Setup, metric_values, unreached
 from workbench.sites import Site, Sites, natural_key, resolve
 
 

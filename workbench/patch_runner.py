@@ -6,7 +6,7 @@ step's sites; plus the hooks that write each copy's patch and the helpers they s
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -349,16 +349,6 @@ def resume_point(model, name: str) -> tuple[int, int] | None:
         return None
     inner = getattr(model, "resume_inner", None)
     return t, (idx.get(inner, 0) if inner else 0)
-
-
-def unreached(model, output, names: Iterable[str]) -> set[str]:
-    """The hooks among ``names`` that a run of ``output``'s rows alone never fires, for a model whose
-    hooks fire only while some row needs them (``model.hook_rows``: ACT's ponder steps); a patch
-    there cannot change anything."""
-    reach = getattr(model, "hook_rows", None)
-    if reach is None:
-        return set()
-    return {name for name in set(names) if not bool(reach(output, name).any())}
 
 
 def metric_per_copy(metric: Metric, out, k: int, B: int) -> Tensor:

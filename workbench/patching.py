@@ -85,9 +85,9 @@ from tqdm.auto import tqdm
 from workbench.hooks import HookName, LoopState, loop_sizes, repeat_batch, resumable
 from workbench.patch_joined import join_plan, run_joined
 from workbench.patch_runner import (Runner, Sources, all_resume_names, bands, hooked, metric_per_copy, patch_hook,
-                                    resume_point, slice_rows, unreached)
+                                    resume_point, slice_rows)
 from workbench.results import OK, Result, effect
-from workbench.runs import ABLATIONS, BaseRun, Baselines, Metric, base_run, frame, metric_values, setup
+from workbench.runs import ABLATIONS, BaseRun, Baselines, Metric, base_run, frame, metric_values, setup, unreached
 from workbench.sites import Site, SiteSelection, resolve
 
 # LoopState and resumable live in workbench.hooks (the resume protocol), ABLATIONS in workbench.runs;
@@ -122,7 +122,9 @@ def patch(
         ablation: None, "zero", "mean" or "resample" (see the module docstring).
         sources: {hook name: activation [batch, ...]} to write instead of the clean one at
             that hook, e.g. codes with one value changed to set a variable to any value.
-        forward_kwargs: keyword arguments for every forward call (e.g. ``{"steps": 9}``).
+        forward_kwargs: keyword arguments for every forward call (e.g. ``{"steps": 9}``); not
+            tensors with a row per input (ACT's ``mask``): those go with the inputs,
+            ``clean=(x, mask)``, as the copies repeat only the inputs.
         reuse_prefix: use the resume protocol when the model has it (False: full re-runs).
         refill: for models whose copies settle, run every site in one sweep over the loop
             steps, refilling the batch with the next step's sites as copies settle (False:
@@ -143,6 +145,12 @@ def patch(
     """
     run = setup(model, clean, corrupted, sites, ablation, forward_kwargs)
     fk, B = run.forward_kwargs, run.batch
+    for key, value in fk.items():
+        if torch.is_tensor(value) and value.ndim and value.shape[0] == B:
+            raise ValueError(f"forward_kwargs[{key!r}] is a tensor with a row per input ({list(value.shape)}, batch {B}); "
+                             "patch runs many copies of the batch in one forward and repeats only the positional "
+                             f"inputs: pass it with them, clean=(x, {key}) and corrupted=(x_corrupted, {key}), "
+                             "if the model's forward takes it positionally after x")
     use_resume = reuse_prefix and resumable(model)
     stats = {"forwards": 0, "copies_run": 0, "copies_settled": 0}
     plan = join_plan(model, run, sources) if use_resume else None

@@ -1,6 +1,6 @@
 """What exact patching (``workbench.patching``) and attribution patching (``workbench.attribution``)
-share: checking the arguments, the unpatched base runs, the metric and its normalisation, the
-activation an ablation writes, and the result table.
+share: checking the arguments, the unpatched base runs, the hooks a run never reaches, the metric
+and its normalisation, the activation an ablation writes, and the result table.
 
 Both analyses take ``(model, clean, corrupted, metric, sites, ablation=..., forward_kwargs=...)``
 and normalise a metric m the same way::
@@ -19,7 +19,7 @@ and normalise a metric m the same way::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Union
 
@@ -207,6 +207,16 @@ class Baselines:
 
 
 # ----------------------------------------------------------- sources and tables
+def unreached(model, output, names: Iterable[str]) -> set[str]:
+    """The hooks among ``names`` that a run of ``output``'s rows alone never fires, for a model whose
+    hooks fire only while some row needs them (``model.hook_rows``: ACT's ponder steps); a patch
+    there cannot change anything."""
+    reach = getattr(model, "hook_rows", None)
+    if reach is None:
+        return set()
+    return {name for name in set(names) if not bool(reach(output, name).any())}
+
+
 def ablation_source(ablation: Optional[str], name: str, clean: Mapping[str, Tensor], corrupted: Mapping[str, Tensor],
                     base: Tensor) -> Tensor:
     """The activation a patch writes at hook ``name`` into ``base``: the clean one (no ablation),
