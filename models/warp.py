@@ -239,18 +239,19 @@ class Warp(HookedRecurrentModule):
         """The transition matrix [D, D]: M = I + a_scale * A_raw, divided by its largest singular
         value sigma when sigma > 1 (``a_stable``), so that theta_t cannot grow geometrically.
 
-        Without gradients it is computed once per state of ``A_raw`` (its eigendecomposition costs
-        as much as a short run's steps): any change to A_raw (an optimiser step, a loaded state
-        dict, ``.to(...)``) bumps its version counter or replaces its storage, and so recomputes.
+        Without gradients it is computed once per value of ``A_raw`` (its eigendecomposition costs
+        as much as a fifth of a short run) and kept while A_raw holds the same numbers, compared
+        exactly on every call: any change (an optimiser step, a loaded state dict, a write
+        through ``.data``) recomputes it.
         """
-        if torch.is_grad_enabled():  # (a cached tensor could not be saved for a backward through it)
+        if torch.is_grad_enabled():  # (a kept tensor could not be saved for a backward through it)
             return self._transition()
-        key = (self.A_raw.data_ptr(), self.A_raw._version, self.A_raw.dtype, self.A_raw.device,
-               self.cfg.a_scale, self.cfg.a_stable)
-        cached = self.__dict__.get("_A_cached")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_A_cached"] = (key, self._transition())
-        return cached[1]
+        raw, settings = self.A_raw.detach(), (self.cfg.a_scale, self.cfg.a_stable)
+        kept = self.__dict__.get("_A_kept")  # (A_raw's numbers, settings, A)
+        if kept is None or kept[1] != settings or kept[0].dtype != raw.dtype or kept[0].device != raw.device \
+                or not torch.equal(kept[0], raw):
+            kept = self.__dict__["_A_kept"] = (raw.clone(), settings, self._transition())
+        return kept[2]
 
     def _transition(self) -> Tensor:
         M = self.eye + self.cfg.a_scale * self.A_raw

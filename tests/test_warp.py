@@ -240,6 +240,8 @@ def test_A_follows_every_change_of_A_raw():
         assert model.A is first  # kept, not recomputed
         model.A_raw.mul_(1.5)  # in place, as an optimiser step
         assert torch.allclose(model.A, expected(), atol=1e-10)
+        model.A_raw.data[0, 0] += 0.5  # through .data, which no version counter sees
+        assert torch.allclose(model.A, expected(), atol=1e-10)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         state["A_raw"] = torch.randn(D, D, dtype=torch.float64) * 3 / math.sqrt(D) / model.cfg.a_scale
         model.load_state_dict(state)
