@@ -3,13 +3,14 @@
 A cache of every hook keeps gigabytes of activations. With glibc's default settings, freeing such
 a cache hands most of that memory back to the kernel (the heap is trimmed, large blocks are
 unmapped), so the next cache takes every page fresh again, and the kernel zeroes each 4 KiB page
-on first touch: 570,000 page faults and ~1 s per 2.2 GB cache on a typical CPU, more than half of
-the forward itself. Keeping freed memory (as PyTorch's CPU tuning guide does with jemalloc's
-``dirty_decay_ms:-1``) makes the next cache reuse it.
+on first touch: 570,000 page faults and ~1 s per 2.2 GB cache where ``bench/hooks.py`` ran, more
+than half of the forward itself. Keeping freed memory (as PyTorch's CPU tuning guide does with
+jemalloc's ``dirty_decay_ms:-1``) makes the next cache reuse it.
 
 ``import workbench`` keeps freed memory unless the environment variable
-``WORKBENCH_KEEP_FREED_MEMORY`` is ``0`` (or ``false``, ``no``, ``off``). The cost: the process holds on to its peak heap (its
-resident size does not shrink after a large cache is freed) until it exits.
+``WORKBENCH_KEEP_FREED_MEMORY`` is ``0`` (or ``false``, ``no``, ``off``). The cost: the process
+holds on to its peak heap (its resident size does not shrink after a large cache is freed) until
+it exits.
 """
 
 from __future__ import annotations

@@ -147,8 +147,8 @@ def patch(
     fk, B = run.forward_kwargs, run.batch
     for key, value in fk.items():
         if torch.is_tensor(value) and value.ndim and value.shape[0] == B:
-            raise ValueError(f"forward_kwargs[{key!r}] is a tensor with a row per input ({list(value.shape)}, batch {B}); "
-                             "patch runs many copies of the batch in one forward and repeats only the positional "
+            raise ValueError(f"forward_kwargs[{key!r}] is a tensor with a row per input ({list(value.shape)}, "
+                             f"batch {B}); patch runs many copies of the batch in one forward and repeats only the positional "
                              f"inputs: pass it with them, clean=(x, {key}) and corrupted=(x_corrupted, {key}), "
                              "if the model's forward takes it positionally after x")
     use_resume = reuse_prefix and resumable(model)
