@@ -282,14 +282,17 @@ class Warp(HookedRecurrentModule):
         h = hooks.hook_in(h) if hooks is not None else h
         act = ACTIVATIONS[self.cfg.root_act]
         last = len(self.layout) - 1
+        lead = h.shape[:-1]
         # one split (not a slice per tensor): its backward writes one gradient, not one per piece
         pieces = theta.split(self.split_sizes, dim=-1)
-        layer_hooks = list(hooks.layers) if hooks is not None else []
+        points = hooks.points() if hooks is not None else None
         for l, (_, o, i) in enumerate(self.layout):
-            W, b = pieces[2 * l].unflatten(-1, (o, i)), pieces[2 * l + 1]
-            h = (W @ h.unsqueeze(-1)).squeeze(-1) + b
+            # b + W h for every row at once: one batched product on views of theta (a small step's
+            # cost is its operator calls, and matmul would add broadcasting and reshapes around it)
+            W, b = pieces[2 * l].reshape(-1, o, i), pieces[2 * l + 1].reshape(-1, o, 1)
+            h = torch.baddbmm(b, W, h.reshape(-1, i, 1)).view(*lead, o)
             if l < last:
-                h = act(h) if hooks is None else layer_hooks[l].hook_post(act(layer_hooks[l].hook_pre(h)))
+                h = act(h) if points is None else points[l][1](act(points[l][0](h)))
         return hooks.hook_out(h) if hooks is not None else h
 
     def _decode(self, theta: Tensor, tau: Tensor, u: Tensor, hooks: StepHooks) -> dict:
@@ -375,14 +378,16 @@ class Warp(HookedRecurrentModule):
             if rows is not None:
                 joins.append((t, batch, rows))
                 rows_in = torch.cat([torch.arange(batch), rows]) if rows_in is None else \
-                    torch.cat([rows_in, rows_in[rows]])
-                theta, u_prev, fed_back = (None if v is None else torch.cat([v, v[rows]])
-                                           for v in (theta, u_prev, fed_back))
+                    torch.cat([rows_in, rows_in.index_select(0, rows)])
+                # (the last prediction only matters where it is fed back)
+                grow = (theta, u_prev) + ((fed_back,) if feed is not None else ())
+                theta, u_prev, *rest = (None if v is None else torch.cat([v, v.index_select(0, rows)]) for v in grow)
+                fed_back = rest[0] if rest else None
                 batch += len(rows)
             hooks = step_hooks[t]
-            u = x[:, t] if rows_in is None else x[rows_in, t]
+            u = x[:, t] if rows_in is None else x[:, t].index_select(0, rows_in)
             if feed is not None and t > 0:
-                fed = feed[:, t] if rows_in is None else feed[rows_in, t]
+                fed = feed[:, t] if rows_in is None else feed[:, t].index_select(0, rows_in)
                 u = torch.where(fed[:, None], u, fed_back)
             u = hooks.hook_input(u)
             if t == 0:
@@ -390,7 +395,7 @@ class Warp(HookedRecurrentModule):
                 theta = self.theta_init(u) + dx @ Bt
             else:
                 dx = hooks.hook_dx(u - u_prev)
-                theta = theta @ At + dx @ Bt
+                theta = (theta @ At).addmm_(dx, Bt)  # theta A^T + dx B^T, added in place: one pass less over the batch
             theta = hooks.hook_theta(theta)
             dec = self._decode(theta, taus[t].expand(batch), u, hooks)
             steps.append({"thetas": theta, "inputs": u, **dec})

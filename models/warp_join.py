@@ -47,12 +47,25 @@ class JoinedOutput:
         model's output class whose fields are gathered (one ``index_select`` each) when first read."""
         if not 0 <= a < b <= len(self):
             raise ValueError(f"rows {a}..{b - 1} are out of range; allowed 0..{len(self) - 1}")
-        flat_index = self._index[a:b].reshape(-1)
-        T = self._index.shape[1]
+        return self._rows(self._index[a:b])
+
+    def row_blocks(self, first: int, k: int, B: int) -> tuple[list[Tensor], Callable]:
+        """k blocks of B final rows from ``first`` on, for ``workbench.runs.metric_per_copy``: ([their
+        places in the flat record, [k, B, T]], a function of one block's places giving its output
+        as ``output_rows`` does)."""
+        if not (0 <= first and k >= 1 and B >= 1 and first + k * B <= len(self)):
+            raise ValueError(f"{k} blocks of {B} rows from row {first} are out of range; allowed rows 0..{len(self) - 1}")
+        return [self._index[first:first + k * B].unflatten(0, (k, B))], lambda xs: self._rows(xs[0])
+
+    def _rows(self, index: Tensor):
+        """The output of the rows whose places in the flat record are ``index`` [rows, T], each field
+        gathered (one ``index_select``) when first read."""
+        rows, T = index.shape
+        flat_index = index.reshape(-1)
 
         def gather(key: str) -> Tensor:
             v = self._flat_field(key)
-            return v.index_select(0, flat_index.to(v.device)).view(b - a, T, *v.shape[1:])
+            return v.index_select(0, flat_index.to(v.device)).view(rows, T, *v.shape[1:])
 
         return _lazy_class(self._make).of(gather, set(self._steps[0]))
 

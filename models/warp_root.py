@@ -35,6 +35,13 @@ class RootHooks(nn.Module):
         self.layers = nn.ModuleList(LayerHooks() for _ in range(depth))
         self.hook_out = HookPoint()
 
+    def points(self) -> list[tuple[HookPoint, HookPoint]]:
+        """(hook_pre, hook_post) of each hidden layer, looked up once (a module attribute lookup
+        costs about as much as a small layer's product)."""
+        if "_points" not in self.__dict__:
+            self.__dict__["_points"] = [(layer.hook_pre, layer.hook_post) for layer in self.layers]
+        return self.__dict__["_points"]
+
 
 class StepHooks(nn.Module):
     """Hook points of one time step (recurrent mode) or of the whole trajectory (parallel)."""

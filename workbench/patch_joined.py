@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from workbench.hooks import HookName
-from workbench.patch_runner import hooked, slice_rows
-from workbench.runs import Metric, Setup, metric_values, unreached
+from workbench.patch_runner import hooked
+from workbench.runs import Metric, Setup, metric_per_copy, metric_values, output_rows, unreached
 from workbench.sites import Site, Sites, natural_key, resolve
 
 
@@ -138,21 +138,18 @@ def run_joined(model, run: Setup, metric: Metric, at_step: dict[tuple, list[str]
     stats["forwards"] += 1
     n = (2 + len(copies)) * B
 
-    def rows(first: int):  # one problem set's rows of the output (a grown output may assemble only those)
-        part = getattr(out, "output_rows", None)
-        return part(first, first + B) if callable(part) else slice_rows(out, first, first + B, n)
-
-    clean_out = rows(0)
+    clean_out = output_rows(out, 0, B, n)
     beyond = unreached(model, clean_out, seen)  # fired only for the corrupted rows or the copies
     fired = {name: v for name, v in seen.items() if name not in beyond}
     try:
         sites = resolve(run.sites, {name: shape for name, (shape, _) in fired.items()}, model)
     except ValueError:
         return None
-    corrupted_out = rows(B)
+    corrupted_out = output_rows(out, B, 2 * B, n)
     clean = metric_values(metric, clean_out, B, "clean")
     corrupted = metric_values(metric, corrupted_out, B, "corrupted")
-    values = torch.stack([metric_values(metric, rows(first_row[s.name]), B, "patched") for s in sites])
+    per_copy = metric_per_copy(metric, out, len(copies), B, first=2 * B, n=n)  # [copies, B], in the order they joined
+    values = per_copy[[(first_row[s.name] - 2 * B) // B for s in sites]]
     stats["copies_run"] += len(copies)
     never = unreached(model, corrupted_out, (s.name for s in sites))  # the corrupted run alone never gets there
     noop = [s.name in never or seen[s.name][1] for s in sites]

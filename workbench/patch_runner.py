@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.hooks import HookName, LoopState, exclusive, loop_sizes, map_tensors, repeat_batch
-from workbench.runs import Metric, ablation_source, metric_values
+from workbench.runs import ablation_source, metric_per_copy
 from workbench.sites import Site
 
 
@@ -351,19 +351,8 @@ def resume_point(model, name: str) -> tuple[int, int] | None:
     return t, (idx.get(inner, 0) if inner else 0)
 
 
-def metric_per_copy(metric: Metric, out, k: int, B: int) -> Tensor:
-    values = torch.empty(k, B)
-    for j in range(k):
-        values[j] = metric_values(metric, slice_rows(out, j * B, (j + 1) * B, k * B), B, "patched")
-    return values
-
-
 def _take(obj, rows: Tensor):
     return map_tensors(lambda x: x[rows] if x.ndim else x, obj)
-
-
-def slice_rows(obj, a: int, b: int, n: int):
-    return map_tensors(lambda x: x[a:b] if x.ndim and x.shape[0] == n else x, obj)
 
 
 def _rows(copies: Tensor, B: int) -> Tensor:

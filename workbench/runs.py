@@ -19,6 +19,7 @@ and normalise a metric m the same way::
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Union
@@ -28,12 +29,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from workbench.hooks import HookName, exclusive
+from workbench.hooks import HookName, exclusive, map_tensors
 from workbench.sites import Site, Sites, SiteSelection, as_sites, names_filter
 
 __all__ = [
     "ABLATIONS", "Metric", "Setup", "setup", "inputs", "batch_size", "BaseRun", "base_run", "metric_values",
-    "check_metric", "Baselines", "ablation_source", "frame",
+    "metric_per_copy", "slice_rows", "output_rows", "check_metric", "Baselines", "ablation_source", "frame",
 ]
 
 ABLATIONS = (None, "zero", "mean", "resample")
@@ -167,6 +168,62 @@ def base_run(model, args: tuple, fk: dict, keep: Callable[[str], bool], measure:
 def metric_values(metric: Metric, out, B: int, what: str) -> Tensor:
     """``metric(out)`` checked, detached, as float32 on the CPU: [B]."""
     return check_metric(metric(out), B, what).detach().float().cpu()
+
+
+def slice_rows(obj, a: int, b: int, n: int):
+    """Rows a..b-1 of every batch-first tensor (n rows) in ``obj``."""
+    return map_tensors(lambda x: x[a:b] if x.ndim and x.shape[0] == n else x, obj)
+
+
+def output_rows(out, a: int, b: int, n: int):
+    """Rows a..b-1 of a model's output of n rows: its own ``out.output_rows(a, b)`` where it has one
+    (an output assembled on demand, as a grown batch's), else ``slice_rows``."""
+    own = getattr(out, "output_rows", None)
+    return own(a, b) if callable(own) else slice_rows(out, a, b, n)
+
+
+def metric_per_copy(metric: Metric, out, k: int, B: int, first: int = 0, n: Optional[int] = None) -> Tensor:
+    """[k, B]: the metric of each of k copies of the batch in ``out`` (n rows, default first + k * B;
+    copy j at rows first + j * B ..), as ``metric_values`` gives each.
+
+    One vectorised call (``torch.func.vmap`` over the copies) where the metric allows it: its
+    operators run once on every copy at once, where one call per copy pays their fixed cost k
+    times (most of the time of a small model's many copies). A metric vmap cannot batch (one
+    that calls ``.item()``, branches on values or goes through NumPy) is called once per copy,
+    and so is one whose vectorised value has the wrong shape, to get its own error message. An
+    output may lay out its copies itself: ``out.row_blocks(first, k, B)`` returns (tensors with a
+    leading copy dimension, a function rebuilding one copy's output from them).
+    """
+    n = first + k * B if n is None else n
+    if k == 0:
+        return torch.empty(0, B)
+    blocks = getattr(out, "row_blocks", None)
+    leaves, rebuild = blocks(first, k, B) if callable(blocks) else _row_blocks(out, first, k, B, n)
+    values = None
+    if leaves:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (vmap's notes on operators it runs one copy at a time)
+                values = torch.func.vmap(lambda *xs: metric(rebuild(xs)))(*leaves)
+        except Exception:  # noqa: BLE001 -- anything vmap refuses; the calls per copy below raise real errors
+            values = None
+    if torch.is_tensor(values) and tuple(values.shape) == (k, B):
+        return values.detach().float().cpu()
+    return torch.stack([metric_values(metric, output_rows(out, a, a + B, n), B, "patched")
+                        for a in range(first, first + k * B, B)])
+
+
+def _row_blocks(out, first: int, k: int, B: int, n: int) -> tuple[list[Tensor], Callable]:
+    """``metric_per_copy``'s layout of a plain output: every batch-first tensor's copy rows as [k, B, ...]."""
+    batch_first = lambda x: x.ndim and x.shape[0] == n  # noqa: E731 (as slice_rows decides)
+    leaves: list[Tensor] = []
+    map_tensors(lambda x: leaves.append(x[first:first + k * B].unflatten(0, (k, B))) if batch_first(x) else None, out)
+
+    def rebuild(xs):
+        it = iter(xs)
+        return map_tensors(lambda x: next(it) if batch_first(x) else x, out)
+
+    return leaves, rebuild
 
 
 def check_metric(m, B: int, what: str) -> Tensor:
