@@ -117,7 +117,9 @@ def patch(
     Args:
         model: a ``HookedRecurrentModule`` (any TransformerLens ``HookedRootModule`` works).
         clean, corrupted: inputs [batch, ...] (or tuples of them) of equal shapes.
-        metric: ``fn(output) -> [batch]``; higher = more like clean.
+        metric: ``fn(output) -> [batch]``; higher = more like clean. Written for one batch; the
+            copies of a forward share one call through ``torch.func.vmap`` where it allows (a
+            metric that calls ``.item()``, branches on values or uses NumPy is called per copy).
         sites: hook names, glob patterns, a names_filter, ``Sites(...)`` or ``Site`` list.
         ablation: None, "zero", "mean" or "resample" (see the module docstring).
         sources: {hook name: activation [batch, ...]} to write instead of the clean one at

@@ -217,7 +217,13 @@ def _row_blocks(out, first: int, k: int, B: int, n: int) -> tuple[list[Tensor], 
     """``metric_per_copy``'s layout of a plain output: every batch-first tensor's copy rows as [k, B, ...]."""
     batch_first = lambda x: x.ndim and x.shape[0] == n  # noqa: E731 (as slice_rows decides)
     leaves: list[Tensor] = []
-    map_tensors(lambda x: leaves.append(x[first:first + k * B].unflatten(0, (k, B))) if batch_first(x) else None, out)
+
+    def collect(x: Tensor) -> Tensor:
+        if batch_first(x):
+            leaves.append(x[first:first + k * B].unflatten(0, (k, B)))
+        return x
+
+    map_tensors(collect, out)
 
     def rebuild(xs):
         it = iter(xs)
