@@ -281,7 +281,7 @@ class ACT(HookedRecurrentModule):
             if rows is not None:  # copies of these rows run on from here
                 grown = torch.cat([torch.arange(B, device=x.device), rows.to(x.device)])
                 x, s, start, cum, N, R, s_mean, y_mean, running = (
-                    v[grown] for v in (x, s, start, cum, N, R, s_mean, y_mean, running))
+                    v.index_select(0, grown) for v in (x, s, start, cum, N, R, s_mean, y_mean, running))
                 B = x.shape[0]
             ph = hooks.ponder[n]
             flag = x.new_full((B, 1), 1.0 if n == 0 else 0.0)
@@ -290,7 +290,7 @@ class ACT(HookedRecurrentModule):
                 s = self.cell_step(x_n, s)
             else:  # only the samples still pondering take the step; the others stay frozen
                 idx = running.nonzero().squeeze(1)
-                s = s.index_copy(0, idx, self.cell_step(x_n[idx], s[idx]))
+                s = s.index_copy(0, idx, self.cell_step(x_n.index_select(0, idx), s.index_select(0, idx)))
             s = ph.hook_state(s)
             y = ph.hook_output(self.readout(self.hidden_of(s)))
             if cfg.act:
@@ -355,9 +355,9 @@ class ACT(HookedRecurrentModule):
             rows = joining_rows(join, inputs.shape[0], t, n, running=running)
             if rows is not None:
                 grown = torch.cat([torch.arange(inputs.shape[0], device=inputs.device), rows.to(inputs.device)])
-                inputs, mask = inputs[grown], mask[grown]
+                inputs, mask = inputs.index_select(0, grown), mask.index_select(0, grown)
                 for record in (outputs, Ns, Rs):
-                    record[:] = [v[grown] for v in record]
+                    record[:] = [v.index_select(0, grown) for v in record]
             return rows
 
         if start is not None:

@@ -19,7 +19,6 @@ and normalise a metric m the same way::
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Union
@@ -202,9 +201,7 @@ def metric_per_copy(metric: Metric, out, k: int, B: int, first: int = 0, n: Opti
     values = None
     if leaves:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # (vmap's notes on operators it runs one copy at a time)
-                values = torch.func.vmap(lambda *xs: metric(rebuild(xs)))(*leaves)
+            values = torch.func.vmap(lambda *xs: metric(rebuild(xs)))(*leaves)
         except Exception:  # noqa: BLE001 -- anything vmap refuses; the calls per copy below raise real errors
             values = None
     if torch.is_tensor(values) and tuple(values.shape) == (k, B):
