@@ -3,8 +3,8 @@
 Measured in one run, one row per case (the reasoner at N=16 over several problem seeds and at
 N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
 
-1. ``workbench.patching.patch`` over the case's grid of sites (the first call, which pays one-time
-   costs such as the model's resume names, is in the JSON; then one call per timing round);
+1. ``workbench.patching.patch`` over the case's grid of sites (the best of three calls; the
+   first, which pays one-time costs such as the model's resume names, is in the JSON);
 2. the per-site reference the tests check ``patch`` against (``tests.test_oracles.reference_patch``:
    one ``run_with_hooks`` per site, as TransformerLens's ``generic_activation_patch``, sharing
    no code with ``workbench.patching``) on a random sample of ``--loop-sites`` sites, checked
@@ -19,10 +19,6 @@ N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
 5. the floor: what any exact method needs by a cost model fitted in the same run (see
    ``lower_bound``), as a speed-up over the loop and a ratio to the bound: where a target is
    missed, it says whether any method could meet it on that case.
-
-(1)-(3) are timed in ``--rounds`` rounds, each timing every one of them once (``patch`` and the
-bound's forwards on the second of two calls in a row), and each takes its best round: a machine
-that slows down for a while slows all of them alike.
 
 Targets: (1) >= 20x faster than the loop, <= 1.5x its lower bound, identical scores; (4) >= 100x.
 
@@ -156,20 +152,19 @@ def firing_order(case: Case) -> list[str]:
 
 
 @torch.no_grad()
-def lower_bound(case: Case, hooks: list[str], res, k: int, best: dict[int, float]) -> dict:
+def lower_bound(case: Case, hooks: list[str], res, rows: int) -> dict:
     """{"seconds", "without_settling", "throughput" (block applications per second), "floor"}.
 
     The block applications each non-no-op site needs: those after the site, up to the end of the
     loop step where its copy rejoined the base run (``res.meta["last_step"]``: a patched run is
     identical to the base run after that, so no exact method has to compute it), or up to the end
-    of the run; divided by the throughput of plain forwards of k copies of the batch (``best[m]``:
-    the best time of a plain forward of m copies, m = 1 and k; see ``bound_forwards``).
+    of the run; divided by the throughput of plain forwards of ``rows`` batch rows.
 
     ``floor``: the least any exact method needs on this case by the cost model ``a + b * rows`` per
-    block firing (``a`` fitted as the fixed cost, ``b`` the cost per batch row, from the two
-    forwards): every block firing of one run, one after another, at ``a`` each, plus the needed
-    block applications at ``b`` each. The bound counts ``a`` only amortised over k batches;
-    where ``a`` dominates, no method gets near the bound.
+    block firing (``a`` fitted as the fixed cost, ``b`` the cost per batch row, from plain forwards of
+    the case's batch and of ``rows`` rows): every block firing of one run, one after another, at
+    ``a`` each, plus the needed block applications at ``b`` each. The bound counts ``a`` only
+    amortised over ``rows`` rows; where ``a`` dominates, no method gets near the bound.
     ``floor_two_passes``: the same for a method that runs the base runs first and the copies after
     (as ``patch`` does whenever it resumes): one more run's firings in sequence."""
     first = {}
@@ -188,28 +183,24 @@ def lower_bound(case: Case, hooks: list[str], res, k: int, best: dict[int, float
             to_end += int(after[i + 1])
             needed += int(after[i + 1]) - (beyond.get(u, 0) if u >= 0 else 0)
     needed, to_end = needed * B, to_end * B
+    k = max(2, rows // B)
+    kernels = getattr(case.model, "patching_kernels", None)
+    best = {}
+    with kernels() if kernels else contextlib.nullcontext():
+        for m in (1, k):
+            args = repeat_batch(_args(case.corrupted), m)
+            case.model(*args, **case.forward_kwargs)  # warm up
+            best[m] = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                case.model(*args, **case.forward_kwargs)
+                best[m] = min(best[m], time.perf_counter() - t0)
     S = int(blocks.sum())  # block firings per run
     throughput = S * k * B / best[k]
     b = max(0.0, (best[k] - best[1]) / (S * (k - 1) * B))  # per block and batch row
     a = max(0.0, best[1] / S - B * b)  # per block firing, whatever the batch
     return {"seconds": needed / throughput, "without_settling": to_end / throughput, "throughput": throughput,
             "floor": S * a + needed * b, "floor_two_passes": 2 * S * a + needed * b, "a": a, "b": b}
-
-
-def bound_forwards(case: Case, k: int) -> dict[int, Callable[[], None]]:
-    """The plain forwards the bound is measured on: {m: run a forward of m copies of the batch}, m = 1
-    and k, with the kernels ``patch`` runs its copies with (``model.patching_kernels()``)."""
-    kernels = getattr(case.model, "patching_kernels", None)
-    runs = {}
-    for m in (1, k):
-        args = repeat_batch(_args(case.corrupted), m)
-
-        def run(args=args):
-            with torch.no_grad(), kernels() if kernels else contextlib.nullcontext():
-                case.model(*args, **case.forward_kwargs)
-
-        runs[m] = run
-    return runs
 
 
 def per_site_loop(case: Case, sites):
@@ -220,51 +211,31 @@ def per_site_loop(case: Case, sites):
     return values, time.perf_counter() - t0
 
 
-def second_call(fn: Callable[[], Any]) -> float:
-    """Seconds of the second of two calls of ``fn`` in a row."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int, rounds: int) -> dict:
+def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int) -> dict:
     kw = case.forward_kwargs
-    call = lambda: patch(case.model, case.clean, case.corrupted, case.metric, case.grid,  # noqa: E731
-                         forward_kwargs=kw, memory_mb=memory_mb)
     case.model(*_args(case.corrupted), **kw)  # warm up
+    times = []  # the first call pays one-time costs (resume names, hook-name parsing): report it, rank the best
+    for _ in range(3):
+        t0 = time.perf_counter()
+        exact = patch(case.model, case.clean, case.corrupted, case.metric, case.grid, forward_kwargs=kw,
+                      memory_mb=memory_mb)
+        times.append(time.perf_counter() - t0)
+    t_exact, t_first = min(times), times[0]
+
     t0 = time.perf_counter()
-    exact = call()  # the first call pays one-time costs (resume names, hook-name parsing): reported, not ranked
-    t_first = time.perf_counter() - t0
+    per_site_loop(case, [])
+    t_base = time.perf_counter() - t0
     all_sites = [Site(r.hook, None if "pos" not in exact.df or r.pos is None or r.pos != r.pos else int(r.pos))
                  for r in exact.df.itertuples()]
     rng = np.random.default_rng(seed)
     pick = np.arange(len(all_sites)) if loop_sites <= 0 else \
         np.sort(rng.choice(len(all_sites), min(loop_sites, len(all_sites)), replace=False))
-    sample = [all_sites[i] for i in pick]
-    B = _args(case.corrupted)[0].shape[0]
-    k = max(2, rows // B)
-    forwards = bound_forwards(case, k)
-    for run in forwards.values():
-        run()  # warm up
-    # every quantity is timed once per round, the rounds one after another, and each ratio takes the
-    # best of each: a machine that slows down for a while slows every quantity of that round alike.
-    # A call is timed right after an untimed one: the one before it (another quantity) leaves the
-    # caches and the heap in a state that would cost whichever quantity comes next
-    best = {key: float("inf") for key in ("exact", "loop_base", "loop_sample", *forwards)}
-    for _ in range(rounds):
-        best["exact"] = min(best["exact"], second_call(call))
-        for m, run in forwards.items():
-            best[m] = min(best[m], second_call(run))
-        best["loop_base"] = min(best["loop_base"], per_site_loop(case, [])[1])
-        loop_metric, t_sample = per_site_loop(case, sample)
-        best["loop_sample"] = min(best["loop_sample"], t_sample)
-    t_exact = best["exact"]
-    per_site = max(0.0, best["loop_sample"] - best["loop_base"]) / len(pick)
-    t_loop = best["loop_base"] + per_site * len(all_sites)
+    loop_metric, t_sample = per_site_loop(case, [all_sites[i] for i in pick])
+    per_site = max(0.0, t_sample - t_base) / len(pick)
+    t_loop = t_base + per_site * len(all_sites)
     diff = float(np.abs(exact.df.metric.to_numpy()[pick] - loop_metric).max())
 
-    bound = lower_bound(case, firing_order(case), exact, k, {m: best[m] for m in forwards})
+    bound = lower_bound(case, firing_order(case), exact, rows)
     t_bound, t_to_end, throughput = bound["seconds"], bound["without_settling"], bound["throughput"]
     m = exact.meta
     out = {
@@ -302,7 +273,6 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=float, default=512)
     parser.add_argument("--rows", type=int, default=256, help="batch rows of the throughput forwards")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="timing rounds per case (each times every quantity once)")
     parser.add_argument("--out", default="out/bench/patching.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -312,7 +282,7 @@ def main() -> None:
           f"{'x loop':>7s} {'/bound':>7s} {'max|diff|':>9s} {'floor: x loop':>13s} {'/bound':>7s}")
     for spec in args.cases.split(","):
         case = make_case(spec.strip(), args.model)
-        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows, args.rounds)
+        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows)
         results.append(r)
         s = r["seconds"]
         extra = (f"   attribution {r['speedup_attribution']:.0f}x loop, corr {r['attribution_correlation']:.3f}"
