@@ -54,7 +54,8 @@ class JoinedOutput:
         places in the flat record, [k, B, T]], a function of one block's places giving its output
         as ``output_rows`` does)."""
         if not (0 <= first and k >= 1 and B >= 1 and first + k * B <= len(self)):
-            raise ValueError(f"{k} blocks of {B} rows from row {first} are out of range; allowed rows 0..{len(self) - 1}")
+            raise ValueError(f"{k} blocks of {B} rows from row {first} are out of range; "
+                             f"allowed rows 0..{len(self) - 1}")
         return [self._index[first:first + k * B].unflatten(0, (k, B))], lambda xs: self._rows(xs[0])
 
     def _rows(self, index: Tensor):

@@ -63,7 +63,8 @@ def test_a_metric_vmap_refuses_is_called_once_per_copy_with_the_same_values(out,
 
 
 def test_a_metric_of_the_wrong_shape_gets_the_per_copy_error(out):
-    with pytest.raises(ValueError, match=r"metric must return a tensor of shape \[batch\] = \[2\].*patched run it returned \[\]"):
+    wrong = r"metric must return a tensor of shape \[batch\] = \[2\].*patched run it returned \[\]"
+    with pytest.raises(ValueError, match=wrong):
         metric_per_copy(lambda o: o.logits.sum(), out, 6, 2, first=2)
     assert metric_per_copy(lambda o: o.logits[:, 0], out, 0, 2, first=2).shape == (0, 2)
 

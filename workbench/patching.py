@@ -86,8 +86,8 @@ from workbench.hooks import HookName, LoopState, loop_sizes, repeat_batch, resum
 from workbench.patch_joined import join_plan, run_joined
 from workbench.patch_runner import Runner, Sources, all_resume_names, bands, hooked, patch_hook, resume_point
 from workbench.results import OK, Result, effect
-from workbench.runs import (ABLATIONS, BaseRun, Baselines, Metric, base_run, frame, metric_per_copy, metric_values, setup,
-                            slice_rows, unreached)
+from workbench.runs import (ABLATIONS, BaseRun, Baselines, Metric, base_run, frame, metric_per_copy, metric_values,
+                            setup, slice_rows, unreached)
 from workbench.sites import Site, SiteSelection, resolve
 
 # LoopState and resumable live in workbench.hooks (the resume protocol), ABLATIONS in workbench.runs;
