@@ -3,8 +3,8 @@
 Measured in one run, one row per case (the reasoner at N=16 over several problem seeds and at
 N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
 
-1. ``workbench.patching.patch`` over the case's grid of sites (the best of three calls; the
-   first, which pays one-time costs such as the model's resume names, is in the JSON);
+1. ``workbench.patching.patch`` over the case's grid of sites (its best round, see below; the
+   first call, which pays one-time costs such as the model's resume names, is in the JSON);
 2. the per-site reference the tests check ``patch`` against (``tests.test_oracles.reference_patch``:
    one ``run_with_hooks`` per site, as TransformerLens's ``generic_activation_patch``, sharing
    no code with ``workbench.patching``) on a random sample of ``--loop-sites`` sites, checked
@@ -22,12 +22,17 @@ N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
 
 Targets: (1) >= 20x faster than the loop, <= 1.5x its lower bound, identical scores; (4) >= 100x.
 
+(1) and the forwards of (3) are timed in rounds, each a ``patch`` call then the two plain forwards
+(the case's batch, and ``--rows`` rows), at least 3 rounds and more while a case's rounds have
+taken under ``--seconds``; each is its best round. Interleaving them keeps a machine whose speed
+drifts from favouring one side of the ratio.
+
 Every time is the process's CPU time (``time.process_time``): on a busy machine the time other
 processes hold the core stretches wall-clock time, not CPU time. With one torch thread (the
 default) the two agree on an idle machine; with ``--threads`` > 1 CPU time adds up the threads'.
 The JSON also has ``patch``'s wall-clock seconds.
 
-    python bench/patching.py [--cases reasoner-16-s0,...] [--loop-sites 32] [--out out/bench/patching.json]
+    python bench/patching.py [--cases reasoner-16-s0,...] [--loop-sites 32] [--seconds 20] [--out out/bench/patching.json]
 
 Without a shipped reasoner the model is freshly initialised with the shipped architecture.
 """
@@ -161,22 +166,14 @@ def firing_order(case: Case) -> list[str]:
     return order
 
 
-@torch.no_grad()
-def lower_bound(case: Case, hooks: list[str], res, rows: int) -> dict:
-    """{"seconds", "without_settling", "throughput" (block applications per second), "floor"}.
+def block_counts(case: Case, hooks: list[str], res, rows: int) -> dict:
+    """What the lower bound counts: {"needed", "to_end" (block applications), "S" (block firings per
+    run), "B" (the case's batch rows), "k" (copies of the batch in a throughput forward)}.
 
     The block applications each non-no-op site needs: those after the site, up to the end of the
     loop step where its copy rejoined the base run (``res.meta["last_step"]``: a patched run is
     identical to the base run after that, so no exact method has to compute it), or up to the end
-    of the run; divided by the throughput of plain forwards of ``rows`` batch rows.
-
-    ``floor``: the least any exact method needs on this case by the cost model ``a + b * rows`` per
-    block firing (``a`` fitted as the fixed cost, ``b`` the cost per batch row, from plain forwards of
-    the case's batch and of ``rows`` rows): every block firing of one run, one after another, at
-    ``a`` each, plus the needed block applications at ``b`` each. The bound counts ``a`` only
-    amortised over ``rows`` rows; where ``a`` dominates, no method gets near the bound.
-    ``floor_two_passes``: the same for a method that runs the base runs first and the copies after
-    (as ``patch`` does whenever it resumes): one more run's firings in sequence."""
+    of the run (``to_end``)."""
     first = {}
     for i, name in enumerate(hooks):
         first.setdefault(name, i)
@@ -192,25 +189,29 @@ def lower_bound(case: Case, hooks: list[str], res, rows: int) -> dict:
             i = first[r.hook]
             to_end += int(after[i + 1])
             needed += int(after[i + 1]) - (beyond.get(u, 0) if u >= 0 else 0)
-    needed, to_end = needed * B, to_end * B
-    k = max(2, rows // B)
-    kernels = getattr(case.model, "patching_kernels", None)
-    best = {}
-    with kernels() if kernels else contextlib.nullcontext():
-        for m in (1, k):
-            args = repeat_batch(_args(case.corrupted), m)
-            case.model(*args, **case.forward_kwargs)  # warm up
-            best[m] = float("inf")
-            for _ in range(3):
-                t0 = clock()
-                case.model(*args, **case.forward_kwargs)
-                best[m] = min(best[m], clock() - t0)
-    S = int(blocks.sum())  # block firings per run
-    throughput = S * k * B / best[k]
-    b = max(0.0, (best[k] - best[1]) / (S * (k - 1) * B))  # per block and batch row
-    a = max(0.0, best[1] / S - B * b)  # per block firing, whatever the batch
-    return {"seconds": needed / throughput, "without_settling": to_end / throughput, "throughput": throughput,
-            "floor": S * a + needed * b, "floor_two_passes": 2 * S * a + needed * b, "a": a, "b": b}
+    return {"needed": needed * B, "to_end": to_end * B, "S": int(blocks.sum()), "B": B, "k": max(2, rows // B)}
+
+
+def lower_bound(counts: dict, t_batch: float, t_rows: float) -> dict:
+    """{"seconds", "without_settling", "throughput" (block applications per second), "floor", ...}
+    from ``block_counts`` and the times of a plain forward of the case's batch (``t_batch``) and of
+    ``k`` copies of it (``t_rows``).
+
+    ``seconds``: the needed block applications divided by the throughput of the large forward.
+    ``floor``: the least any exact method needs on this case by the cost model ``a + b * rows`` per
+    block firing (``a`` fitted as the fixed cost, ``b`` the cost per batch row, from the two
+    forwards): every block firing of one run, one after another, at ``a`` each, plus the needed
+    block applications at ``b`` each. The bound counts ``a`` only amortised over the large batch;
+    where ``a`` dominates, no method gets near the bound. ``floor_two_passes``: the same for a
+    method that runs the base runs first and the copies after (as ``patch`` does whenever it
+    resumes): one more run's firings in sequence."""
+    S, B, k, needed = counts["S"], counts["B"], counts["k"], counts["needed"]
+    throughput = S * k * B / t_rows
+    b = max(0.0, (t_rows - t_batch) / (S * (k - 1) * B))  # per block and batch row
+    a = max(0.0, t_batch / S - B * b)  # per block firing, whatever the batch
+    return {"seconds": needed / throughput, "without_settling": counts["to_end"] / throughput,
+            "throughput": throughput, "floor": S * a + needed * b, "floor_two_passes": 2 * S * a + needed * b,
+            "a": a, "b": b}
 
 
 def per_site_loop(case: Case, sites):
@@ -221,17 +222,54 @@ def per_site_loop(case: Case, sites):
     return values, clock() - t0
 
 
-def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int) -> dict:
+def timed(fn) -> tuple[float, float]:
+    """(CPU seconds, wall-clock seconds) of one call of ``fn``."""
+    t0, w0 = clock(), time.perf_counter()
+    fn()
+    return clock() - t0, time.perf_counter() - w0
+
+
+def timed_rounds(case: Case, call, k: int, seconds: float, most: int = 20) -> dict[str, list[float]]:
+    """Rounds of three calls, one after another: ``call`` (``patch``), a plain forward of the case's
+    batch and one of ``k`` copies of it (the bound's forwards, with the kernels ``patch`` gives its
+    copies). At least 3 rounds, more while they have taken under ``seconds`` (at most ``most``).
+
+    Interleaved so that a machine whose speed drifts (other processes, its clock) slows ``patch``
+    and its bound alike; each is taken as its best round."""
+    kernels = getattr(case.model, "patching_kernels", None)
+    batch, copies = _args(case.corrupted), repeat_batch(_args(case.corrupted), k)
+
+    def plain(args) -> float:
+        with torch.no_grad(), kernels() if kernels else contextlib.nullcontext():
+            return timed(lambda: case.model(*args, **case.forward_kwargs))[0]
+
+    times: dict[str, list[float]] = {"exact": [], "exact_wall": [], "batch": [], "rows": []}
+    plain(copies)  # warm up
+    start = clock()
+    while len(times["exact"]) < 3 or (clock() - start < seconds and len(times["exact"]) < most):
+        cpu, wall = timed(call)
+        times["exact"].append(cpu)
+        times["exact_wall"].append(wall)
+        times["batch"].append(plain(batch))
+        times["rows"].append(plain(copies))
+    return times
+
+
+def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int, seconds: float) -> dict:
     kw = case.forward_kwargs
     case.model(*_args(case.corrupted), **kw)  # warm up
-    times, walls = [], []  # the first call pays one-time costs (resume names, hook-name parsing): kept apart
-    for _ in range(3):
-        t0, w0 = clock(), time.perf_counter()
+    exact = None
+
+    def call():
+        nonlocal exact
         exact = patch(case.model, case.clean, case.corrupted, case.metric, case.grid, forward_kwargs=kw,
                       memory_mb=memory_mb)
-        times.append(clock() - t0)
-        walls.append(time.perf_counter() - w0)
-    t_exact, t_first = min(times), times[0]
+
+    t_first = timed(call)[0]  # the first call pays one-time costs (resume names, hook-name parsing): kept apart
+    counts = block_counts(case, firing_order(case), exact, rows)
+    times = timed_rounds(case, call, counts["k"], seconds)
+    t_exact = min(times["exact"])
+    bound = lower_bound(counts, min(times["batch"]), min(times["rows"]))
 
     t0 = clock()
     per_site_loop(case, [])
@@ -246,18 +284,18 @@ def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int
     t_loop = t_base + per_site * len(all_sites)
     diff = float(np.abs(exact.df.metric.to_numpy()[pick] - loop_metric).max())
 
-    bound = lower_bound(case, firing_order(case), exact, rows)
     t_bound, t_to_end, throughput = bound["seconds"], bound["without_settling"], bound["throughput"]
     m = exact.meta
     out = {
         "case": case.name, "sites": len(all_sites), "sites_noop": m["sites_noop"],
-        "seconds": {"exact": t_exact, "exact_first_call": t_first, "exact_wall": min(walls),
+        "seconds": {"exact": t_exact, "exact_first_call": t_first, "exact_wall": min(times["exact_wall"]),
                     "loop_extrapolated": t_loop, "loop_per_site": per_site, "lower_bound": t_bound,
                     "lower_bound_without_settling": t_to_end, "floor": bound["floor"]},
         "cost_per_block_firing_s": bound["a"], "cost_per_block_and_row_s": bound["b"],
         "floor_vs_loop": t_loop / bound["floor"], "floor_to_lower_bound": bound["floor"] / t_bound,
         "floor_two_passes_to_lower_bound": bound["floor_two_passes"] / t_bound,
-        "blocks_per_second": throughput, "loop_sites_timed": int(len(pick)),
+        "blocks_per_second": throughput, "rounds": len(times["exact"]), "round_seconds": times,
+        "loop_sites_timed": int(len(pick)),
         "max_abs_diff_vs_loop": diff, "speedup_vs_loop": t_loop / t_exact, "ratio_to_lower_bound": t_exact / t_bound
         if t_bound > 0 else float("inf"),
         "exact_meta": {k: m.get(k) for k in ("copies_per_forward", "forwards", "copies_run", "copies_settled", "resume",
@@ -285,6 +323,8 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=float, default=512)
     parser.add_argument("--rows", type=int, default=256, help="batch rows of the throughput forwards")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="CPU seconds per case for the rounds timing patch and the bound's forwards (at least 3 rounds)")
     parser.add_argument("--out", default="out/bench/patching.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -294,7 +334,7 @@ def main() -> None:
           f"{'x loop':>7s} {'/bound':>7s} {'max|diff|':>9s} {'floor: x loop':>13s} {'/bound':>7s}")
     for spec in args.cases.split(","):
         case = make_case(spec.strip(), args.model)
-        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows)
+        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows, args.seconds)
         results.append(r)
         s = r["seconds"]
         extra = (f"   attribution {r['speedup_attribution']:.0f}x loop, corr {r['attribution_correlation']:.3f}"

@@ -18,6 +18,7 @@ def test_the_patching_benchmark_runs_and_agrees_with_the_loop(tmp_path):
     assert summary["threads"] == 1
     (case,) = summary["cases"]
     assert case["case"] == "act" and case["sites"] == 20 and case["loop_sites_timed"] == 4
+    assert 3 <= case["rounds"] <= 20  # patch and the bound's forwards timed in interleaved rounds
     assert case["max_abs_diff_vs_loop"] <= 1e-5  # patch and the independent per-site loop agree
     s = case["seconds"]
     for key in ("exact", "exact_wall", "loop_extrapolated", "lower_bound", "floor"):
