@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the forward passes")
     parser.add_argument("--fit-threads", type=int, default=1,
-                        help="BLAS threads while fitting probes (more are much slower for these small fits)")
+                        help="BLAS threads of each probe's fit (more are much slower for these small fits)")
+    parser.add_argument("--fit-jobs", type=int, default=None,
+                        help="probes fitted at once, in threads (default: one per CPU core)")
     parser.add_argument("--compare", type=int, default=512,
                         help="problems collected both ways, side by side (0: skip)")
     parser.add_argument("--device", default="cpu")
@@ -102,7 +104,8 @@ def main() -> None:
     rss1 = peak_rss_mb()
 
     t0 = time.perf_counter()
-    res = probes.fit(acts, "value", groups="problem", seed=args.seed, threads=args.fit_threads, progress=True)
+    res = probes.fit(acts, "value", groups="problem", seed=args.seed, threads=args.fit_threads,
+                     jobs=args.fit_jobs, progress=True)
     t_fit = time.perf_counter() - t0
     rss2 = peak_rss_mb()
 
@@ -116,7 +119,8 @@ def main() -> None:
     best = res.df.loc[res.df.accuracy.idxmax()]
     result = {
         "model": name, "n": args.n, "nodes": task.n_nodes, "steps": steps, "sites": len(acts.data),
-        "rows": acts.n, "device": args.device, "threads": torch.get_num_threads(), "hardware": _hardware(),
+        "rows": acts.n, "device": args.device, "threads": torch.get_num_threads(), "fit_jobs": args.fit_jobs,
+        "hardware": _hardware(),
         "seconds": {"sample": t_sample, "collect": t_collect, "fit": t_fit, "total": total},
         "peak_rss_mb": {"start": rss0, "after_collect": rss1, "after_fit": rss2},
         "activations_mb": acts.nbytes / 2**20, "full_cache_would_need_mb": full_cache_mb,
@@ -134,7 +138,8 @@ def main() -> None:
           f"problem-steps of {args.n * steps}; {acts.meta['reruns']} problems run again unsettled)")
     print(f"  collect throughput {flops / t_collect / 1e9:.1f} GFLOP/s of a measured {peak_flops / 1e9:.1f} GFLOP/s "
           f"matmul on {torch.get_num_threads()} thread(s): {achieved:.0%} (the forwards' FLOPs, no padding counted)")
-    print(f"  fit {len(acts.data)} probes x2  {t_fit:8.1f} s   (probe + control task per site)")
+    print(f"  fit {len(acts.data)} probes x2  {t_fit:8.1f} s   (probe + control task per site; "
+          f"{args.fit_jobs or 'one per core'} at once)")
     print(f"  total             {total:8.1f} s   target <= 120 s")
     print(f"  peak memory {rss2:.0f} MB (target <= 1536 MB; start {rss0:.0f} MB); "
           f"kept activations {acts.nbytes / 2**20:.0f} MB; "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 import torch
+from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
@@ -248,6 +250,7 @@ def fit(
     alpha: float = 1.0,
     max_iter: int = 200,
     threads: int = 1,
+    jobs: int | None = None,
     progress: bool = False,
 ) -> Result:
     """Fit one linear probe per site and score it on held-out rows.
@@ -266,7 +269,9 @@ def fit(
         mask: rows to use ([n] bool, column name or ``fn(site) -> [n] bool``).
         test_size, seed: the held-out split (the same rows for every site).
         C, alpha, max_iter: regularisation / iterations of the default probes.
-        threads: BLAS / OpenMP threads while fitting (more threads on a busy machine are slower).
+        threads: BLAS / OpenMP threads of each fit (more threads on a busy machine are slower).
+        jobs: sites fitted at once, in threads (default: one per CPU core, at most one per site);
+            the scores are the same for any number.
 
     Returns:
         ``Result`` (kind "probe"), one row per site: ``accuracy`` (or ``r2``) on the held-out
@@ -288,24 +293,29 @@ def fit(
     is_train[train_idx] = True
     name = target_name or (targets if isinstance(targets, str) else "target")
 
-    out = []
+    def one(site: Site) -> dict:
+        X = data[site.label]
+        y = np.asarray(_site_value(targets, site, rows, n, "targets"))
+        keep = np.ones(n, dtype=bool) if mask is None else np.asarray(_site_value(mask, site, rows, n, "mask"), bool)
+        kind, est = _estimator(probe, y, C, alpha, max_iter)
+        tr, te = keep & is_train, keep & ~is_train
+        row = {**site.row(), "target": name, "probe": kind, "n_train": int(tr.sum()), "n_test": int(te.sum())}
+        row.pop("pos", None)
+        score, train_score, chance = _fit_score(est, kind, X, y, tr, te)
+        key = "accuracy" if kind == "logistic" else "r2"
+        row.update({key: score, f"train_{key}": train_score, "chance": chance})
+        if control:  # the same seed gives the same relabelling of the same targets at every site
+            c_score, _, _ = _fit_score(clone(est), kind, X, control_labels(y, types_arr, seed), tr, te)
+            row.update({"control": c_score, "selectivity": selectivity(score, c_score, kind)})
+        row["status"] = _status(kind, y, tr, te)
+        return row
+
+    jobs = _jobs(jobs, len(chosen))
+    # Sites are independent fits, each a small problem that one BLAS thread runs best: fitting
+    # several at once in threads (numpy and the solvers release the GIL) uses the other cores.
     with threadpool_limits(threads):
-        for site in tqdm(chosen, disable=not progress, desc="probes", leave=False):
-            X = data[site.label]
-            y = np.asarray(_site_value(targets, site, rows, n, "targets"))
-            keep = np.ones(n, dtype=bool) if mask is None else np.asarray(_site_value(mask, site, rows, n, "mask"), bool)
-            kind, est = _estimator(probe, y, C, alpha, max_iter)
-            tr, te = keep & is_train, keep & ~is_train
-            row = {**site.row(), "target": name, "probe": kind, "n_train": int(tr.sum()), "n_test": int(te.sum())}
-            row.pop("pos", None)
-            score, train_score, chance = _fit_score(est, kind, X, y, tr, te)
-            key = "accuracy" if kind == "logistic" else "r2"
-            row.update({key: score, f"train_{key}": train_score, "chance": chance})
-            if control:  # the same seed gives the same relabelling of the same targets at every site
-                c_score, _, _ = _fit_score(clone(est), kind, X, control_labels(y, types_arr, seed), tr, te)
-                row.update({"control": c_score, "selectivity": selectivity(score, c_score, kind)})
-            row["status"] = _status(kind, y, tr, te)
-            out.append(row)
+        fits = Parallel(n_jobs=jobs, backend="threading", return_as="generator")(delayed(one)(s) for s in chosen)
+        out = list(tqdm(fits, total=len(chosen), disable=not progress, desc="probes", leave=False))
     df = pd.DataFrame(out)
     if "head" in df and df["head"].isna().all():
         df = df.drop(columns="head")
@@ -314,6 +324,14 @@ def fit(
             "control_types": None if types is None else (types if isinstance(types, str) else "array"),
             "seconds": time.perf_counter() - t0}
     return Result("probe", df, value, meta)
+
+
+def _jobs(jobs: int | None, n_sites: int) -> int:
+    if jobs is None:
+        return max(1, min(os.cpu_count() or 1, n_sites))
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}; allowed: a whole number >= 1, or None (one per CPU core)")
+    return int(jobs)
 
 
 def _unpack(activations) -> tuple[dict, pd.DataFrame, list[Site]]:

@@ -1,6 +1,7 @@
 from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -143,6 +144,19 @@ def test_bad_inputs_give_clear_errors():
         probes.fit({"a": X}, y, sites="steps.*")
     with pytest.raises(ValueError, match="not a column"):
         probes.fit({"a": X}, "value")
+    with pytest.raises(ValueError, match=r"jobs=0; allowed: a whole number >= 1"):
+        probes.fit({"a": X}, y, jobs=0)
+
+
+def test_sites_fitted_in_threads_give_the_same_table_in_site_order():
+    X, w, rng = planted(n=800, d=8)
+    y = (X @ w > 0).astype(int)
+    # ever noisier copies of the features: the probe's accuracy falls from site to site
+    data = {f"s{i}": X + rng.normal(scale=0.8 * i, size=X.shape).astype(np.float32) for i in range(6)}
+    one, three = probes.fit(data, y, jobs=1), probes.fit(data, y, jobs=3)
+    assert list(three.df.site) == [f"s{i}" for i in range(6)]
+    pd.testing.assert_frame_equal(one.df, three.df)
+    assert three.df.accuracy.iloc[0] > 0.95 > three.df.accuracy.iloc[-1]
 
 
 def test_command_line_and_study_write_csv_and_html(tmp_path):
