@@ -2,15 +2,18 @@
 
 Collects the residual stream after every layer of every step (``steps.*.blocks.*.hook_resid_post``)
 at one defining position per problem with ``probes.reasoner.collect`` (problems stop running
-once settled; later steps are copies), then fits a logistic-regression probe per site for the
+once settled, later steps are copies; with causal attention only the tokens up to the kept
+position run), then fits a logistic-regression probe per site for the
 variable's value, with the control task. Reports the time of each phase, the peak memory of
 the process, and the memory a full ``run_with_cache`` of the same hooks would have needed.
 Side by side on the first ``--compare`` problems: the plain collection (``probes.collect`` over
 ``probes.reasoner.batches``, every step of every problem, einsum attention) against this one,
 with the ratio of their times and the largest difference between their rows.
 
-Also prints the collection's achieved fraction of the machine's matmul throughput (measured here on
-the model's MLP shapes at the same thread count; the FLOPs counted are the unpadded forwards').
+Also prints the collection's achieved fraction of the machine's matmul throughput (measured on the
+model's MLP shapes at the same thread count, before and after, the faster reading; the FLOPs
+counted are those of the tokens the forwards ran, padding not counted), and the share of a plain
+collection's token-steps that ran.
 
 Target: 10,000 problems at the training size in <= 2 minutes on 2 CPU cores, peak memory <= 1.5 GB.
 
@@ -49,15 +52,15 @@ def matmul_flops_per_second(d_model: int, d_mlp: int, rows: int = 8192, repeats:
     return 2 * 2 * rows * d_model * d_mlp / best
 
 
-def forward_flops(cfg, tokens: float, problem_steps: int) -> float:
-    """Multiply-add FLOPs (x2) of ``problem_steps`` reasoner steps over problems of ``tokens`` tokens:
-    per token and layer Q, K, V, O and the MLP, attention over the tokens; per token the factor heads."""
+def forward_flops(cfg, token_steps: int, pair_steps: int) -> float:
+    """Multiply-add FLOPs (x2) of reasoner forwards that ran ``token_steps`` tokens and ``pair_steps``
+    query-key pairs, summed over steps: per token and layer Q, K, V, O and the MLP, per pair and
+    layer the score and the weighted value; per token the factor heads."""
     d, m = cfg.d_model, cfg.d_mlp
     mlp = (3 if cfg.mlp == "bilinear" else 2) * d * m
-    attn = 2 * tokens * d  # scores and the weighted sum of values
     vocab = sum(cfg.factor_sizes.values())
-    per_token = cfg.n_layers * (4 * d * d + mlp + attn) + d * vocab
-    return 2 * per_token * tokens * problem_steps
+    per_token = cfg.n_layers * (4 * d * d + mlp) + d * vocab
+    return 2 * (per_token * token_steps + cfg.n_layers * 2 * d * pair_steps)
 
 
 def main() -> None:
@@ -90,6 +93,8 @@ def main() -> None:
     model, name = reasoner(args.model)
     model = model.to(args.device)
     task = pr.task_of(model, n_nodes=args.nodes)
+    # the machine's speed drifts: measured before and after, the faster reading is the reference
+    peak_before = matmul_flops_per_second(model.cfg.d_model, model.cfg.d_mlp)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     problems = ga.sample(task, args.n, np.random.default_rng(args.seed))
@@ -112,8 +117,10 @@ def main() -> None:
     tokens = float(np.mean([ga.n_tokens(p) for p in problems]))
     full_cache_mb = args.n * len(acts.data) * tokens * model.cfg.d_model * 4 / 2**20
     total = t_sample + t_collect + t_fit
-    peak_flops = matmul_flops_per_second(model.cfg.d_model, model.cfg.d_mlp)
-    flops = forward_flops(model.cfg, tokens, acts.meta["forward_steps"])
+    peak_after = matmul_flops_per_second(model.cfg.d_model, model.cfg.d_mlp)
+    peak_flops = max(peak_before, peak_after)
+    flops = forward_flops(model.cfg, acts.meta["forward_tokens"], acts.meta["forward_pairs"])
+    token_share = acts.meta["forward_tokens"] / (args.n * steps * tokens)  # of every token of every step
     achieved = flops / t_collect / peak_flops
     side = compare(model, problems[: args.compare], sel, args, steps) if args.compare else None
     best = res.df.loc[res.df.accuracy.idxmax()]
@@ -124,20 +131,24 @@ def main() -> None:
         "seconds": {"sample": t_sample, "collect": t_collect, "fit": t_fit, "total": total},
         "peak_rss_mb": {"start": rss0, "after_collect": rss1, "after_fit": rss2},
         "activations_mb": acts.nbytes / 2**20, "full_cache_would_need_mb": full_cache_mb,
-        "matmul_gflops": peak_flops / 1e9, "collect_gflops": flops / t_collect / 1e9,
+        "matmul_gflops": peak_flops / 1e9, "matmul_gflops_before_after": [peak_before / 1e9, peak_after / 1e9],
+        "collect_gflops": flops / t_collect / 1e9,
         "fraction_of_matmul_throughput": achieved,
         "best_site": best.site, "best_accuracy": float(best.accuracy), "chance": float(best.chance),
         "mean_control": float(res.df.control.mean()),
         "forward_steps": acts.meta["forward_steps"], "all_steps": args.n * steps, "reruns": acts.meta["reruns"],
+        "forward_tokens": acts.meta["forward_tokens"], "share_of_all_token_steps": token_share,
         "side_by_side": side,
     }
     print(f"reasoner ({name}), {args.n} problems N={task.n_nodes} (~{tokens:.0f} tokens), {steps} steps, "
           f"{len(acts.data)} sites, {acts.n} rows, device {args.device}, {torch.get_num_threads()} thread(s)")
     print(f"  sample problems   {t_sample:8.1f} s")
     print(f"  collect           {t_collect:8.1f} s   (the model's forward passes: {acts.meta['forward_steps']} "
-          f"problem-steps of {args.n * steps}; {acts.meta['reruns']} problems run again unsettled)")
+          f"problem-steps of {args.n * steps}, {token_share:.0%} of every problem's token-steps; "
+          f"{acts.meta['reruns']} problems run again unsettled)")
     print(f"  collect throughput {flops / t_collect / 1e9:.1f} GFLOP/s of a measured {peak_flops / 1e9:.1f} GFLOP/s "
-          f"matmul on {torch.get_num_threads()} thread(s): {achieved:.0%} (the forwards' FLOPs, no padding counted)")
+          f"matmul on {torch.get_num_threads()} thread(s): {achieved:.0%} (the FLOPs of the tokens run, "
+          f"no padding counted; matmul measured before and after: {peak_before / 1e9:.1f}, {peak_after / 1e9:.1f})")
     print(f"  fit {len(acts.data)} probes x2  {t_fit:8.1f} s   (probe + control task per site; "
           f"{args.fit_jobs or 'one per core'} at once)")
     print(f"  total             {total:8.1f} s   target <= 120 s")

@@ -32,9 +32,14 @@ from workbench.tasks import graph_arith as ga
 from .reasoner import ReasonerConfig
 
 
-def pad_stack(encs: list[ga.Encoded], name_pool: int, modulus: int) -> dict[str, np.ndarray]:
-    """Stack encodings into padded arrays [B, L(, k)]; padding is the PAD token."""
-    B, L = len(encs), max(len(e.answer) for e in encs)
+def pad_stack(encs: list[ga.Encoded], name_pool: int, modulus: int,
+              lengths: list[int] | np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Stack encodings into padded arrays [B, L(, k)]; padding is the PAD token.
+
+    ``lengths``: keep only the first ``lengths[i]`` tokens of encoding i (default: all)."""
+    keep = [len(e.answer) for e in encs] if lengths is None else [min(int(n), len(e.answer))
+                                                                    for n, e in zip(lengths, encs)]
+    B, L = len(encs), max(keep)
     pad_row = np.array([ga.PAD, name_pool, ga.op_na(), ga.value_na(modulus)])
     out = {
         "factors": np.tile(pad_row, (B, L, 1)),
@@ -45,10 +50,9 @@ def pad_stack(encs: list[ga.Encoded], name_pool: int, modulus: int) -> dict[str,
         "role": np.zeros((B, L), dtype=np.int64),
         "depth": np.full((B, L), -1),
     }
-    for i, e in enumerate(encs):
-        n = len(e.answer)
+    for i, (e, n) in enumerate(zip(encs, keep)):
         for key in out:
-            out[key][i, :n] = getattr(e, key)
+            out[key][i, :n] = getattr(e, key)[:n]
     return out
 
 

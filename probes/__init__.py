@@ -5,7 +5,8 @@
 >>> res = probes.fit(acts, "value", types="variable", groups="problem")
 
 On the reasoner, ``probes.reasoner.collect(model, problems, sites)`` gives the same rows as
-``probes.collect`` over ``probes.reasoner.batches``, without running the steps after a problem settles.
+``probes.collect`` over ``probes.reasoner.batches``, without running the steps after a problem settles
+or, with causal attention, the tokens after the last position kept.
 
 One study per model family (``probes.study.Study``: patching setup, activation collection,
 probe targets, codebook report) lives in the family's module as ``STUDY``

@@ -192,9 +192,14 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
     problem therefore runs only until its graph should have settled (the exact algorithm's steps + 1,
     problems of equal need batched together, shortest token lists together); its rows for
     the later steps are copies of that last step's, and a problem that has not settled by
-    then is run again for all ``steps``. The forwards take the fused attention kernel unless
-    ``sites`` include attention scores or patterns (equal to the einsum path to ~1e-6).
-    Rows come back in ``batches``'s order (problem, then position).
+    then is run again for all ``steps``. With causal attention, a problem runs only the tokens
+    up to the last position kept: nothing earlier reads a later token, in any step, so those
+    rows are what the whole problem computes there (and it settles once that prefix has). The
+    forwards take the fused attention kernel unless ``sites`` include attention scores or
+    patterns (equal to the einsum path to ~1e-6); such sites keep every token, since their
+    key axis is the problem's length. Rows come back in ``batches``'s order (problem, then
+    position). ``meta``: ``forward_steps`` (problem-steps run), ``forward_tokens`` (token-steps
+    run) and ``forward_pairs`` (query-key pairs run, summed over steps), padding not counted.
     """
     if not problems:
         raise ValueError("no problems to collect from")
@@ -202,17 +207,20 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
     T = steps or cfg.steps_for_depth(max(p.depth for p in problems))
     encs = _encodings(model, problems)  # each problem encoded once, for positions and every batch
     positions = _defining_positions(model, problems, per_problem, seed, encs)
-    discrete = cfg.latent == "discrete"
-    need = np.array([min(T, ga.steps_needed(p.depth, cfg.scheme) + 1) if discrete else T for p in problems])
-    length = np.array([ga.n_tokens(p) for p in problems])
-    order = np.lexsort((length, -need))  # the longest runs first: the first batch fires every site
     keeper = RowKeeper(model, sites, device=device)
+    length = np.array([len(e.answer) for e in encs])
+    if cfg.causal and not any(keeper.keep(h.name) for h in model._score_hooks):
+        length = np.array([pos.max() + 1 if len(pos) else 1 for pos in positions])
+    discrete = cfg.latent == "discrete"
+    # the exact algorithm fills the kept tokens by this step; one more shows the codes repeat
+    need = np.array([min(T, int(e.fill_step[:n].max()) + 1) if discrete else T for e, n in zip(encs, length)])
+    order = np.lexsort((length, -need))  # the longest runs first: the first batch fires every site
     rerun: list[np.ndarray] = []
     with model.fused_attention(), tqdm(total=len(problems), disable=not progress, desc="collect", leave=False) as bar:
         for s in sorted(set(need.tolist()), reverse=True):
             group = order[need[order] == s]
             for start in range(0, len(group), batch_size):
-                batch = _probe_batch(model, problems, group[start: start + batch_size], positions, s, encs)
+                batch = _probe_batch(model, problems, group[start: start + batch_size], positions, s, encs, length)
                 out, got = keeper.forward(batch)
                 if s < T:
                     codes = out.codes  # [b, s, L, 4]
@@ -224,14 +232,17 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
                 bar.update(len(batch.args[0]))
         left = np.sort(np.concatenate(rerun)) if rerun else np.zeros(0, int)
         for start in range(0, len(left), batch_size):
-            batch = _probe_batch(model, problems, left[start: start + batch_size], positions, T, encs)
+            batch = _probe_batch(model, problems, left[start: start + batch_size], positions, T, encs, length)
             keeper.add(batch, keeper.forward(batch)[1])
     acts = keeper.activations()
     back = np.lexsort((acts.rows["pos"].to_numpy(), acts.rows["problem"].to_numpy()))
     for label in acts.data:
         acts.data[label] = acts.data[label][back]
     acts.rows = acts.rows.iloc[back].reset_index(drop=True)
-    acts.meta.update({"steps": T, "forward_steps": int(need.sum() + len(left) * T), "reruns": len(left)})
+    run = need.copy()
+    run[left] += T  # run again from the start
+    acts.meta.update({"steps": T, "forward_steps": int(run.sum()), "forward_tokens": int((run * length).sum()),
+                      "forward_pairs": int((run * length**2).sum()), "reruns": len(left)})
     return acts
 
 
@@ -270,14 +281,16 @@ def _defining_positions(model: Reasoner, problems: list[ga.Problem], per_problem
 
 
 def _probe_batch(model: Reasoner, problems: list[ga.Problem], ids: np.ndarray, positions: list[np.ndarray],
-                 steps: int, encodings: list[ga.Encoded] | None = None) -> ProbeBatch:
+                 steps: int, encodings: list[ga.Encoded] | None = None,
+                 lengths: np.ndarray | None = None) -> ProbeBatch:
     """One forward over ``problems[ids]`` for ``steps`` steps, keeping ``positions[id]`` of each.
 
-    ``encodings``: every problem's ``ga.encode`` (from ``_encodings``), reused instead of encoding again."""
+    ``encodings``: every problem's ``ga.encode`` (from ``_encodings``), reused instead of encoding again;
+    ``lengths``: every problem's tokens to run (default: all of them)."""
     cfg = model.cfg
     chunk = [problems[i] for i in ids]
     encs = [encodings[i] for i in ids] if encodings is not None else _encodings(model, chunk)
-    arr = pad_stack(encs, cfg.name_pool, cfg.modulus)
+    arr = pad_stack(encs, cfg.name_pool, cfg.modulus, None if lengths is None else lengths[ids])
     b_idx = np.concatenate([np.full(len(positions[i]), b) for b, i in enumerate(ids)]).astype(int)
     p_idx = np.concatenate([positions[i] for i in ids]).astype(int)
     eq = arr["factors"][b_idx, p_idx]

@@ -81,20 +81,37 @@ def _same_rows(fast, plain, atol):
         np.testing.assert_allclose(fast.data[label], plain.data[label], atol=atol, rtol=0, err_msg=label)
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("latent", ["discrete", "continuous"])
-def test_reasoner_collect_gives_the_plain_collections_rows(latent):
+def test_reasoner_collect_gives_the_plain_collections_rows(latent, causal):
     torch.manual_seed(0)
-    model = Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=8, latent=latent,
+    model = Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=8, latent=latent, causal=causal,
                                     task=asdict(TASK))).eval()
     problems = ga.sample(TASK, 12, 2)
     sel = Sites("steps.*.blocks.*.hook_resid_post")
     plain = probes.collect(model, pr.batches(model, problems, batch_size=5, per_problem=2, steps=6), sel)
     fast = pr.collect(model, problems, sel, batch_size=5, per_problem=2, steps=6)
     _same_rows(fast, plain, atol=1e-5)
+    lengths = np.array([ga.n_tokens(p) for p in problems])
+    kept_end = plain.rows.groupby("problem").pos.max().to_numpy() + 1  # tokens up to the last kept position
     if latent == "continuous":  # no codes to settle on: every problem runs every step
         assert fast.meta["forward_steps"] == 12 * 6 and fast.meta["reruns"] == 0
+        # causal attention: each problem ran only its tokens up to the last kept position
+        assert fast.meta["forward_tokens"] == 6 * (kept_end if causal else lengths).sum()
     else:  # an untrained model does not settle when a trained one would: those problems ran again
         assert fast.meta["reruns"] > 0
+
+
+def test_reasoner_collect_runs_every_token_for_sites_with_a_key_axis():
+    torch.manual_seed(0)
+    model = Reasoner(ReasonerConfig(d_model=16, n_heads=2, d_mlp=32, max_steps=8, latent="continuous", causal=True,
+                                    task=asdict(TASK))).eval()
+    problems = ga.sample(TASK, 8, 3)
+    sel = Sites(["steps.*.blocks.0.attn.hook_pattern", "steps.*.blocks.1.hook_resid_post"])
+    plain = probes.collect(model, pr.batches(model, problems, batch_size=8, per_problem=1, steps=3), sel)
+    fast = pr.collect(model, problems, sel, batch_size=8, per_problem=1, steps=3)
+    _same_rows(fast, plain, atol=1e-5)  # patterns over every key, as the whole problem attends
+    assert fast.meta["forward_tokens"] == 3 * sum(ga.n_tokens(p) for p in problems)
 
 
 def test_reasoner_collect_skips_settled_steps_of_the_shipped_model_and_copies_them_exactly():
@@ -110,6 +127,9 @@ def test_reasoner_collect_skips_settled_steps_of_the_shipped_model_and_copies_th
     plain = probes.collect(model, pr.batches(model, problems, batch_size=24, per_problem=1, steps=T), sel)
     fast = pr.collect(model, problems, sel, per_problem=1, steps=T)
     assert fast.meta["forward_steps"] < 0.8 * 24 * T  # the settled steps were not run
+    # nor the tokens after each problem's kept position (causal attention)
+    assert fast.meta["forward_tokens"] < 0.5 * T * sum(ga.n_tokens(p) for p in problems)
+    assert fast.meta["reruns"] == 0
     _same_rows(fast, plain, atol=1e-4)
     # a problem's last steps are copies, and they are what the full rollout computes there
     last = fast.data[f"steps.{T - 1}.blocks.1.hook_resid_post"]
