@@ -213,7 +213,8 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
         length = np.array([pos.max() + 1 if len(pos) else 1 for pos in positions])
     discrete = cfg.latent == "discrete"
     # the exact algorithm fills the kept tokens by this step; one more shows the codes repeat
-    need = np.array([min(T, int(e.fill_step[:n].max()) + 1) if discrete else T for e, n in zip(encs, length)])
+    need = np.array([min(T, max(2, int(e.fill_step[:n].max()) + 1)) if discrete else T
+                     for e, n in zip(encs, length)])
     order = np.lexsort((length, -need))  # the longest runs first: the first batch fires every site
     rerun: list[np.ndarray] = []
     with model.fused_attention(), tqdm(total=len(problems), disable=not progress, desc="collect", leave=False) as bar:
