@@ -23,8 +23,8 @@ N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
 Targets: (1) >= 20x faster than the loop, <= 1.5x its lower bound, identical scores; (4) >= 100x.
 
 (1) and the forwards of (3) are timed in rounds, each a ``patch`` call then the two plain forwards
-(the case's batch, and ``--rows`` rows), at least 3 rounds and more while a case's rounds have
-taken under ``--seconds``; each is its best round. Interleaving them keeps a machine whose speed
+(the case's batch, and ``--rows`` rows), at least ``--min-rounds`` rounds (default 5) and more
+while a case's rounds have taken under ``--seconds``; each is its best round. Interleaving them keeps a machine whose speed
 drifts from favouring one side of the ratio.
 
 Every time is the process's CPU time (``time.process_time``): on a busy machine the time other
@@ -229,10 +229,10 @@ def timed(fn) -> tuple[float, float]:
     return clock() - t0, time.perf_counter() - w0
 
 
-def timed_rounds(case: Case, call, k: int, seconds: float, most: int = 20) -> dict[str, list[float]]:
+def timed_rounds(case: Case, call, k: int, seconds: float, least: int = 5, most: int = 20) -> dict[str, list[float]]:
     """Rounds of three calls, one after another: ``call`` (``patch``), a plain forward of the case's
     batch and one of ``k`` copies of it (the bound's forwards, with the kernels ``patch`` gives its
-    copies). At least 3 rounds, more while they have taken under ``seconds`` (at most ``most``).
+    copies). At least ``least`` rounds, more while they have taken under ``seconds`` (at most ``most``).
 
     Interleaved so that a machine whose speed drifts (other processes, its clock) slows ``patch``
     and its bound alike; each is taken as its best round."""
@@ -246,7 +246,7 @@ def timed_rounds(case: Case, call, k: int, seconds: float, most: int = 20) -> di
     times: dict[str, list[float]] = {"exact": [], "exact_wall": [], "batch": [], "rows": []}
     plain(copies)  # warm up
     start = clock()
-    while len(times["exact"]) < 3 or (clock() - start < seconds and len(times["exact"]) < most):
+    while len(times["exact"]) < least or (clock() - start < seconds and len(times["exact"]) < most):
         cpu, wall = timed(call)
         times["exact"].append(cpu)
         times["exact_wall"].append(wall)
@@ -255,7 +255,8 @@ def timed_rounds(case: Case, call, k: int, seconds: float, most: int = 20) -> di
     return times
 
 
-def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int, seconds: float) -> dict:
+def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int, seconds: float,
+             min_rounds: int = 5) -> dict:
     kw = case.forward_kwargs
     case.model(*_args(case.corrupted), **kw)  # warm up
     exact = None
@@ -267,7 +268,7 @@ def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int
 
     t_first = timed(call)[0]  # the first call pays one-time costs (resume names, hook-name parsing): kept apart
     counts = block_counts(case, firing_order(case), exact, rows)
-    times = timed_rounds(case, call, counts["k"], seconds)
+    times = timed_rounds(case, call, counts["k"], seconds, least=min_rounds)
     t_exact = min(times["exact"])
     bound = lower_bound(counts, min(times["batch"]), min(times["rows"]))
 
@@ -324,7 +325,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256, help="batch rows of the throughput forwards")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=20.0,
-                        help="CPU seconds per case for the rounds timing patch and the bound's forwards (at least 3 rounds)")
+                        help="CPU seconds per case for the rounds timing patch and the bound's forwards")
+    parser.add_argument("--min-rounds", type=int, default=5,
+                        help="rounds per case at least, whatever --seconds: on a noisy machine each side's best of more "
+                             "rounds is nearer its time undisturbed")
     parser.add_argument("--out", default="out/bench/patching.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -334,7 +338,7 @@ def main() -> None:
           f"{'x loop':>7s} {'/bound':>7s} {'max|diff|':>9s} {'floor: x loop':>13s} {'/bound':>7s}")
     for spec in args.cases.split(","):
         case = make_case(spec.strip(), args.model)
-        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows, args.seconds)
+        r = run_case(case, args.loop_sites, args.memory_mb, 0, args.rows, args.seconds, args.min_rounds)
         results.append(r)
         s = r["seconds"]
         extra = (f"   attribution {r['speedup_attribution']:.0f}x loop, corr {r['attribution_correlation']:.3f}"

@@ -12,13 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_patching_benchmark_runs_and_agrees_with_the_loop(tmp_path):
     out = tmp_path / "patching.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "patching.py"), "--cases", "act", "--loop-sites", "4",
-                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "--seconds", "0", "--min-rounds", "4", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(out.read_text())
     assert summary["threads"] == 1
     (case,) = summary["cases"]
     assert case["case"] == "act" and case["sites"] == 20 and case["loop_sites_timed"] == 4
-    assert 3 <= case["rounds"] <= 20  # patch and the bound's forwards timed in interleaved rounds
+    assert case["rounds"] == 4  # patch and the bound's forwards timed in interleaved rounds: --min-rounds, no more
+    assert all(len(case["round_seconds"][k]) == 4 for k in ("exact", "batch", "rows"))
     assert case["max_abs_diff_vs_loop"] <= 1e-5  # patch and the independent per-site loop agree
     s = case["seconds"]
     for key in ("exact", "exact_wall", "loop_extrapolated", "lower_bound", "floor"):
