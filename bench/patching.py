@@ -331,6 +331,8 @@ def main() -> None:
                              "rounds is nearer its time undisturbed")
     parser.add_argument("--out", default="out/bench/patching.json")
     args = parser.parse_args()
+    if not 1 <= args.min_rounds <= 20:
+        parser.error(f"--min-rounds must be 1 to 20 (the most rounds a case runs); got {args.min_rounds}")
     torch.set_num_threads(args.threads)
 
     results = []
