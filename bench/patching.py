@@ -229,7 +229,7 @@ def timed(fn) -> tuple[float, float]:
     return clock() - t0, time.perf_counter() - w0
 
 
-def timed_rounds(case: Case, call, k: int, seconds: float, least: int = 5, most: int = 20) -> dict[str, list[float]]:
+def timed_rounds(case: Case, call, k: int, seconds: float, least: int, most: int = 20) -> dict[str, list[float]]:
     """Rounds of three calls, one after another: ``call`` (``patch``), a plain forward of the case's
     batch and one of ``k`` copies of it (the bound's forwards, with the kernels ``patch`` gives its
     copies). At least ``least`` rounds, more while they have taken under ``seconds`` (at most ``most``).
@@ -256,7 +256,7 @@ def timed_rounds(case: Case, call, k: int, seconds: float, least: int = 5, most:
 
 
 def run_case(case: Case, loop_sites: int, memory_mb: float, seed: int, rows: int, seconds: float,
-             min_rounds: int = 5) -> dict:
+             min_rounds: int) -> dict:
     kw = case.forward_kwargs
     case.model(*_args(case.corrupted), **kw)  # warm up
     exact = None
