@@ -24,8 +24,8 @@ Targets: (1) >= 20x faster than the loop, <= 1.5x its lower bound, identical sco
 
 (1) and the forwards of (3) are timed in rounds, each a ``patch`` call then the two plain forwards
 (the case's batch, and ``--rows`` rows), at least ``--min-rounds`` rounds (default 5) and more
-while a case's rounds have taken under ``--seconds``; each is its best round. Interleaving them keeps a machine whose speed
-drifts from favouring one side of the ratio.
+while a case's rounds have taken under ``--seconds``; each is its best round. Interleaving them
+keeps a machine whose speed drifts from favouring one side of the ratio.
 
 Every time is the process's CPU time (``time.process_time``): on a busy machine the time other
 processes hold the core stretches wall-clock time, not CPU time. With one torch thread (the

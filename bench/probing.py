@@ -3,9 +3,9 @@
 Collects the residual stream after every layer of every step (``steps.*.blocks.*.hook_resid_post``)
 at one defining position per problem with ``probes.reasoner.collect`` (problems stop running
 once settled, later steps are copies; with causal attention only the tokens up to the kept
-position run), then fits a logistic-regression probe per site for the
-variable's value, with the control task. Reports the time of each phase, the peak memory of
-the process, and the memory a full ``run_with_cache`` of the same hooks would have needed.
+position run), then fits a logistic-regression probe per site for the variable's value, with
+the control task. Reports the time of each phase, the peak memory of the process, and the
+memory a full ``run_with_cache`` of the same hooks would have needed.
 Side by side on the first ``--compare`` problems: the plain collection (``probes.collect`` over
 ``probes.reasoner.batches``, every step of every problem, einsum attention) against this one,
 with the ratio of their times and the largest difference between their rows.

@@ -201,7 +201,8 @@ class Reasoner(HookedRecurrentModule):
         self.ln_final = nn.LayerNorm(cfg.d_model)
         self.heads = nn.ModuleList(nn.Linear(cfg.d_model, n) for n in cfg.factor_sizes.values())
         self.steps = hook_list(cfg.max_steps, lambda: StepHooks(cfg.n_layers))
-        self._score_hooks = [h for step in self.steps for b in step.blocks
+        # every step's attention score and pattern hooks: sites whose key axis is the problem's length
+        self.score_hooks = [h for step in self.steps for b in step.blocks
                              for h in (b.attn.hook_attn_scores, b.attn.hook_pattern)]
         self._fused = False  # see fused_attention()
         if cfg.value_init == "fourier":
@@ -242,7 +243,7 @@ class Reasoner(HookedRecurrentModule):
             ws = self.cfg.segment_window
             segment = (syntax == ga.SEP).long().cumsum(dim=1)  # equation index of each token
             segment_rel = (segment[:, None, :] - segment[:, :, None]).clamp(-ws, ws) + ws
-        watch = self._score_hooks if steps is None else self._score_hooks[: 2 * self.cfg.n_layers * steps]
+        watch = self.score_hooks if steps is None else self.score_hooks[: 2 * self.cfg.n_layers * steps]
         fused = self._fused and not any(watched(hook) for hook in watch)
         gain = None
         if self.cfg.length_ref:

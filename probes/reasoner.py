@@ -209,7 +209,7 @@ def collect(model: Reasoner, problems: list[ga.Problem], sites: SiteSelection, *
     positions = _defining_positions(model, problems, per_problem, seed, encs)
     keeper = RowKeeper(model, sites, device=device)
     length = np.array([len(e.answer) for e in encs])
-    if cfg.causal and not any(keeper.keep(h.name) for h in model._score_hooks):
+    if cfg.causal and not any(keeper.keep(h.name) for h in model.score_hooks):
         length = np.array([pos.max() + 1 if len(pos) else 1 for pos in positions])
     discrete = cfg.latent == "discrete"
     # the exact algorithm fills the kept tokens by this step; one more shows the codes repeat

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_patching_benchmark_runs_and_agrees_with_the_loop(tmp_path):
     out = tmp_path / "patching.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "patching.py"), "--cases", "act", "--loop-sites", "4",
-                           "--seconds", "0", "--min-rounds", "4", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "--seconds", "0", "--min-rounds", "4", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(out.read_text())
     assert summary["threads"] == 1
