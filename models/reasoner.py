@@ -203,7 +203,7 @@ class Reasoner(HookedRecurrentModule):
         self.steps = hook_list(cfg.max_steps, lambda: StepHooks(cfg.n_layers))
         # every step's attention score and pattern hooks: sites whose key axis is the problem's length
         self.score_hooks = [h for step in self.steps for b in step.blocks
-                             for h in (b.attn.hook_attn_scores, b.attn.hook_pattern)]
+                            for h in (b.attn.hook_attn_scores, b.attn.hook_pattern)]
         self._fused = False  # see fused_attention()
         if cfg.value_init == "fourier":
             self._fourier_values()
