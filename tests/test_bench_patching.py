@@ -27,4 +27,9 @@ def test_the_patching_benchmark_runs_and_agrees_with_the_loop(tmp_path):
         assert math.isfinite(s[key]) and s[key] > 0, key
     assert math.isclose(case["speedup_vs_loop"], s["loop_extrapolated"] / s["exact"])
     assert math.isclose(case["ratio_to_lower_bound"], s["exact"] / s["lower_bound"])
+    # one joined pass over the 20 ponder steps: patch fires each block once, as one run does,
+    # so the cost model over its own schedule is the floor
+    assert case["block_firings"] == {"run": 20, "patch": 20}
+    assert math.isclose(s["floor_schedule"], s["floor"])
+    assert math.isclose(case["floor_schedule_to_lower_bound"], s["floor_schedule"] / s["lower_bound"])
     assert "act" in done.stdout and "targets:" in done.stdout
