@@ -20,10 +20,10 @@ N=32, ACT's ponder steps on parity and on addition, WARP's time steps):
    ``lower_bound``), as a speed-up over the loop and a ratio to the bound: where a target is
    missed, it says whether any method could meet it on that case;
 6. the floor of ``patch``'s own schedule: the floor with the block firings ``patch`` runs (counted
-   in one more call, over all its forwards) in place of one run's, against the bound. Where it is above the floor, the order
-   ``patch`` runs its blocks in costs more than the least any method needs (ACT's single pass
-   steps every row through the same ponder steps, so copies that ponder longer than the base
-   runs add firings); where ``patch`` is above it, its own overheads do.
+   in one more call, over all its forwards) in place of one run's, against the bound. Where it is
+   above the floor, the order ``patch`` runs its blocks in costs more than the least any method
+   needs (ACT's single pass steps every row through the same ponder steps, so copies that ponder
+   longer than the base runs add firings); where ``patch`` is above it, its own overheads do.
 
 Targets: (1) >= 20x faster than the loop, <= 1.5x its lower bound, identical scores; (4) >= 100x.
 
